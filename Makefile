@@ -1,0 +1,41 @@
+# cmoscal: `make report CAMPAIGN=demo` and `make test` do everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CAMPAIGN ?= demo
+PARAMS ?= params/$(CAMPAIGN).yml
+STAGES ?=
+DEMO_RAW := data/demo/raw
+
+.PHONY: env report demo-data test bench lab clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lab]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name cmoscal --display-name "Python (cmoscal)" >/dev/null
+	touch $@
+
+demo-data: env
+	@if [ "$(CAMPAIGN)" = demo ] && [ ! -d $(DEMO_RAW) ]; then \
+	  echo "simulating the demo campaign into data/demo"; \
+	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files; fi
+
+report: env demo-data
+	$(BIN)/cmoscal report $(PARAMS) $(if $(STAGES),--stages $(STAGES))
+
+test: env
+	$(BIN)/python -m pytest -q
+
+bench: env
+	$(BIN)/python bench/accuracy.py
+
+lab: env
+	@$(MAKE) --no-print-directory demo-data CAMPAIGN=demo
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf products reports/*/ data .pytest_cache

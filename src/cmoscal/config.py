@@ -1,0 +1,197 @@
+"""Parameter sets: defaults, campaign overrides and validation.
+
+Every tunable lives in ``defaults.yml`` (shipped with the package and linked as
+``params/defaults.yml``), one comment per key. A campaign file overrides any of
+them; :func:`load_params` merges, validates and resolves paths, reporting every
+problem at once.
+"""
+
+from __future__ import annotations
+
+import numbers
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ParamsError", "default_params", "load_params", "validate_params"]
+
+
+class ParamsError(ValueError):
+    """A parameter set that cannot be used; the message lists every problem."""
+
+
+def default_params() -> dict:
+    """Return the documented defaults as a dict."""
+    text = resources.files("cmoscal").joinpath("defaults.yml").read_text()
+    return yaml.safe_load(text)
+
+
+def _number(lo=None, hi=None, integer=False, open_lo=False):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return "must be a number"
+        if integer and int(value) != value:
+            return "must be a whole number"
+        if lo is not None and (value <= lo if open_lo else value < lo):
+            return f"must be {'>' if open_lo else '>='} {lo}"
+        if hi is not None and value > hi:
+            return f"must be <= {hi}"
+        return None
+    return check
+
+
+def _choice(*options):
+    def check(value):
+        return None if value in options else f"must be one of {', '.join(options)}"
+    return check
+
+
+def _text(optional=False):
+    def check(value):
+        if value is None and optional:
+            return None
+        return None if isinstance(value, str) and value.strip() else "must be a non-empty text"
+    return check
+
+
+def _keywords(value):
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) for k in value):
+        return "must be a non-empty list of FITS keywords"
+    return None
+
+
+def _optional(check):
+    return lambda value: None if value is None else check(value)
+
+
+def _points(value):
+    if not isinstance(value, list):
+        return "must be a list of {temperature, exptime}"
+    for point in value:
+        if not isinstance(point, dict) or set(point) != {"temperature", "exptime"}:
+            return "each entry must have exactly the keys temperature and exptime"
+        if _number()(point["temperature"]) or _number(0, open_lo=True)(point["exptime"]):
+            return "temperature must be a number and exptime a number > 0"
+    return None
+
+
+_CHECKS = {
+    "campaign": _text(),
+    "raw_dir": _text(),
+    "output_dir": _text(optional=True),
+    "report_dir": _text(optional=True),
+    "scale_factor": _number(0, open_lo=True),
+    "saturation": _number(0, open_lo=True),
+    "bias_max_exptime": _number(0),
+    "temperature_keys": _keywords,
+    "exposure_keys": _keywords,
+    "max_zero_fraction": _number(0, 1),
+    "temperature_tolerance": _number(0, open_lo=True),
+    "exptime_tolerance": _number(0, 1),
+    "min_frames": _number(1, integer=True),
+    "combine": _choice("mean", "median"),
+    "clip_sigma": _number(1),
+    "dark_bias": _choice("model", "nearest"),
+    "dark_model": _choice("auto", "2d", "1d"),
+    "dark_form": _choice("exponential", "arrhenius"),
+    "max_iterations": _number(1, integer=True),
+    "min_dof": _number(0, integer=True),
+    "hot_reference_temperature": _optional(_number(-273.15, open_lo=True)),
+    "warm_sigma": _number(0, open_lo=True),
+    "hot_sigma": _number(0, open_lo=True),
+    "noisy_sigma": _number(0, open_lo=True),
+    "poor_fit_chi2r": _number(1, open_lo=True),
+    "synthesize": _points,
+    "snr_min": _number(0),
+    "loo_pixels": _number(0, integer=True),
+    "seed": _number(0, integer=True),
+    "checks.residual_noise_max": _number(1),
+    "checks.loo_noise_max": _number(1),
+    "checks.hot_fraction_max": _number(0, 1),
+    "checks.rejected_fraction_max": _number(0, 1),
+    "kernel": _text(),
+}
+
+
+def _flatten(params: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and f"{name}." in {k[: len(name) + 1] for k in _CHECKS}:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def validate_params(params: dict) -> list[str]:
+    """Return every problem of a merged parameter set (empty when it is usable)."""
+    flat = _flatten(params)
+    problems = [f"{key}: unknown parameter" for key in flat if key not in _CHECKS]
+    for key, check in _CHECKS.items():
+        if key not in flat:
+            problems.append(f"{key}: missing")
+            continue
+        reason = check(flat[key])
+        if reason:
+            problems.append(f"{key}: {reason} (got {flat[key]!r})")
+    if not problems:
+        if params["warm_sigma"] >= params["hot_sigma"]:
+            problems.append("warm_sigma: must be smaller than hot_sigma")
+        if not Path(params["raw_dir"]).is_dir():
+            problems.append(f"raw_dir: {params['raw_dir']} is not a directory")
+    return problems
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_params(path: str | Path, root: str | Path = ".", overrides: dict | None = None) -> dict:
+    """Load a campaign parameter file over the defaults and validate it.
+
+    Parameters
+    ----------
+    path : str or Path
+        Campaign YAML file.
+    root : str or Path, default "."
+        Directory that relative paths (raw_dir, output_dir, report_dir) refer to.
+    overrides : dict, optional
+        Values applied last (used by tests and the command line).
+
+    Returns
+    -------
+    dict
+        The merged parameters with absolute ``raw_dir``, ``output_dir`` and ``report_dir``.
+
+    Raises
+    ------
+    ParamsError
+        Listing every problem: unreadable file, unknown keys, wrong types, impossible values.
+    """
+    path = Path(path)
+    try:
+        campaign = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ParamsError(f"{path}: cannot read parameters ({err})") from err
+    if not isinstance(campaign, dict):
+        raise ParamsError(f"{path}: must be a mapping of parameter: value")
+    params = _merge(_merge(default_params(), campaign), overrides or {})
+    root = Path(root).resolve()
+    for key, default in (("output_dir", "products"), ("report_dir", "reports")):
+        if params.get(key) is None and isinstance(params.get("campaign"), str):
+            params[key] = f"{default}/{params['campaign']}"
+    for key in ("raw_dir", "output_dir", "report_dir"):
+        if isinstance(params.get(key), str):
+            params[key] = str((root / params[key]).resolve())
+    problems = validate_params(params)
+    if problems:
+        raise ParamsError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+    return params

@@ -1,0 +1,233 @@
+"""Dark-signal models fitted to every pixel at once.
+
+Every form is ``DC = exp(lnA + slope * x(T) + gamma * ln t)``:
+
+- exponential: x = T - Tmin [degC], slope = B [1/degC];
+- arrhenius:   x = -(1/T_K - 1/Tmin_K) / k_B [1/eV], slope = Ea [eV];
+- 2d fits gamma; 1d fixes gamma = 1 (signal per second).
+
+The estimator is noise-weighted nonlinear least squares: Levenberg-Marquardt steps
+solved for all pixels together as batched 3x3 systems, started from the log-linear
+solution and reweighted from the model (the variance of a master depends on its
+mean signal, so weights from the data themselves would bias the fit low).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["BOLTZMANN_EV", "DarkFit", "design", "fit_dark", "fit_loglinear", "predict", "predict_variance",
+           "temperature_feature"]
+
+BOLTZMANN_EV = 8.617333262e-5  # eV / K
+KELVIN = 273.15
+PARAMETERS = ("lnA", "slope", "gamma")
+_CHUNK = 32768  # pixels solved together; bounds the working memory to a few tens of MB
+_MAX_EXPONENT = 80.0
+
+
+def temperature_feature(temperature, tmin: float, form: str):
+    """The temperature regressor x(T) of ``form`` ('exponential' or 'arrhenius')."""
+    temperature = np.asarray(temperature, dtype=np.float64)
+    if form == "exponential":
+        return temperature - tmin
+    if form == "arrhenius":
+        return -(1 / (temperature + KELVIN) - 1 / (tmin + KELVIN)) / BOLTZMANN_EV
+    raise ValueError(f"dark_form: unknown form {form!r} (exponential or arrhenius)")
+
+
+def design(temperature, exptime, tmin: float, form: str) -> np.ndarray:
+    """Regressors ``[1, x(T), ln t]`` of each sample, shape (..., 3)."""
+    x = temperature_feature(temperature, tmin, form)
+    t = np.broadcast_to(np.log(np.asarray(exptime, dtype=np.float64)), np.shape(x))
+    return np.stack([np.ones_like(x), x, t], axis=-1)
+
+
+@dataclass
+class DarkFit:
+    """Result of :func:`fit_dark` for ``npix`` pixels.
+
+    Attributes
+    ----------
+    params : ndarray, shape (3, npix)
+        lnA (A in DN / s^gamma at Tmin), slope (B [1/degC] or Ea [eV]), gamma; NaN where not fitted.
+    cov : ndarray, shape (3, 3, npix)
+        Parameter covariance from the final normal matrix (zero for a fixed gamma).
+    chi2r : ndarray, shape (npix,)
+        Reduced chi-square.
+    nvalid : ndarray, shape (npix,)
+        Valid samples used.
+    converged : ndarray of bool, shape (npix,)
+    """
+
+    params: np.ndarray
+    cov: np.ndarray
+    chi2r: np.ndarray
+    nvalid: np.ndarray
+    converged: np.ndarray
+
+
+def _solve(matrix, rhs):
+    try:
+        return np.linalg.solve(matrix, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.einsum("pij,pj->pi", np.linalg.pinv(matrix), rhs)
+
+
+def _normal(Z, w, y, theta, offset):
+    """Model, chi-square, normal matrix and gradient for every pixel."""
+    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))  # (M, P)
+    r = y - m
+    chi2 = np.sum(w * r * r, axis=0)
+    wm = w * m
+    H = np.einsum("mp,mi,mj->pij", wm * m, Z, Z)
+    g = np.einsum("mp,mi->pi", wm * r, Z)
+    return m, chi2, H, g
+
+
+def _chi2(Z, w, y, theta, offset):
+    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
+    return np.sum(w * (y - m) ** 2, axis=0)
+
+
+def fit_loglinear(y, weights, Z, offset):
+    """Weighted least squares of ln y on the regressors (samples with y <= 0 dropped).
+
+    Parameters
+    ----------
+    y : ndarray, shape (M, npix)
+        Dark signal [DN].
+    weights : ndarray, shape (M, npix)
+        Weights of ln y (0 drops a sample).
+    Z : ndarray, shape (M, P)
+        Regressors.
+    offset : ndarray, shape (M,)
+        Fixed term of ln DC (ln t for a 1d model).
+
+    Returns
+    -------
+    ndarray, shape (npix, P)
+        Parameters; NaN where fewer than P positive samples.
+    """
+    positive = y > 0
+    w = np.where(positive, weights, 0.0)
+    z = np.where(positive, np.log(np.where(positive, y, 1.0)), 0.0) - offset[:, None]
+    H = np.einsum("mp,mi,mj->pij", w, Z, Z)
+    g = np.einsum("mp,mi->pi", w * z, Z)
+    enough = np.sum(w > 0, axis=0) >= Z.shape[1]
+    theta = np.full(g.shape, np.nan)
+    if enough.any():
+        theta[enough] = _solve(H[enough], g[enough])
+    return theta
+
+
+def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds):
+    P = Z.shape[1]
+    var0 = np.where(valid, base_var + shot_scale * np.clip(y, 0, None), np.inf)
+    theta = fit_loglinear(y, np.where(valid, np.clip(y, 0, None) ** 2 / var0, 0), Z, offset)
+    start = np.nanmedian(theta, axis=0) if np.isfinite(theta).any() else np.zeros(P)
+    theta = np.where(np.isfinite(theta), theta, start)
+    converged = np.zeros(y.shape[1], dtype=bool)
+    for _ in range(rounds):
+        m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
+        w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
+        lam = np.full(y.shape[1], 1e-3)
+        active = np.arange(y.shape[1])
+        chi2 = _chi2(Z, w, y, theta, offset)
+        for _ in range(max_iterations):
+            if not active.size:
+                break
+            wa, ya, ta = w[:, active], y[:, active], theta[active]
+            _, c2, H, g = _normal(Z, wa, ya, ta, offset)
+            damped = H + lam[active, None, None] * (H * np.eye(P) + 1e-12 * np.eye(P))
+            step = _solve(damped, g)
+            trial = ta + step
+            c2_new = _chi2(Z, wa, ya, trial, offset)
+            better = np.isfinite(c2_new) & (c2_new <= c2)
+            theta[active[better]] = trial[better]
+            chi2[active[better]] = c2_new[better]
+            lam[active] = np.where(better, lam[active] * 0.3, lam[active] * 10)
+            done = (better & (c2 - c2_new < 1e-6 * (1 + c2))) | (lam[active] > 1e10)
+            converged[active[done]] = True
+            active = active[~done]
+        converged[active] = False
+    _, chi2, H, _ = _normal(Z, w, y, theta, offset)
+    cov = np.linalg.pinv(H)
+    return theta, cov, chi2, converged
+
+
+def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: float, form: str = "exponential",
+             fit_gamma: bool = True, max_iterations: int = 50, min_dof: int = 1, rounds: int = 3) -> DarkFit:
+    """Fit the dark model to every pixel by noise-weighted Levenberg-Marquardt.
+
+    Parameters
+    ----------
+    signal : ndarray, shape (M, npix)
+        Master dark signal [DN] (bias removed).
+    valid : ndarray of bool, shape (M, npix)
+        Samples to use (finite, not saturated).
+    base_var : ndarray, shape (M, npix)
+        Signal-independent variance of each master [DN^2] (read noise / n + bias model).
+    shot_scale : ndarray, shape (M, npix)
+        Shot-noise variance per DN of signal (1 / (g n)); the weights use the model signal.
+    temperature, exptime : ndarray, shape (M,)
+        Master temperatures [degC] and exposures [s].
+    tmin : float
+        Reference temperature of A [degC].
+    form : {"exponential", "arrhenius"}, default "exponential"
+    fit_gamma : bool, default True
+        2d model; False fixes gamma = 1 (1d model, A in DN/s).
+    max_iterations : int, default 50
+        Levenberg-Marquardt iterations per reweighting round.
+    min_dof : int, default 1
+        Pixels with fewer than (parameters + min_dof) valid samples are not fitted (NaN).
+    rounds : int, default 3
+        Reweighting rounds.
+
+    Returns
+    -------
+    DarkFit
+    """
+    Z3 = design(temperature, exptime, tmin, form)
+    Z = Z3 if fit_gamma else Z3[:, :2]
+    offset = np.zeros(len(Z)) if fit_gamma else Z3[:, 2]
+    P = Z.shape[1]
+    npix = signal.shape[1]
+    nvalid = valid.sum(axis=0)
+    enough = nvalid >= P + min_dof
+    params = np.full((3, npix), np.nan)
+    cov = np.zeros((3, 3, npix))
+    chi2r = np.full(npix, np.nan)
+    converged = np.zeros(npix, dtype=bool)
+    index = np.flatnonzero(enough)
+    for lo in range(0, index.size, _CHUNK):
+        sel = index[lo:lo + _CHUNK]
+        theta, c, chi2, conv = _fit_chunk(signal[:, sel].astype(np.float64), valid[:, sel],
+                                          base_var[:, sel].astype(np.float64),
+                                          shot_scale[:, sel].astype(np.float64), Z, offset, max_iterations, rounds)
+        params[:P, sel] = theta.T
+        cov[:P, :P, sel] = np.moveaxis(c, 0, -1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            chi2r[sel] = np.where(nvalid[sel] > P, chi2 / (nvalid[sel] - P), np.nan)
+        converged[sel] = conv
+    if not fit_gamma:
+        params[2, enough] = 1.0
+    return DarkFit(params=params, cov=cov, chi2r=chi2r, nvalid=nvalid, converged=converged)
+
+
+def predict(params, temperature, exptime, tmin: float, form: str):
+    """Dark signal [DN] of every pixel at one ``temperature`` [degC] and ``exptime`` [s].
+
+    ``params`` has shape (3, ...): lnA, slope, gamma.
+    """
+    z = design(temperature, exptime, tmin, form)
+    return np.exp(params[0] + z[1] * params[1] + z[2] * params[2])
+
+
+def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
+    """Variance [DN^2] of :func:`predict` from the parameter covariance ``cov`` (3, 3, ...)."""
+    z = design(temperature, exptime, tmin, form)
+    quad = np.einsum("i,ij...,j->...", z, cov, z)
+    return predict(params, temperature, exptime, tmin, form) ** 2 * quad

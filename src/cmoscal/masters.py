@@ -1,0 +1,146 @@
+"""Master frames: combine the frames of one group, with the master's variance.
+
+A master file holds the combined frame [DN] and three extensions: VARIANCE (of the
+master, DN^2, from the scatter of the frames used), NFRAMES (frames used per pixel)
+and NSATUR (input frames at or above saturation per pixel). Saturated samples are
+left out of the combine.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.stats import mad_std
+
+from .fitsio import provenance, read_image, write_hdus
+
+__all__ = ["MasterSet", "combine", "load_masters", "master_path", "write_master"]
+
+_MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
+
+
+def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip_sigma: float = 4.0):
+    """Combine a stack of frames pixel by pixel.
+
+    Parameters
+    ----------
+    stack : ndarray, shape (N, ny, nx)
+        Frames in DN.
+    saturated : ndarray of bool, shape (N, ny, nx)
+        Samples at or above saturation; they are left out.
+    method : {"mean", "median"}, default "mean"
+        ``mean`` clips samples further than ``clip_sigma`` robust standard deviations
+        from the median; the per-pixel scale is never below the group's typical
+        scatter, so quantized data with identical samples do not clip real values.
+    clip_sigma : float, default 4.0
+        Clipping threshold of the mean.
+
+    Returns
+    -------
+    master, variance : ndarray (float32)
+        Combined frame and its variance (DN^2; NaN where fewer than 2 samples remain).
+    nframes, nsaturated : ndarray (int16)
+        Samples used and saturated samples per pixel.
+    """
+    data = np.where(saturated, np.nan, stack.astype(np.float32))
+    nsat = saturated.sum(axis=0, dtype=np.int16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels give NaN, handled below
+        center = np.nanmedian(data, axis=0)
+        if method == "mean":
+            scale = mad_std(data, axis=0, ignore_nan=True)
+            floor = np.nanmedian(np.nanstd(data, axis=0, ddof=1))
+            scale = np.fmax(scale, floor)
+            data[np.abs(data - center) > clip_sigma * scale] = np.nan
+        n = np.sum(np.isfinite(data), axis=0, dtype=np.int16)
+        sample_var = np.nanvar(data, axis=0, ddof=1)
+        if method == "mean":
+            master = np.nanmean(data, axis=0)
+            variance = sample_var / n
+        else:
+            master = center
+            variance = _MEDIAN_EFFICIENCY * sample_var / n
+    variance[n < 2] = np.nan
+    return master.astype(np.float32), variance.astype(np.float32), n, nsat
+
+
+def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:
+    """Path of a master file, with the original pipelines' names."""
+    if kind == "bias":
+        return Path(output_dir) / "bias_grouped_by_temp" / f"master_bias_{temperature:.1f}C.fits"
+    return Path(output_dir) / "dark_masters" / f"darks_T{temperature:.1f}C_texp{exptime:g}s.fits"
+
+
+def write_master(path, master, variance, nframes, nsat, *, kind, temperatures, exptime, inputs, params,
+                 subtracted: str = "") -> Path:
+    """Write one master with its provenance."""
+    header = fits.Header()
+    header["IMAGETYP"] = f"MASTER_{kind.upper()}"
+    provenance(header, bunit="DN", description=f"master {kind} ({params['combine']} of {len(inputs)} frames)",
+               inputs=inputs,
+               TEMP=(float(np.mean(temperatures)), "degC, mean over input frames"),
+               TEMPMIN=(float(np.min(temperatures)), "degC"), TEMPMAX=(float(np.max(temperatures)), "degC"),
+               EXPTIME=(float(exptime), "s"), NCOMBINE=(len(inputs), "input frames"),
+               COMBINE=(params["combine"], "combine method"), CLIPSIG=(params["clip_sigma"], "clip sigma"),
+               SCALEFAC=(params["scale_factor"], "raw / SCALEFAC = DN"),
+               SATURATE=(params["saturation"], "DN"))
+    if subtracted:
+        header["BIASSUB"] = (subtracted.split(":")[0], "bias removed from each frame")
+        header.add_history(f"bias removed: {subtracted}")
+    return write_hdus(path, master, header, [("VARIANCE", variance, "DN2"), ("NFRAMES", nframes, ""),
+                                             ("NSATUR", nsat, "")])
+
+
+@dataclass
+class MasterSet:
+    """The masters of one kind stacked along axis 0.
+
+    Attributes
+    ----------
+    data, variance : ndarray, shape (M, ny, nx)
+        Masters [DN] and their variance [DN^2].
+    nframes, nsaturated : ndarray, shape (M, ny, nx)
+        Frames used and saturated inputs per pixel.
+    temperature, exptime : ndarray, shape (M,)
+        Mean temperature [degC] and exposure [s] of each master.
+    paths : list of Path
+    """
+
+    data: np.ndarray
+    variance: np.ndarray
+    nframes: np.ndarray
+    nsaturated: np.ndarray
+    temperature: np.ndarray
+    exptime: np.ndarray
+    paths: list
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Samples a model may use: finite, not saturated, from at least one frame."""
+        return np.isfinite(self.data) & (self.nsaturated == 0) & (self.nframes > 0)
+
+
+def load_masters(folder: str | Path) -> MasterSet:
+    """Read every master in ``folder``, sorted by exposure then temperature."""
+    paths = sorted(Path(folder).glob("*.fits"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no master frames (run the earlier stages first)")
+    headers = [fits.getheader(p) for p in paths]
+    order = np.lexsort(([h["TEMP"] for h in headers], [h["EXPTIME"] for h in headers]))
+    paths = [paths[i] for i in order]
+    headers = [headers[i] for i in order]
+
+    def stack(ext):
+        return np.stack([fits.getdata(p, ext) for p in paths])
+
+    return MasterSet(data=np.stack([read_image(p) for p in paths]), variance=stack("VARIANCE"),
+                     nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"),
+                     temperature=np.array([h["TEMP"] for h in headers]),
+                     exptime=np.array([h["EXPTIME"] for h in headers]), paths=paths)

@@ -76,15 +76,21 @@ def _solve(matrix, rhs):
         return np.einsum("pij,pj->pi", np.linalg.pinv(matrix), rhs)
 
 
+def _outer(Z):
+    """Per-sample outer products of the regressors, flattened: shape (M, P*P)."""
+    return (Z[:, :, None] * Z[:, None, :]).reshape(len(Z), -1)
+
+
 def _normal(Z, w, y, theta, offset):
-    """Model, chi-square, normal matrix and gradient for every pixel."""
-    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))  # (M, P)
+    """Chi-square, normal matrix (npix, P, P) and gradient (npix, P) of every pixel, as matrix products."""
+    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))  # (M, npix)
     r = y - m
-    chi2 = np.sum(w * r * r, axis=0)
     wm = w * m
-    H = np.einsum("mp,mi,mj->pij", wm * m, Z, Z)
-    g = np.einsum("mp,mi->pi", wm * r, Z)
-    return m, chi2, H, g
+    chi2 = np.sum(w * r * r, axis=0)
+    P = Z.shape[1]
+    H = ((wm * m).T @ _outer(Z)).reshape(-1, P, P)
+    g = (wm * r).T @ Z
+    return chi2, H, g
 
 
 def _chi2(Z, w, y, theta, offset):
@@ -114,8 +120,9 @@ def fit_loglinear(y, weights, Z, offset):
     positive = y > 0
     w = np.where(positive, weights, 0.0)
     z = np.where(positive, np.log(np.where(positive, y, 1.0)), 0.0) - offset[:, None]
-    H = np.einsum("mp,mi,mj->pij", w, Z, Z)
-    g = np.einsum("mp,mi->pi", w * z, Z)
+    P = Z.shape[1]
+    H = (w.T @ _outer(Z)).reshape(-1, P, P)
+    g = (w * z).T @ Z
     enough = np.sum(w > 0, axis=0) >= Z.shape[1]
     theta = np.full(g.shape, np.nan)
     if enough.any():
@@ -140,7 +147,7 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
             if not active.size:
                 break
             wa, ya, ta = w[:, active], y[:, active], theta[active]
-            _, c2, H, g = _normal(Z, wa, ya, ta, offset)
+            c2, H, g = _normal(Z, wa, ya, ta, offset)
             damped = H + lam[active, None, None] * (H * np.eye(P) + 1e-12 * np.eye(P))
             step = _solve(damped, g)
             trial = ta + step
@@ -153,8 +160,11 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
             converged[active[done]] = True
             active = active[~done]
         converged[active] = False
-    _, chi2, H, _ = _normal(Z, w, y, theta, offset)
-    cov = np.linalg.pinv(H)
+    chi2, H, _ = _normal(Z, w, y, theta, offset)
+    try:
+        cov = np.linalg.inv(H)
+    except np.linalg.LinAlgError:  # some pixel's parameters are not identifiable
+        cov = np.linalg.pinv(H)
     return theta, cov, chi2, converged
 
 
@@ -223,11 +233,11 @@ def predict(params, temperature, exptime, tmin: float, form: str):
     ``params`` has shape (3, ...): lnA, slope, gamma.
     """
     z = design(temperature, exptime, tmin, form)
-    return np.exp(params[0] + z[1] * params[1] + z[2] * params[2])
+    return np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
 
 
 def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
-    """Variance [DN^2] of :func:`predict` from the parameter covariance ``cov`` (3, 3, ...)."""
+    """Variance [DN^2] of :func:`predict` at one (T, t) from the parameter covariance ``cov`` (3, 3, ...)."""
     z = design(temperature, exptime, tmin, form)
     quad = np.einsum("i,ij...,j->...", z, cov, z)
     return predict(params, temperature, exptime, tmin, form) ** 2 * quad

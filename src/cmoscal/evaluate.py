@@ -8,12 +8,30 @@ masters (leave-one-group-out) about 1.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
 
-__all__ = ["leave_one_out_bias", "leave_one_out_dark", "residual_stats"]
+__all__ = ["downsample", "leave_one_out_bias", "leave_one_out_dark", "residual_stats"]
+
+
+PREVIEW_PIXELS = 384  # longest side of the preview maps kept for figures
+
+
+def downsample(image: np.ndarray, max_pixels: int = PREVIEW_PIXELS) -> np.ndarray:
+    """Block-average ``image`` so its longest side is at most ``max_pixels`` (NaN-aware)."""
+    image = np.asarray(image, dtype=np.float32)
+    factor = int(np.ceil(max(image.shape) / max_pixels))
+    if factor <= 1:
+        return image
+    ny, nx = (s // factor * factor for s in image.shape)
+    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
+        return np.nanmean(blocks, axis=(1, 3))
 
 
 def _summary(values: np.ndarray, prefix: str) -> dict:

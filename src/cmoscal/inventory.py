@@ -16,7 +16,7 @@ from astropy.table import Table
 
 from .fitsio import image_hdu, open_raw, scaled_rows
 
-__all__ = ["FITS_SUFFIXES", "build_inventory", "chain_groups", "find_fits", "inspect_file"]
+__all__ = ["FITS_SUFFIXES", "build_inventory", "chain_groups", "find_fits", "group_summary", "inspect_file"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 _COMPRESSED = (".fz", ".gz")
@@ -217,3 +217,14 @@ def build_inventory(params: dict) -> Table:
     for message in table.meta["warnings"]:
         warnings.warn(message, stacklevel=2)
     return table
+
+
+def group_summary(inventory: Table) -> Table:
+    """One row per group of usable frames: type, frames, temperature mean/std/min/max, exposure."""
+    ok = inventory[inventory["status"] == "ok"]
+    rows = []
+    for group in sorted(set(ok["group"]), key=lambda g: (g.split("_")[0], g)):
+        sel = ok[ok["group"] == group]
+        T = np.asarray(sel["temperature"])
+        rows.append((group, sel["type"][0], len(sel), T.mean(), T.std(), T.min(), T.max(), float(np.mean(sel["exposure"]))))
+    return Table(rows=rows, names=("group", "type", "frames", "T_mean", "T_std", "T_min", "T_max", "exposure"))

@@ -15,7 +15,7 @@ from astropy.table import Table
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict
-from .evaluate import leave_one_out_bias, leave_one_out_dark, residual_stats
+from .evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
 from .fitsio import provenance, read_image, write_hdus, write_table
 from .hotpix import DQ_BITS, classify_pixels, dq_table
 from .inventory import build_inventory
@@ -207,19 +207,27 @@ def _fit(params, inputs, form, pixels=slice(None)):
                     inputs["tmin"], form, inputs["fit_gamma"], params["max_iterations"], params["min_dof"])
 
 
-def compare_forms(params: dict, inputs: dict) -> Table:
-    """Fit both temperature laws on a pixel sample and compare their chi-square."""
+def compare_models(params: dict, inputs: dict) -> Table:
+    """Fit every model (exponential / Arrhenius, 2d / 1d) on a pixel sample; compare reduced chi-square.
+
+    ``meta['better']`` names the best-fitting form ('exponential' or 'arrhenius') of the
+    dimension in use; 1d models appear only as a comparison.
+    """
     pixels = _sample(params, inputs["signal"].shape[1])
-    fits_ = {form: _fit(params, inputs, form, pixels) for form in ("exponential", "arrhenius")}
-    chi2 = {form: f.chi2r for form, f in fits_.items()}
-    both = np.isfinite(chi2["exponential"]) & np.isfinite(chi2["arrhenius"])
+    dims = (True, False) if inputs["fit_gamma"] else (False,)
     rows = []
-    for form, other in (("exponential", "arrhenius"), ("arrhenius", "exponential")):
-        rows.append((form, float(np.median(chi2[form][both])), float(np.mean(chi2[form][both])),
-                     float(np.mean(chi2[form][both] < chi2[other][both])), int(both.sum())))
-    table = Table(rows=rows, names=("form", "chi2r_median", "chi2r_mean", "share_better", "npix"))
-    table.meta["better"] = str(table["form"][np.argmin(table["chi2r_mean"])])
-    table.meta["used"] = params["dark_form"]
+    for form in ("exponential", "arrhenius"):
+        for fit_gamma in dims:
+            fit = _fit(params, dict(inputs, fit_gamma=fit_gamma), form, pixels)
+            rows.append((form, "2d" if fit_gamma else "1d", fit.chi2r))
+    chi2 = np.array([r[2] for r in rows])
+    both = np.all(np.isfinite(chi2), axis=0)
+    best = np.argmin(chi2[:, both], axis=0)
+    table = Table(rows=[(form, dim, float(np.median(c[both])), float(np.mean(c[both])), float(np.mean(best == i)),
+                         int(both.sum())) for i, (form, dim, c) in enumerate(rows)],
+                  names=("form", "dimension", "chi2r_median", "chi2r_mean", "share_best", "npix"))
+    in_use = table[table["dimension"] == ("2d" if inputs["fit_gamma"] else "1d")]
+    table.meta.update(better=str(in_use["form"][np.argmin(in_use["chi2r_mean"])]), used=params["dark_form"])
     return table
 
 
@@ -227,16 +235,16 @@ def run_dark_model(params: dict) -> dict:
     """Fit the dark model to every pixel, classify pixels and write the calibration model.
 
     Writes ``dark_model/`` maps (dark_A_map, dark_B_map or dark_Ea_map, dark_gamma_map,
-    their sigma maps, dark_chi2r_map, dq_map, hot_pixel_mask), ``dark_model/form_comparison.ecsv``
+    their sigma maps, dark_chi2r_map, dq_map, hot_pixel_mask), ``dark_model/model_comparison.ecsv``
     and ``calibration_model.fits``.
     """
     inputs = _fit_inputs(params)
     fit = _fit(params, inputs, params["dark_form"])
-    comparison = compare_forms(params, inputs)
-    write_table(comparison, _out(params, "dark_model", "form_comparison.ecsv"))
+    comparison = compare_models(params, inputs)
+    write_table(comparison, _out(params, "dark_model", "model_comparison.ecsv"))
     if comparison.meta["better"] != params["dark_form"]:
         warnings.warn(f"the {comparison.meta['better']} form fits this campaign better than dark_form="
-                      f"{params['dark_form']} (see form_comparison.ecsv)", stacklevel=2)
+                      f"{params['dark_form']} (see model_comparison.ecsv)", stacklevel=2)
     darks, bias, shape = inputs["darks"], inputs["bias"], inputs["shape"]
     bias_masters = load_masters(_out(params, "bias_grouped_by_temp"))
     saturated = (darks.nsaturated.sum(0) + bias_masters.nsaturated.sum(0)) > 0
@@ -352,7 +360,8 @@ def run_evaluation(params: dict) -> dict:
     """Synthetic vs real masters for every group, and leave-one-group-out validation.
 
     Writes ``evaluation/summary.ecsv`` (one row per group), ``evaluation/loo.ecsv`` and the
-    ``mae_maps.fits`` / ``mape_maps.fits`` cubes (one plane per group, GROUPS table).
+    ``mae_maps.fits`` / ``mape_maps.fits`` cubes (one plane per group, GROUPS table). Returns
+    the tables, the model and downsampled (real, synthetic, MAE, MAPE) previews per group.
     """
     model = CalibrationModel.read(_require(_out(params, MODEL_FILE), "dark_model"))
     bias_m = load_masters(_out(params, "bias_grouped_by_temp"))
@@ -362,7 +371,7 @@ def run_evaluation(params: dict) -> dict:
     good = model.dq == 0
     hot = (model.dq & DQ_BITS["HOT"][0]) > 0
     n_dark = 3 if model.fit_gamma else 2
-    rows, mae_maps, mape_maps = [], [], []
+    rows, mae_maps, mape_maps, previews = [], [], [], {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
         groups = [("bias", T, 0.0, model.bias(T), bias_m.data[i], rv / bias_m.nframes[i], bias_m.valid[i],
@@ -381,6 +390,7 @@ def run_evaluation(params: dict) -> dict:
                          resid_noise_expected=float(np.sqrt(1 - p / M))))
         mae_maps.append(mae)
         mape_maps.append(mape)
+        previews[rows[-1]["group"]] = tuple(downsample(x) for x in (master, synth, mae, mape))
     summary = Table(rows=rows)
     loo = _leave_one_out(params, inputs, bias_m, rv, good, hot)
     write_table(summary, _out(params, "evaluation", "summary.ecsv"))
@@ -390,7 +400,7 @@ def run_evaluation(params: dict) -> dict:
         header = _map_header(params, f"{name[:4].upper()} of the synthetic frame per group (GROUPS)", unit)
         write_hdus(_out(params, "evaluation", f"{name}.fits"), np.stack(cube), header,
                    [("GROUPS", fits.table_to_hdu(Table(groups_hdu.data)), "")])
-    return dict(summary=summary, loo=loo, model=model)
+    return dict(summary=summary, loo=loo, model=model, previews=previews)
 
 
 def _leave_one_out(params, inputs, bias_m, rv, good, hot) -> Table:

@@ -1,0 +1,187 @@
+"""The ``cmoscal`` command: simulate, run, report, synth-bias, synth-dark, evaluate.
+
+User errors print one line ``cmoscal: error: ...`` and exit with status 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        ny, nx = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLUMNS such as 256x256, got {text!r}") from None
+    if ny < 4 or nx < 4:
+        raise argparse.ArgumentTypeError("shape must be at least 4x4")
+    return ny, nx
+
+
+def _stages(values) -> list[str]:
+    from .pipeline import STAGES
+
+    names = [n for v in values or [] for n in v.replace(",", " ").split()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise UserError(f"--stages: unknown stage(s) {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    return [n for n in STAGES if n in names] if names else list(STAGES)
+
+
+def _simulate(args) -> None:
+    from .simulate import simulate_campaign
+
+    simulate_campaign(args.outdir, shape=args.shape, temperatures=args.temps, exptimes=args.exptimes,
+                      frames=args.frames, bias_frames=args.bias_frames, law=args.law, bad_files=args.bad_files,
+                      seed=args.seed)
+    n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
+    print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
+          f"and the truth to {Path(args.outdir) / 'truth.fits'}")
+
+
+def _load(args, **overrides):
+    from .config import load_params
+
+    return load_params(args.params, root=args.root, overrides=overrides)
+
+
+def _run(args) -> None:
+    from .pipeline import STAGES
+
+    params = _load(args)
+    stages = _stages(args.stages)
+    for i, name in enumerate(stages, 1):
+        print(f"[{i}/{len(stages)}] {name} ...", end=" ", flush=True)
+        start = time.perf_counter()
+        STAGES[name](params)
+        print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"products in {params['output_dir']}")
+
+
+def _report(args) -> None:
+    from .report import run_report
+
+    params = _load(args)
+    run_dir = run_report(args.params, params, _stages(args.stages), root=args.root)
+    print(f"report: {run_dir / 'index.html'}")
+
+
+def _evaluate(args) -> None:
+    from .pipeline import run_evaluation, run_summary
+
+    params = _load(args)
+    summary = run_evaluation(params)["summary"]
+    summary["group", "resid_noise", "mae_mean", "mape_median", "mape_share"].pprint(max_lines=-1, max_width=-1)
+    checks = run_summary(params)
+    checks["check", "value", "limit", "passed"].pprint(max_lines=-1, max_width=-1)
+    print("SUCCESS" if checks.meta["success"] else "FAILED: see the checks above")
+
+
+def _synth(args) -> None:
+    from .model import CalibrationModel, write_synthetic
+
+    model = CalibrationModel.read(args.model)
+    output = Path(args.output)
+    exptime = getattr(args, "exptime", None)
+    if output.is_dir() or not output.suffix:
+        name = (f"synthetic_bias_{args.temperature:.1f}C.fits" if exptime is None else
+                f"synthetic_dark_{args.temperature:.1f}C_{exptime:g}s.fits")
+        output = output / name
+    data = write_synthetic(model, output, args.temperature, exptime, getattr(args, "signal_only", False),
+                           args.raw16, history=[str(Path(args.model).resolve())])
+    unit = "raw 16-bit" if args.raw16 else "DN"
+    print(f"wrote {output}: mean {np.nanmean(data):.3f} {unit}, std {np.nanstd(data):.3f} {unit}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cmoscal", description="Per-pixel bias and dark calibration of CMOS "
+                                     "cameras: models, synthetic frames, evaluation, reports.")
+    parser.add_argument("--version", action="version", version=f"cmoscal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("simulate", help="write a simulated campaign with its truth maps")
+    p.add_argument("outdir", help="campaign folder: frames go to OUTDIR/raw, truth to OUTDIR/truth.fits")
+    p.add_argument("--shape", type=_shape, default=(128, 128), help="ROWSxCOLUMNS (default 128x128)")
+    p.add_argument("--temps", type=_floats, default=[-10, -5, 0, 5, 10, 15, 20, 25],
+                   help="set-point temperatures in degC (default -10,-5,...,25)")
+    p.add_argument("--exptimes", type=_floats, default=[1, 5, 10, 30, 60],
+                   help="dark exposure times in s (default 1,5,10,30,60)")
+    p.add_argument("--frames", type=int, default=5, help="dark frames per (T, t) (default 5)")
+    p.add_argument("--bias-frames", type=int, default=10, help="bias frames per T (default 10)")
+    p.add_argument("--law", choices=("exponential", "arrhenius"), default="exponential",
+                   help="dark-current temperature law of the truth (default exponential)")
+    p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_simulate)
+
+    for name, func, text in (("run", _run, "run pipeline stages from a parameter file"),
+                             ("report", _report, "run the notebook suite and archive HTML reports"),
+                             ("evaluate", _evaluate, "evaluate the model against the masters; print checks")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("params", help="campaign parameter file (YAML)")
+        p.add_argument("--root", default=".", help="directory relative paths refer to (default: current)")
+        if name != "evaluate":
+            p.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run (default: all, in order)")
+        p.set_defaults(func=func)
+
+    for name, text in (("synth-bias", "synthetic bias frame at a temperature"),
+                       ("synth-dark", "synthetic dark frame at a temperature and exposure")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--model", required=True, help="output_dir of a campaign, or its calibration_model.fits")
+        p.add_argument("--temperature", type=float, required=True, help="degC")
+        if name == "synth-dark":
+            p.add_argument("--exptime", type=float, required=True, help="s")
+            p.add_argument("--signal-only", action="store_true", help="dark signal alone, without the bias")
+        p.add_argument("--output", required=True, help="FITS file, or a directory for the default name")
+        p.add_argument("--raw16", action="store_true", help="quantized raw 16-bit convention instead of DN")
+        p.set_defaults(func=_synth)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``cmoscal`` command."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "exptime", 1) is not None and getattr(args, "exptime", 1) <= 0:
+        print("cmoscal: error: --exptime must be > 0", file=sys.stderr)
+        return 1
+    from .config import ParamsError
+    from .report import ReportError
+
+    def show(message, category, *_):
+        print(f"cmoscal: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        args.func(args)
+    except (UserError, ParamsError, ReportError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"cmoscal: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cmoscal: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,15 +99,15 @@ def _evaluate(args) -> None:
 
 
 def _synth(args) -> None:
+    from .inventory import frame_label
     from .model import CalibrationModel, write_synthetic
 
     model = CalibrationModel.read(args.model)
     output = Path(args.output)
     exptime = getattr(args, "exptime", None)
     if output.is_dir() or not output.suffix:
-        name = (f"synthetic_bias_{args.temperature:.1f}C.fits" if exptime is None else
-                f"synthetic_dark_{args.temperature:.1f}C_{exptime:g}s.fits")
-        output = output / name
+        kind = "bias" if exptime is None else "dark"
+        output = output / f"synthetic_{frame_label(kind, args.temperature, exptime)}.fits"
     data = write_synthetic(model, output, args.temperature, exptime, getattr(args, "signal_only", False),
                            args.raw16, history=[str(Path(args.model).resolve())])
     unit = "raw 16-bit" if args.raw16 else "DN"

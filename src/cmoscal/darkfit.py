@@ -130,6 +130,19 @@ def fit_loglinear(y, weights, Z, offset):
     return theta
 
 
+def _common_error(Z, wm, cov, D, common_cov):
+    """Add to ``cov`` the effect of an error common to all samples of a pixel.
+
+    The samples carry an unknown shift D @ e, e ~ N(0, common_cov) (the bias model
+    subtracted from every master); the fitted parameters move by K e with
+    K = H^-1 J^T W D (``wm`` = weight * model), so their covariance grows by K common_cov K^T.
+    """
+    P, Q = Z.shape[1], D.shape[1]
+    JWD = (wm.T @ (Z[:, :, None] * D[:, None, :]).reshape(len(Z), -1)).reshape(-1, P, Q)
+    K = cov @ JWD
+    return cov + K @ common_cov @ np.swapaxes(K, 1, 2)
+
+
 def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds):
     P = Z.shape[1]
     var0 = np.where(valid, base_var + shot_scale * np.clip(y, 0, None), np.inf)
@@ -169,7 +182,8 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
 
 
 def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: float, form: str = "exponential",
-             fit_gamma: bool = True, max_iterations: int = 50, min_dof: int = 1, rounds: int = 3) -> DarkFit:
+             fit_gamma: bool = True, max_iterations: int = 50, min_dof: int = 1, rounds: int = 3,
+             bias_cov=None) -> DarkFit:
     """Fit the dark model to every pixel by noise-weighted Levenberg-Marquardt.
 
     Parameters
@@ -195,6 +209,10 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
         Pixels with fewer than (parameters + min_dof) valid samples are not fitted (NaN).
     rounds : int, default 3
         Reweighting rounds.
+    bias_cov : ndarray, shape (3, npix), optional
+        var(a), var(b), cov(a, b) of a bias model a + b*T removed from every master. Its
+        error is common to all masters of a pixel (so it is not in ``base_var``); it is
+        propagated into the parameter covariance.
 
     Returns
     -------
@@ -214,9 +232,15 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
     index = np.flatnonzero(enough)
     for lo in range(0, index.size, _CHUNK):
         sel = index[lo:lo + _CHUNK]
-        theta, c, chi2, conv = _fit_chunk(signal[:, sel].astype(np.float64), valid[:, sel],
-                                          base_var[:, sel].astype(np.float64),
-                                          shot_scale[:, sel].astype(np.float64), Z, offset, max_iterations, rounds)
+        y, ok, var0, shot = (signal[:, sel].astype(np.float64), valid[:, sel], base_var[:, sel].astype(np.float64),
+                             shot_scale[:, sel].astype(np.float64))
+        theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations, rounds)
+        if bias_cov is not None:
+            va, vb, cab = (bias_cov[k, sel].astype(np.float64) for k in range(3))
+            common = np.stack([np.stack([va, cab], -1), np.stack([cab, vb], -1)], -2)
+            m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
+            D = np.stack([np.ones(len(Z)), np.asarray(temperature, dtype=np.float64)], -1)
+            c = _common_error(Z, np.where(ok, m / (var0 + shot * m), 0.0), c, D, common)
         params[:P, sel] = theta.T
         cov[:P, :P, sel] = np.moveaxis(c, 0, -1)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -16,11 +16,22 @@ from astropy.table import Table
 
 from .fitsio import image_hdu, open_raw, scaled_rows
 
-__all__ = ["FITS_SUFFIXES", "build_inventory", "chain_groups", "find_fits", "group_summary", "inspect_file"]
+__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "find_fits", "frame_label",
+           "group_summary", "inspect_file"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 _COMPRESSED = (".fz", ".gz")
 _SAMPLE_ROWS = 64  # rows read per file for the content checks
+
+
+def celsius(temperature: float) -> str:
+    """Temperature as used in names: one decimal and a C, never "-0.0C"."""
+    return f"{round(float(temperature), 1) + 0.0:.1f}C"
+
+
+def frame_label(kind: str, temperature: float, exptime: float | None = None) -> str:
+    """Name of a group or frame: ``bias_10.0C`` or ``dark_10.0C_30s``."""
+    return f"{kind}_{celsius(temperature)}" + (f"_{exptime:g}s" if kind == "dark" else "")
 
 
 def find_fits(raw_dir: str | Path) -> list[Path]:
@@ -148,10 +159,10 @@ def chain_groups(values, tolerance: float, relative: bool = False) -> np.ndarray
 
 
 def _scale_warnings(table: Table, params: dict) -> list[str]:
-    ok = table["status"] == "ok"
-    if not ok.any():
+    read = np.isfinite(table["offscale"])
+    if not read.any():
         return []
-    offscale = np.nanmedian(table["offscale"][ok])
+    offscale = np.median(table["offscale"][read])
     scale = params["scale_factor"]
     if scale > 1 and offscale > 0.01:
         return [f"scale_factor={scale:g} but {offscale:.0%} of sampled raw values are not multiples of it: "
@@ -176,7 +187,7 @@ def _assign_groups(table: Table, params: dict) -> None:
                 members = sub[T_label == T_group]
                 T = float(np.mean(table["temperature"][members]))
                 t = float(np.mean(table["exposure"][members]))
-                name = f"bias_{T:.1f}C" if kind == "bias" else f"dark_{T:.1f}C_{t:.4g}s"
+                name = frame_label(kind, T, t)
                 table["group"][members] = name
                 table["group_temperature"][members] = T
                 table["group_exptime"][members] = t

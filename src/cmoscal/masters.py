@@ -17,6 +17,7 @@ from astropy.io import fits
 from astropy.stats import mad_std
 
 from .fitsio import provenance, read_image, write_hdus
+from .inventory import celsius
 
 __all__ = ["MasterSet", "combine", "load_masters", "master_path", "write_master"]
 
@@ -71,8 +72,8 @@ def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip
 def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:
     """Path of a master file, with the original pipelines' names."""
     if kind == "bias":
-        return Path(output_dir) / "bias_grouped_by_temp" / f"master_bias_{temperature:.1f}C.fits"
-    return Path(output_dir) / "dark_masters" / f"darks_T{temperature:.1f}C_texp{exptime:g}s.fits"
+        return Path(output_dir) / "bias_grouped_by_temp" / f"master_bias_{celsius(temperature)}.fits"
+    return Path(output_dir) / "dark_masters" / f"darks_T{celsius(temperature)}_texp{exptime:g}s.fits"
 
 
 def write_master(path, master, variance, nframes, nsat, *, kind, temperatures, exptime, inputs, params,

@@ -23,7 +23,9 @@ from .hotpix import dq_table
 __all__ = ["CalibrationModel", "MODEL_FILE", "OutOfRangeWarning", "equations", "to_raw16", "write_synthetic"]
 
 MODEL_FILE = "calibration_model.fits"
-_META = ("CAMPAIGN", "GAIN", "SCALEFAC", "SATURATE", "NBIAS", "NDARK", "NBIASM", "NDARKM", "TREFHOT")
+_META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN, from dark shot noise",
+         "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
+         "NBIASM": "master biases", "NDARKM": "master darks", "TREFHOT": "degC, temperature of the hot-pixel ranking"}
 _COV_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # lnA, slope, gamma
 
 
@@ -71,7 +73,7 @@ class CalibrationModel:
     trange, exprange : tuple of float
         Calibrated temperature [degC] and exposure [s] ranges.
     meta : dict
-        Further header keywords (gain, scale factor, saturation, input counts, ...).
+        Further header keywords, see ``_META`` (gain, scale factor, saturation, input counts, ...).
     history : list of str
         HISTORY lines (the inputs).
     """
@@ -143,14 +145,14 @@ class CalibrationModel:
                    TEXPMIN=(self.exprange[0], "s, shortest calibrated dark exposure"),
                    TEXPMAX=(self.exprange[1], "s, longest calibrated dark exposure"))
         for key, value in self.meta.items():
-            header[key] = value
+            header[key] = (value, _META.get(key, ""))
+        for line in self.history:
+            header.add_history(line)
         return header
 
     def write(self, path: str | Path) -> Path:
         """Write the multi-extension model file atomically."""
         header = self.header()
-        for line in self.history:
-            header.add_history(line)
         slope = ("DARK_B", "1/degC") if self.form == "exponential" else ("DARK_EA", "eV")
         images = [("BIAS_A", self.bias_a, "DN"), ("BIAS_B", self.bias_b, "DN/degC"),
                   ("BIAS_COV", self.bias_cov, "var(a) DN2; var(b) (DN/degC)2; cov(a,b) DN2/degC"),

@@ -18,7 +18,7 @@ from .darkfit import fit_dark, predict
 from .evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
 from .fitsio import provenance, read_image, write_hdus, write_table
 from .hotpix import DQ_BITS, classify_pixels, dq_table
-from .inventory import build_inventory
+from .inventory import build_inventory, frame_label
 from .masters import combine, load_masters, master_path, write_master
 from .model import MODEL_FILE, CalibrationModel, OutOfRangeWarning, equations, write_synthetic
 from .noise import inverse_gain, master_variance, read_variance
@@ -196,15 +196,18 @@ def _fit_inputs(params: dict):
     usable = darks.valid & (darks.data < np.nanpercentile(darks.data, 99, axis=(1, 2))[:, None, None])
     inv_gain = inverse_gain(darks.data, darks.variance, darks.nframes, rv, usable)
     base_var, shot = _noise_terms(params, darks, bias, inv_gain)
-    return dict(darks=darks, bias=bias, shape=shape, inv_gain=inv_gain, signal=flat(darks.data),
+    bias_cov = bias["cov"].reshape(3, -1) if params["dark_bias"] == "model" else None
+    return dict(darks=darks, bias=bias, shape=shape, inv_gain=inv_gain, signal=flat(darks.data), bias_cov=bias_cov,
                 valid=flat(darks.valid), base_var=flat(base_var), shot=flat(np.broadcast_to(shot, darks.data.shape)),
                 tmin=float(darks.temperature.min()), fit_gamma=dark_dimension(params, darks.exptime))
 
 
-def _fit(params, inputs, form, pixels=slice(None)):
+def _fit(params, inputs, form, pixels=slice(None), propagate_bias=False):
+    bias_cov = inputs["bias_cov"][:, pixels] if propagate_bias and inputs["bias_cov"] is not None else None
     return fit_dark(inputs["signal"][:, pixels], inputs["valid"][:, pixels], inputs["base_var"][:, pixels],
                     inputs["shot"][:, pixels], inputs["darks"].temperature, inputs["darks"].exptime,
-                    inputs["tmin"], form, inputs["fit_gamma"], params["max_iterations"], params["min_dof"])
+                    inputs["tmin"], form, inputs["fit_gamma"], params["max_iterations"], params["min_dof"],
+                    bias_cov=bias_cov)
 
 
 def compare_models(params: dict, inputs: dict) -> Table:
@@ -239,7 +242,7 @@ def run_dark_model(params: dict) -> dict:
     and ``calibration_model.fits``.
     """
     inputs = _fit_inputs(params)
-    fit = _fit(params, inputs, params["dark_form"])
+    fit = _fit(params, inputs, params["dark_form"], propagate_bias=True)
     comparison = compare_models(params, inputs)
     write_table(comparison, _out(params, "dark_model", "model_comparison.ecsv"))
     if comparison.meta["better"] != params["dark_form"]:
@@ -257,13 +260,10 @@ def run_dark_model(params: dict) -> dict:
         trange=(float(min(darks.temperature.min(), bias_masters.temperature.min())),
                 float(max(darks.temperature.max(), bias_masters.temperature.max()))),
         exprange=(float(darks.exptime.min()), float(darks.exptime.max())),
-        meta=dict(CAMPAIGN=params["campaign"],
-                  GAIN=(1 / inputs["inv_gain"] if inputs["inv_gain"] > 0 else 0.0, "e-/DN, from dark shot noise"),
-                  SCALEFAC=(params["scale_factor"], "raw / SCALEFAC = DN"),
-                  SATURATE=(params["saturation"], "DN"),
-                  NBIASM=(len(bias_masters), "master biases"), NDARKM=(len(darks), "master darks"),
-                  NBIAS=(int(bias_masters.nframes.max(axis=(1, 2)).sum()), "bias frames"),
-                  NDARK=(int(darks.nframes.max(axis=(1, 2)).sum()), "dark frames")))
+        meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inputs["inv_gain"] if inputs["inv_gain"] > 0 else 0.0,
+                  SCALEFAC=params["scale_factor"], SATURATE=params["saturation"], NBIASM=len(bias_masters),
+                  NDARKM=len(darks), NBIAS=int(bias_masters.nframes.max(axis=(1, 2)).sum()),
+                  NDARK=int(darks.nframes.max(axis=(1, 2)).sum())))
     model.history = [f"input: {p.name}" for p in bias_masters.paths + darks.paths]
     classified = run_hot_pixels(params, model)
     return dict(fit=fit, comparison=comparison, inv_gain=inputs["inv_gain"], **classified)
@@ -291,7 +291,7 @@ def run_hot_pixels(params: dict, model: CalibrationModel | None = None) -> dict:
     dq, thresholds = classify_pixels(rate, model.read_noise, (model.dq & DQ_BITS["SATURATED"][0]) > 0, few,
                                      model.chi2r, model.converged, params)
     model.dq = dq
-    model.meta["TREFHOT"] = (tref, "degC, temperature of the hot-pixel ranking")
+    model.meta["TREFHOT"] = tref
     _write_model(params, model)
     return dict(model=model, rate=rate, thresholds=thresholds, reference_temperature=tref,
                 dq_table=dq_table(dq))
@@ -325,33 +325,34 @@ def _write_model(params: dict, model: CalibrationModel) -> None:
 
 
 # --- synthesis --------------------------------------------------------------------------------
-def _points(params: dict) -> list[tuple[float, float]]:
+def _points(params: dict) -> list[tuple[str, float, float | None]]:
+    """(kind, temperature, exptime) of the frames to synthesize."""
     if params["synthesize"]:
-        return [(float(p["temperature"]), float(p["exptime"])) for p in params["synthesize"]]
-    headers = [fits.getheader(p) for p in sorted(_out(params, "dark_masters").glob("*.fits"))]
-    return [(h["TEMP"], h["EXPTIME"]) for h in headers]
+        points = [(float(p["temperature"]), float(p["exptime"])) for p in params["synthesize"]]
+        return [("bias", T, None) for T, _ in points] + [("dark", T, t) for T, t in points]
+    header = lambda folder: [fits.getheader(p) for p in sorted(_out(params, folder).glob("*.fits"))]  # noqa: E731
+    return ([("bias", h["TEMP"], None) for h in header("bias_grouped_by_temp")] +
+            [("dark", h["TEMP"], h["EXPTIME"]) for h in header("dark_masters")])
 
 
 def run_synthesis(params: dict) -> Table:
-    """Write synthetic bias and full dark frames (DN) to ``synthetic/`` for the requested points.
+    """Write synthetic bias and full dark frames (DN) to ``synthetic/``.
 
-    Points: ``synthesize`` or, when empty, every calibrated dark group. Returns a table of
-    the frames written with their mean and standard deviation.
+    Frames: a bias and a dark at every point of ``synthesize`` or, when it is empty, a bias
+    per master bias and a dark per master dark (same temperature and exposure). Returns a
+    table of the frames written with their mean, standard deviation and any range warning.
     """
-    model = CalibrationModel.read(_out(params, MODEL_FILE))
+    model = CalibrationModel.read(_require(_out(params, MODEL_FILE), "dark_model"))
     folder = _out(params, "synthetic")
     _clear(folder)
     rows = []
-    for T, t in _points(params):
-        for kind, exptime, name in (("bias", None, f"synthetic_bias_{T:.1f}C.fits"),
-                                    ("dark", t, f"synthetic_dark_{T:.1f}C_{t:g}s.fits")):
-            if (folder / name).exists():
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", OutOfRangeWarning)
-                data = write_synthetic(model, folder / name, T, exptime, history=[MODEL_FILE])
-            rows.append((name, kind, T, exptime or 0.0, float(np.nanmean(data)), float(np.nanstd(data)),
-                         "; ".join(str(w.message) for w in caught)))
+    for kind, T, t in _points(params):
+        name = f"synthetic_{frame_label(kind, T, t)}.fits"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", OutOfRangeWarning)
+            data = write_synthetic(model, folder / name, T, t, history=[MODEL_FILE])
+        rows.append((name, kind, T, t or 0.0, float(np.nanmean(data)), float(np.nanstd(data)),
+                     "; ".join(str(w.message) for w in caught)))
     return Table(rows=rows, names=("file", "kind", "temperature", "exptime", "mean", "std", "warning"))
 
 
@@ -385,7 +386,7 @@ def run_evaluation(params: dict) -> dict:
     for kind, T, t, synth, master, var, valid, p, M in groups:
         mae, mape, stats = residual_stats(synth, master, var, good & valid, params["snr_min"])
         _, _, hot_stats = residual_stats(synth, master, var, hot & valid, params["snr_min"])
-        rows.append(dict(group=f"{kind}_{T:.1f}C" + (f"_{t:g}s" if kind == "dark" else ""), kind=kind,
+        rows.append(dict(group=frame_label(kind, T, t), kind=kind,
                          temperature=T, exptime=t, **stats, resid_noise_hot=hot_stats["resid_noise"],
                          resid_noise_expected=float(np.sqrt(1 - p / M))))
         mae_maps.append(mae)
@@ -419,7 +420,7 @@ def _leave_one_out(params, inputs, bias_m, rv, good, hot) -> Table:
                                ("dark", z, err, darks.temperature, darks.exptime)):
         for i in range(len(T)):
             rms = lambda sel: float(np.sqrt(np.nanmean(zz[i][sel] ** 2))) if np.isfinite(zz[i][sel]).any() else np.nan  # noqa: E731,E501
-            rows.append(dict(group=f"{kind}_{T[i]:.1f}C" + (f"_{t[i]:g}s" if kind == "dark" else ""), kind=kind,
+            rows.append(dict(group=frame_label(kind, T[i], t[i]), kind=kind,
                              temperature=float(T[i]), exptime=float(t[i]), loo_noise=rms(g), loo_noise_hot=rms(h),
                              mae=float(np.nanmean(ee[i][g])), npix=int(g.sum())))
     table = Table(rows=rows)

@@ -1,0 +1,27 @@
+import numpy as np
+
+from cmoscal.bias import bias_at, bias_variance_at, fit_bias
+
+
+def test_bias_line_recovers_truth_within_its_errors():
+    rng = np.random.default_rng(4)
+    shape, n, rn = (80, 80), 10, 1.2
+    a, b = rng.normal(60, 2, shape), rng.normal(0.3, 0.05, shape)
+    T = np.array([-10.0, -5, 0, 5, 10, 15, 20, 25])
+    masters = a + b * T[:, None, None] + rng.normal(0, rn / np.sqrt(n), (len(T),) + shape)
+    fa, fb, cov, rms = fit_bias(T, masters, np.full(masters.shape, n), np.full(shape, rn**2))
+    for fitted, true, var in ((fa, a, cov[0]), (fb, b, cov[1])):
+        pulls = (fitted - true) / np.sqrt(var)
+        assert abs(pulls.mean()) < 0.05 and abs(pulls.std() - 1) < 0.05
+    expected_rms = rn / np.sqrt(n) * np.sqrt(1 - 2 / len(T))
+    assert abs(np.sqrt(np.mean(rms**2)) / expected_rms - 1) < 0.05
+    prediction_pull = (bias_at(fa, fb, 12.0) - (a + b * 12.0)) / np.sqrt(bias_variance_at(cov, 12.0))
+    assert abs(prediction_pull.std() - 1) < 0.05
+
+
+def test_unusable_samples_are_ignored():
+    T = np.array([0.0, 10.0, 20.0])
+    masters = np.array([[[50.0]], [[53.0]], [[999.0]]])
+    weights = np.array([[[5]], [[5]], [[0]]])
+    a, b, _, _ = fit_bias(T, masters, weights, np.ones((1, 1)))
+    assert np.isclose(a[0, 0], 50) and np.isclose(b[0, 0], 0.3)

@@ -1,0 +1,121 @@
+"""End to end on the simulated campaign: the products recover the simulation's truth."""
+
+import numpy as np
+from astropy.io import fits
+
+from cmoscal.darkfit import design, fit_loglinear, predict
+from cmoscal.hotpix import DQ_BITS
+from cmoscal.masters import load_masters
+from cmoscal.model import CalibrationModel
+from cmoscal.simulate import dark_truth
+from conftest import digest, read_truth
+
+
+def robust_std(x):
+    x = x[np.isfinite(x)]
+    return 1.4826 * np.median(np.abs(x - np.median(x)))
+
+
+def test_bias_model_recovers_truth(campaign):
+    truth, bias = read_truth(campaign["root"]), campaign["results"]["bias"]
+    for name, fitted, var in (("bias_a", bias["a"], bias["cov"][0]), ("bias_b", bias["b"], bias["cov"][1])):
+        pulls = (fitted - truth[name]) / np.sqrt(var)
+        assert abs(np.median(pulls)) < 0.1, name
+        assert 0.85 < robust_std(pulls) < 1.15, name
+    normal = truth["rts"] == 0
+    rn = bias["read_noise"][normal] / truth["read_noise"][normal]
+    assert abs(np.median(rn) - 1) < 0.03
+
+
+def test_dark_model_recovers_truth_for_normal_and_hot_pixels(campaign):
+    truth, model = read_truth(campaign["root"]), campaign["results"]["dark_model"]["model"]
+    A_true = truth["dark_a"] * np.exp(truth["dark_b"] * (model.tmin - truth["tref"]))
+    true = np.stack([np.log(A_true), truth["dark_b"], truth["dark_gamma"]])
+    usable = np.isfinite(model.dark[0]) & ((model.dq & DQ_BITS["SATURATED"][0]) == 0)
+    for name, pixels in (("normal", usable & ~truth["hot"]), ("hot", usable & truth["hot"])):
+        for i in range(3):
+            pulls = (model.dark[i] - true[i])[pixels] / np.sqrt(model.dark_cov[i, i][pixels])
+            assert abs(np.median(pulls)) < (0.1 if name == "normal" else 1.0), (name, i)
+            if name == "normal":
+                assert 0.85 < robust_std(pulls) < 1.15, (name, i)
+            else:
+                assert np.all(np.abs(pulls) < 4.5), (name, i)
+    assert abs(model.meta["GAIN"] / truth["gain"] - 1) < 0.05
+
+
+def test_held_out_prediction_is_noise_limited_and_beats_log_space(campaign):
+    truth, model = read_truth(campaign["root"]), campaign["results"]["dark_model"]["model"]
+    darks = load_masters(campaign["root"] / "out" / "dark_masters")
+    good = (model.dq & (DQ_BITS["SATURATED"][0] | DQ_BITS["FEW_SAMPLES"][0])) == 0
+    signal = darks.data.reshape(len(darks), -1)
+    z = design(darks.temperature, darks.exptime, model.tmin, "exponential")
+    log_params = fit_loglinear(signal, darks.valid.reshape(len(darks), -1).astype(float), z,
+                               np.zeros(len(darks))).T.reshape(model.dark.shape)
+    for T0, t0 in ((12.5, 20.0), (-7.5, 2.0), (22.5, 45.0)):
+        true = dark_truth(truth, T0, t0)
+        err = model.dark_signal(T0, t0) - true
+        err_log = predict(log_params, T0, t0, model.tmin, "exponential") - true
+        pulls = err / np.sqrt(model.dark_variance(T0, t0))
+        for pixels in (good & ~truth["hot"], good & truth["hot"]):
+            assert np.sqrt(np.mean(err[pixels] ** 2)) < np.sqrt(np.nanmean(err_log[pixels] ** 2))
+        assert 0.85 < np.std(pulls[good & ~truth["hot"]]) < 1.2
+        assert np.sqrt(np.mean(pulls[good & truth["hot"]] ** 2)) < 2
+
+
+def test_hot_pixels_are_found(campaign):
+    truth, model = read_truth(campaign["root"]), campaign["results"]["hot_pixels"]["model"]
+    flagged = (model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0
+    assert np.all(flagged[truth["hot"]])
+    assert np.mean(flagged[~truth["hot"]]) < 0.005
+    mask = fits.getdata(campaign["root"] / "out" / "dark_model" / "hot_pixel_mask.fits").astype(bool)
+    assert np.array_equal(mask, (model.dq & DQ_BITS["HOT"][0]) > 0)
+    noisy = (model.dq & DQ_BITS["NOISY"][0]) > 0
+    assert np.mean(truth["rts"][noisy] > 0) > 0.9
+
+
+def test_evaluation_is_noise_limited_and_checks_pass(campaign):
+    results = campaign["results"]
+    summary, loo, checks = results["evaluation"]["summary"], results["evaluation"]["loo"], results["summary"]
+    ratio = summary["resid_noise"] / summary["resid_noise_expected"]
+    assert abs(np.median(ratio) - 1) < 0.05
+    assert abs(np.median(loo["loo_noise"]) - 1) < 0.05
+    dark = summary[summary["kind"] == "dark"]
+    assert np.all((dark["mape_share"] > 0) == np.isfinite(dark["mape_median"]))
+    assert list(checks["passed"]) == [True] * len(checks) and checks.meta["success"]
+
+
+def test_products_say_what_they_are(campaign):
+    out = campaign["root"] / "out"
+    expected = ["bias_grouped_by_temp/master_bias_-10.0C.fits", "bias_model/bias_a_map.fits",
+                "bias_model/bias_b_map.fits", "dark_model/dark_A_map.fits", "dark_model/dark_B_map.fits",
+                "dark_model/dark_gamma_map.fits", "dark_model/hot_pixel_mask.fits", "dark_model/dq_map.fits",
+                "dark_model/dark_A_sigma_map.fits", "calibration_model.fits", "inventory.ecsv"]
+    for name in expected:
+        assert (out / name).exists(), name
+    assert len(list((out / "dark_masters").glob("darks_T*C_texp*s.fits"))) == 40
+    header = fits.getheader(out / "dark_model" / "dark_A_map.fits")
+    for key in ("BUNIT", "DARKEQ", "TMIN", "TCALMIN", "TCALMAX", "TEXPMIN", "TEXPMAX", "NDARK", "NBIAS",
+                "CREATOR", "DATE", "HISTORY"):
+        assert key in header, key
+    assert header["BUNIT"] == "DN/s^gamma"
+    master = fits.getheader(out / "bias_grouped_by_temp" / "master_bias_-10.0C.fits")
+    assert master["NCOMBINE"] == 10 and len(master["HISTORY"]) == 10 and master["BUNIT"] == "DN"
+    dq_def = fits.getdata(out / "dark_model" / "dq_map.fits", "DQ_DEF")
+    assert list(dq_def["NAME"]) == list(DQ_BITS)
+    assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*fits"))
+
+
+def test_raw_inputs_are_never_modified(campaign):
+    assert digest(campaign["root"] / "raw") == campaign["raw_digest"]
+
+
+def test_model_file_round_trip_and_synthesis(campaign):
+    model = CalibrationModel.read(campaign["root"] / "out")
+    fitted = campaign["results"]["hot_pixels"]["model"]
+    assert np.allclose(model.dark, fitted.dark, equal_nan=True, rtol=1e-6)
+    assert np.array_equal(model.dq, fitted.dq)
+    frame = model.dark_frame(10.0, 30.0)
+    assert np.allclose(frame, model.bias(10.0) + model.dark_signal(10.0, 30.0))
+    written = {p.name for p in (campaign["root"] / "out" / "synthetic").glob("*.fits")}
+    assert {"synthetic_bias_-10.0C.fits", "synthetic_bias_25.0C.fits"} <= written
+    assert len(written) == 8 + 40

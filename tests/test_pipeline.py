@@ -117,5 +117,5 @@ def test_model_file_round_trip_and_synthesis(campaign):
     frame = model.dark_frame(10.0, 30.0)
     assert np.allclose(frame, model.bias(10.0) + model.dark_signal(10.0, 30.0))
     written = {p.name for p in (campaign["root"] / "out" / "synthetic").glob("*.fits")}
-    assert {"synthetic_bias_-10.0C.fits", "synthetic_bias_25.0C.fits"} <= written
+    assert sum(n.startswith("synthetic_bias_") for n in written) == 8
     assert len(written) == 8 + 40

@@ -136,11 +136,11 @@ def validate_params(params: dict) -> list[str]:
         reason = check(flat[key])
         if reason:
             problems.append(f"{key}: {reason} (got {flat[key]!r})")
-    if not problems:
-        if params["warm_sigma"] >= params["hot_sigma"]:
-            problems.append("warm_sigma: must be smaller than hot_sigma")
-        if not Path(params["raw_dir"]).is_dir():
-            problems.append(f"raw_dir: {params['raw_dir']} is not a directory")
+    raw_dir = flat.get("raw_dir")
+    if isinstance(raw_dir, str) and raw_dir.strip() and not Path(raw_dir).is_dir():
+        problems.append(f"raw_dir: {raw_dir} is not a directory")
+    if not problems and params["warm_sigma"] >= params["hot_sigma"]:
+        problems.append("warm_sigma: must be smaller than hot_sigma")
     return problems
 
 

@@ -1,0 +1,91 @@
+"""The cmoscal command, run as a user would."""
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cmoscal.cli import main
+from conftest import write_params
+
+
+def cmoscal(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cmoscal.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_help_lists_every_command():
+    out = cmoscal("--help").stdout
+    for command in ("simulate", "run", "report", "synth-bias", "synth-dark", "evaluate"):
+        assert command in out
+
+
+def test_synth_bias_into_a_directory_prints_mean_and_std(campaign, tmp_path, capsys):
+    assert main(["synth-bias", "--model", str(campaign["root"] / "out"), "--temperature", "12.0",
+                 "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "synthetic_bias_12.0C.fits"
+    data = fits.getdata(path)
+    assert f"mean {data.mean():.3f} DN, std {data.std():.3f} DN" in out
+    assert fits.getheader(path)["TEMP"] == 12.0 and fits.getheader(path)["BUNIT"] == "DN"
+    assert fits.getdata(path, "VARIANCE").shape == data.shape
+
+
+def test_synth_dark_variants(campaign, tmp_path):
+    model = str(campaign["root"] / "out")
+    args = ["synth-dark", "--model", model, "--temperature", "5", "--exptime", "30"]
+    assert main(args + ["--output", str(tmp_path / "full.fits")]) == 0
+    assert main(args + ["--output", str(tmp_path / "signal.fits"), "--signal-only"]) == 0
+    assert main(args + ["--output", str(tmp_path / "raw.fits"), "--raw16"]) == 0
+    full, signal = fits.getdata(tmp_path / "full.fits"), fits.getdata(tmp_path / "signal.fits")
+    raw = fits.getdata(tmp_path / "raw.fits")
+    assert full.dtype.name == "float32" and 55 < np.median(full - signal) < 65  # the simulated bias level
+    assert raw.dtype == np.uint16 and np.all(raw % 16 == 0)
+    assert np.allclose(raw / 16, np.clip(np.rint(full), 0, 4095))
+
+
+def test_out_of_range_requests_warn(campaign, tmp_path, capsys):
+    assert main(["synth-dark", "--model", str(campaign["root"] / "out"), "--temperature", "45", "--exptime",
+                 "600", "--output", str(tmp_path / "far.fits")]) == 0
+    err = capsys.readouterr().err
+    assert "temperature 45 degC is outside the calibrated range" in err
+    assert "exposure 600 s is outside the calibrated range" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "nowhere.yml"], "nowhere.yml: cannot read parameters"),
+    (["synth-bias", "--model", "nowhere", "--temperature", "1", "--output", "x.fits"], "no calibration model"),
+    (["synth-dark", "--model", ".", "--temperature", "1", "--exptime", "-1", "--output", "x"], "--exptime must be > 0"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = cmoscal(*args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_parameters_and_stages_are_refused(tmp_path):
+    write_params(tmp_path / "bad.yml", campaign="x", raw_dir="absent", combine="mode")
+    result = cmoscal("run", "bad.yml", cwd=tmp_path)
+    assert result.returncode == 1 and "2 problem(s)" in result.stderr and "combine" in result.stderr
+    (tmp_path / "raw").mkdir()
+    write_params(tmp_path / "ok.yml", campaign="x", raw_dir="raw")
+    result = cmoscal("run", "ok.yml", "--stages", "fitting", cwd=tmp_path)
+    assert result.returncode == 1 and "unknown stage(s) fitting" in result.stderr
+
+
+def test_simulate_then_run_selected_stages(tmp_path):
+    assert cmoscal("simulate", tmp_path / "c", "--shape", "16x16", "--temps", "0,10,20", "--exptimes", "2,20",
+                   "--frames", "3", "--bias-frames", "3").returncode == 0
+    assert len(list((tmp_path / "c" / "raw").rglob("*.fits"))) == 3 * (3 + 2 * 3)
+    write_params(tmp_path / "c.yml", campaign="c", raw_dir="c/raw", output_dir="out")
+    result = cmoscal("run", "c.yml", "--stages", "inventory", "bias", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "[2/2] bias ... done" in result.stdout
+    assert (tmp_path / "out" / "bias_model" / "bias_a_map.fits").exists()
+    assert not (tmp_path / "out" / "dark_masters").exists()
+    result = cmoscal("run", "c.yml", "--stages", "dark_model", cwd=tmp_path)
+    assert result.returncode == 1 and "run the dark_masters stage first" in result.stderr

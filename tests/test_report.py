@@ -1,0 +1,73 @@
+"""The notebook suite through papermill on a tiny campaign, as `make report` runs it."""
+
+import json
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cmoscal.config import load_params
+from cmoscal.pipeline import STAGES
+from cmoscal.report import ReportError, run_report
+from cmoscal.simulate import simulate_campaign
+from conftest import read_truth, write_params
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    simulate_campaign(root / "data", shape=(32, 32), temperatures=(-5, 5, 15, 25), exptimes=(2, 10, 40), frames=3,
+                      bias_frames=4, bad_files=True, seed=11)
+    path = write_params(root / "tiny.yml", campaign="tiny", raw_dir="data/raw", loo_pixels=0,
+                        checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
+    params = load_params(path, root=root)
+    run_dir = run_report(path, params, list(STAGES), root=root)
+    return dict(root=root, path=path, params=params, run_dir=run_dir)
+
+
+def test_every_stage_runs_and_is_archived(tiny):
+    run_dir, report_dir = tiny["run_dir"], tiny["root"] / "reports" / "tiny"
+    assert (report_dir / "latest").resolve() == run_dir.resolve()
+    pages = sorted(p.name for p in run_dir.glob("*.html"))
+    assert pages == sorted([f"{i:02d}_{s}.html" for i, s in enumerate(STAGES, 1)] + ["index.html"])
+    for page in run_dir.glob("0*.html"):
+        text = page.read_text()
+        assert "data:image/png;base64" in text and "Traceback" not in text
+        assert "plots.start_notebook" not in text  # code is hidden
+        assert page.stat().st_size < 20e6
+    for name in ("params.yml", "inventory.ecsv", "manifest.json"):
+        assert (run_dir / name).exists()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [r["status"] for r in manifest["results"]] == ["passed"] * len(STAGES)
+    index = (run_dir / "index.html").read_text()
+    assert "SUCCESS" in index and "leave-one-out" in index and "rejected files" in index
+    for stage in STAGES:
+        assert f'href="{run_dir.name}' not in index and f"_{stage}.html" in index
+
+
+def test_report_products_recover_truth(tiny):
+    out = tiny["root"] / "products" / "tiny"
+    truth = read_truth(tiny["root"] / "data")
+    b = fits.getdata(out / "bias_model" / "bias_b_map.fits")
+    sigma = fits.getdata(out / "bias_model" / "bias_b_sigma_map.fits")
+    assert abs(np.median((b - truth["bias_b"]) / sigma)) < 0.2
+    B = fits.getdata(out / "dark_model" / "dark_B_map.fits")
+    assert abs(np.median(B[~truth["hot"]]) - 0.10) < 0.01
+
+
+def test_chosen_stages_rerun_on_existing_products(tiny):
+    run_dir = run_report(tiny["path"], tiny["params"], ["dark_model", "evaluation"], root=tiny["root"])
+    assert run_dir != tiny["run_dir"]
+    assert sorted(p.name for p in run_dir.glob("0*.html")) == ["04_dark_model.html", "07_evaluation.html"]
+    assert (tiny["root"] / "reports" / "tiny" / "latest").resolve() == run_dir.resolve()
+
+
+def test_a_failing_stage_stops_the_run_and_is_reported(tmp_path):
+    (tmp_path / "raw").mkdir()
+    path = write_params(tmp_path / "empty.yml", campaign="empty", raw_dir="raw")
+    params = load_params(path, root=tmp_path)
+    with pytest.raises(ReportError, match=r"stage inventory failed at cell \d+: FileNotFoundError: .*no FITS files"):
+        run_report(path, params, ["inventory", "bias"], root=tmp_path)
+    run_dir = (tmp_path / "reports" / "empty" / "latest").resolve()
+    assert (run_dir / "01_inventory.html").exists() and not (run_dir / "02_bias.html").exists()
+    assert "FAILED" in (run_dir / "index.html").read_text()

@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo-data: env
-	@if [ "$(CAMPAIGN)" = demo ] && [ ! -d $(DEMO_RAW) ]; then \
+	@if [ "$(PARAMS)" = params/demo.yml ] && [ ! -d $(DEMO_RAW) ]; then \
 	  echo "simulating the demo campaign into data/demo"; \
 	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files; fi
 
@@ -34,7 +34,7 @@ bench: env
 	$(BIN)/python bench/accuracy.py
 
 lab: env
-	@$(MAKE) --no-print-directory demo-data CAMPAIGN=demo
+	@$(MAKE) --no-print-directory demo-data PARAMS=params/demo.yml
 	$(BIN)/jupyter lab notebooks/
 
 clean:

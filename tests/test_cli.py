@@ -89,3 +89,9 @@ def test_simulate_then_run_selected_stages(tmp_path):
     assert not (tmp_path / "out" / "dark_masters").exists()
     result = cmoscal("run", "c.yml", "--stages", "dark_model", cwd=tmp_path)
     assert result.returncode == 1 and "run the dark_masters stage first" in result.stderr
+
+
+def test_evaluate_prints_the_checks(campaign, capsys):
+    assert main(["evaluate", str(campaign["root"] / "params.yml"), "--root", str(campaign["root"])]) == 0
+    out = capsys.readouterr().out
+    assert "dark leave-one-out / noise" in out and out.strip().endswith("SUCCESS")

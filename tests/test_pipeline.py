@@ -119,3 +119,51 @@ def test_model_file_round_trip_and_synthesis(campaign):
     written = {p.name for p in (campaign["root"] / "out" / "synthetic").glob("*.fits")}
     assert sum(n.startswith("synthetic_bias_") for n in written) == 8
     assert len(written) == 8 + 40
+
+
+def run_all(root, **overrides):
+    from cmoscal.config import load_params
+    from cmoscal.pipeline import STAGES
+    from conftest import write_params
+
+    params = load_params(write_params(root / "p.yml", campaign="opt", raw_dir="raw", output_dir="out", loo_pixels=0,
+                                      **overrides), root=root)
+    return {name: stage(params) for name, stage in STAGES.items()}
+
+
+def test_nearest_master_bias_option(tmp_path):
+    from cmoscal.simulate import simulate_campaign
+
+    truth = simulate_campaign(tmp_path, shape=(24, 24), seed=5)
+    results = run_all(tmp_path, dark_bias="nearest")
+    for path in (tmp_path / "out" / "dark_masters").glob("*.fits"):
+        assert fits.getheader(path)["BIASSUB"] == "nearest"
+    model = results["dark_model"]["model"]
+    assert abs(np.median(model.dark[1][~truth["hot"]]) - 0.10) < 0.005
+    assert results["summary"].meta["success"]
+
+
+def test_one_exposure_campaign_gets_the_1d_model(tmp_path):
+    from cmoscal.simulate import simulate_campaign
+
+    truth = simulate_campaign(tmp_path, shape=(24, 24), exptimes=(30,), seed=6)
+    results = run_all(tmp_path)
+    model = results["dark_model"]["model"]
+    assert not model.fit_gamma and np.all(model.dark[2][np.isfinite(model.dark[0])] == 1)
+    assert fits.getheader(tmp_path / "out" / "dark_model" / "dark_A_map.fits")["BUNIT"] == "DN/s"
+    rate = model.dark_signal(5.0, 30.0)[~truth["hot"]] / dark_truth(truth, 5.0, 30.0)[~truth["hot"]]
+    assert abs(np.median(rate) - 1) < 0.05  # gamma ~ 1 +- 0.02 in the truth, so per-second rates agree
+    assert list(results["dark_model"]["comparison"]["dimension"]) == ["1d", "1d"]
+
+
+def test_arrhenius_campaign_prefers_and_recovers_the_arrhenius_form(tmp_path):
+    from cmoscal.simulate import simulate_campaign
+
+    truth = simulate_campaign(tmp_path, shape=(24, 24), temperatures=(-20, -10, 0, 10, 20, 30, 40),
+                              law="arrhenius", seed=7)
+    results = run_all(tmp_path, dark_form="arrhenius")
+    assert results["dark_model"]["comparison"].meta["better"] == "arrhenius"
+    model = results["dark_model"]["model"]
+    Ea = fits.getdata(tmp_path / "out" / "dark_model" / "dark_Ea_map.fits")
+    assert abs(np.nanmedian(Ea[~truth["hot"]]) - 0.65) < 0.01
+    assert "EA/k" in model.header()["DARKEQ"]

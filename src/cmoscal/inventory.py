@@ -80,7 +80,7 @@ def inspect_file(path: Path, raw_dir: Path, params: dict) -> dict:
     The row has ``status`` ``rejected`` and a ``reason`` when the file cannot be used.
     """
     row = dict(path=str(path.relative_to(raw_dir)), type="", temperature=np.nan, exposure=np.nan,
-               shape="", group="", status="rejected", reason="", offscale=np.nan)
+               shape="", group="", status="rejected", reason="", offscale=np.nan, packed16=False)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
@@ -127,6 +127,7 @@ def inspect_file(path: Path, raw_dir: Path, params: dict) -> dict:
         row["reason"] = f"mostly-zero frame ({zeros:.0%} of sampled pixels are 0)"
         return row
     row["offscale"] = float(np.mean(np.mod(sample, params["scale_factor"]) != 0))
+    row["packed16"] = bool(sample.max() > 4095 and np.all(np.mod(sample, 16) == 0))
     row["status"] = "ok"
     return row
 
@@ -167,6 +168,9 @@ def _scale_warnings(table: Table, params: dict) -> list[str]:
     if scale > 1 and offscale > 0.01:
         return [f"scale_factor={scale:g} but {offscale:.0%} of sampled raw values are not multiples of it: "
                 "is the camera storing native values (scale_factor: 1)?"]
+    if scale == 1 and np.mean(table["packed16"][read]) > 0.5:
+        return ["scale_factor=1 but the raw values exceed 4095 and are all multiples of 16: "
+                "is this a 12-bit ADC stored x16 (scale_factor: 16)?"]
     return []
 
 
@@ -224,7 +228,7 @@ def build_inventory(params: dict) -> Table:
     for name in ("path", "type", "shape", "group", "status", "reason"):
         table[name] = table[name].astype(str)
     table.meta.update(raw_dir=str(raw_dir), shape=shape, warnings=_scale_warnings(table, params))
-    table.remove_column("offscale")
+    table.remove_columns(["offscale", "packed16"])
     for message in table.meta["warnings"]:
         warnings.warn(message, stacklevel=2)
     return table

@@ -39,7 +39,7 @@ def equations(form: str, fit_gamma: bool) -> tuple[str, str]:
     if form == "exponential":
         dark = f"DC = A * {time} * exp(B * (T - TMIN))"
     else:
-        dark = f"DC = A * {time} * exp(-EA/k * (1/(T+273.15) - 1/(TMIN+273.15)))"
+        dark = f"DC = A * {time} * exp(-EA/k * (1/T_K - 1/TMIN_K))"
     return "BIAS = A + B * T", dark
 
 
@@ -135,8 +135,7 @@ class CalibrationModel:
         bias_eq, dark_eq = equations(self.form, self.fit_gamma)
         header = fits.Header()
         provenance(header, bunit="DN", description="cmoscal per-pixel bias and dark calibration model",
-                   BIASEQ=(bias_eq, "T in degC, A in DN, B in DN/degC"),
-                   DARKEQ=(dark_eq, "DC in DN, t in s"),
+                   BIASEQ=bias_eq, DARKEQ=dark_eq,
                    DARKFORM=(self.form, "exponential or arrhenius"),
                    DARKDIM=("2d" if self.fit_gamma else "1d", "2d fits gamma, 1d fixes gamma=1"),
                    TMIN=(self.tmin, "degC, reference temperature of DARK_A"),
@@ -144,6 +143,8 @@ class CalibrationModel:
                    TCALMAX=(self.trange[1], "degC, warmest calibrated"),
                    TEXPMIN=(self.exprange[0], "s, shortest calibrated dark exposure"),
                    TEXPMAX=(self.exprange[1], "s, longest calibrated dark exposure"))
+        header.add_comment("BIAS, A (bias) and DC in DN; T, TMIN in degC; T_K = T + 273.15; t in s; "
+                           "dark A in DN/s^gamma, B in 1/degC, EA in eV")
         for key, value in self.meta.items():
             header[key] = (value, _META.get(key, ""))
         for line in self.history:
@@ -231,17 +232,13 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
         kind = "dark signal"
         if not signal_only:
             data, variance, kind = data + model.bias(temperature), variance + model.bias_variance(temperature), "dark"
-    bias_eq, dark_eq = equations(model.form, model.fit_gamma)
     scale = model.meta.get("SCALEFAC", 16)
     if raw16:
         data = to_raw16(data, scale, model.meta.get("SATURATE", 4095))
-    header = fits.Header()
+    header = model.header()
     header["IMAGETYP"] = f"SYNTHETIC_{kind.upper().replace(' ', '_')}"
     provenance(header, bunit=f"DN x {scale:g} (raw 16-bit)" if raw16 else "DN",
                description=f"synthetic {kind} from the cmoscal calibration model", inputs=history,
-               TEMP=(float(temperature), "degC"), EXPTIME=(float(exptime or 0.0), "s"),
-               BIASEQ=bias_eq, DARKEQ=dark_eq, TMIN=(model.tmin, "degC"),
-               TCALMIN=(model.trange[0], "degC"), TCALMAX=(model.trange[1], "degC"),
-               TEXPMIN=(model.exprange[0], "s"), TEXPMAX=(model.exprange[1], "s"))
+               TEMP=(float(temperature), "degC"), EXPTIME=(float(exptime or 0.0), "s"))
     write_hdus(path, data, header, [("VARIANCE", variance.astype(np.float32), "DN2")])
     return data

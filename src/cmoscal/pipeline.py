@@ -72,11 +72,6 @@ def _clear(folder: Path) -> None:
 
 
 # --- bias ------------------------------------------------------------------------------------
-def _map_header(params: dict, description: str, bunit: str, **keywords) -> fits.Header:
-    return provenance(fits.Header(), bunit=bunit, description=description, CAMPAIGN=params["campaign"],
-                      **keywords)
-
-
 def run_bias(params: dict) -> dict:
     """Master biases per temperature group, the read noise and the bias model.
 
@@ -100,7 +95,7 @@ def run_bias(params: dict) -> dict:
     weights = np.where(masters.valid, masters.nframes, 0)
     a, b, cov, rms = fit_bias(masters.temperature, masters.data, weights, rv)
     T = masters.temperature
-    keywords = dict(BIASEQ=(equations("exponential", True)[0], "T in degC"),
+    keywords = dict(BIASEQ=(equations("exponential", True)[0], "a in DN, b in DN/degC, T in degC"),
                     TCALMIN=(float(T.min()), "degC"), TCALMAX=(float(T.max()), "degC"),
                     NBIASM=(len(masters), "master biases"), NBIAS=(int(np.max(masters.nframes.sum(0))), "frames"),
                     NBIASMED=(float(np.median(masters.nframes)), "median frames per master"))
@@ -113,8 +108,9 @@ def run_bias(params: dict) -> dict:
             "read_noise_map": (np.sqrt(rv), "DN", "read noise of one frame, pooled over bias groups"),
             "bias_covariance": (cov, "var(a) DN2; var(b); cov(a,b)", "bias parameter covariance planes")}
     for name, (data, unit, text) in maps.items():
-        write_hdus(_out(params, "bias_model", f"{name}.fits"), data, _map_header(params, text, unit, inputs=inputs,
-                                                                                 **keywords))
+        header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
+                            CAMPAIGN=params["campaign"], **keywords)
+        write_hdus(_out(params, "bias_model", f"{name}.fits"), data, header)
     return dict(masters=masters, a=a, b=b, cov=cov, rms=rms, read_noise=np.sqrt(rv))
 
 
@@ -148,7 +144,7 @@ def run_dark_masters(params: dict) -> list[Path]:
         else:
             index = np.abs(nearest.temperature[None, :] - temps[:, None]).argmin(axis=1)
             stack -= nearest.data[index]
-            subtracted = "nearest master bias: " + ", ".join(sorted({nearest.paths[i].name for i in index}))
+            subtracted = "nearest: master bias " + ", ".join(sorted({nearest.paths[i].name for i in index}))
         path = master_path(params["output_dir"], "dark", T, t)
         write_master(path, *combine(stack, saturated, params["combine"], params["clip_sigma"]), kind="dark",
                      temperatures=rows["temperature"], exptime=t, inputs=list(rows["path"]), params=params,
@@ -371,34 +367,40 @@ def run_evaluation(params: dict) -> dict:
     rv = model.read_noise.astype(np.float64) ** 2
     good = model.dq == 0
     hot = (model.dq & DQ_BITS["HOT"][0]) > 0
-    n_dark = 3 if model.fit_gamma else 2
+    base = inputs["base_var"].reshape(darks.data.shape)
+    shot = inputs["shot"].reshape(darks.data.shape)
+
+    def groups():
+        """(kind, T, t, synthetic, master, master variance, prediction variance, valid) per group."""
+        for i, T in enumerate(bias_m.temperature):
+            yield ("bias", T, None, model.bias(T), bias_m.data[i], rv / bias_m.nframes[i], model.bias_variance(T),
+                   bias_m.valid[i])
+        for i, (T, t) in enumerate(zip(darks.temperature, darks.exptime)):
+            synth = model.dark_signal(T, t)
+            yield ("dark", T, t, synth, darks.data[i], base[i] + shot[i] * synth, model.dark_variance(T, t),
+                   darks.valid[i])
+
     rows, mae_maps, mape_maps, previews = [], [], [], {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OutOfRangeWarning)
-        groups = [("bias", T, 0.0, model.bias(T), bias_m.data[i], rv / bias_m.nframes[i], bias_m.valid[i],
-                   2, len(bias_m)) for i, T in enumerate(bias_m.temperature)]
-        base = inputs["base_var"].reshape(darks.data.shape)
-        shot = inputs["shot"].reshape(darks.data.shape)
-        for i, (T, t) in enumerate(zip(darks.temperature, darks.exptime)):
-            synth = model.dark_signal(T, t)
-            groups.append(("dark", T, t, synth, darks.data[i], base[i] + shot[i] * synth, darks.valid[i],
-                           n_dark, len(darks)))
-    for kind, T, t, synth, master, var, valid, p, M in groups:
-        mae, mape, stats = residual_stats(synth, master, var, good & valid, params["snr_min"])
-        _, _, hot_stats = residual_stats(synth, master, var, hot & valid, params["snr_min"])
-        rows.append(dict(group=frame_label(kind, T, t), kind=kind,
-                         temperature=T, exptime=t, **stats, resid_noise_hot=hot_stats["resid_noise"],
-                         resid_noise_expected=float(np.sqrt(1 - p / M))))
-        mae_maps.append(mae)
-        mape_maps.append(mape)
-        previews[rows[-1]["group"]] = tuple(downsample(x) for x in (master, synth, mae, mape))
+        for kind, T, t, synth, master, var, var_pred, valid in groups():
+            mae, mape, stats = residual_stats(synth, master, var, good & valid, params["snr_min"])
+            _, _, hot_stats = residual_stats(synth, master, var, hot & valid, params["snr_min"])
+            leverage = np.clip(var_pred / var, 0, 1)[good & valid]  # in-sample residual variance is var (1 - h)
+            rows.append(dict(group=frame_label(kind, T, t), kind=kind, temperature=T, exptime=t or 0.0, **stats,
+                             resid_noise_hot=hot_stats["resid_noise"],
+                             resid_noise_expected=float(np.sqrt(np.mean(1 - leverage)))))
+            mae_maps.append(mae)
+            mape_maps.append(mape)
+            previews[rows[-1]["group"]] = tuple(downsample(x) for x in (master, synth, mae, mape))
     summary = Table(rows=rows)
     loo = _leave_one_out(params, inputs, bias_m, rv, good, hot)
     write_table(summary, _out(params, "evaluation", "summary.ecsv"))
     write_table(loo, _out(params, "evaluation", "loo.ecsv"))
     groups_hdu = fits.table_to_hdu(summary["group", "kind", "temperature", "exptime"])
     for name, cube, unit in (("mae_maps", mae_maps, "DN"), ("mape_maps", mape_maps, "%")):
-        header = _map_header(params, f"{name[:4].upper()} of the synthetic frame per group (GROUPS)", unit)
+        header = provenance(model.header(), bunit=unit,
+                            description=f"{name[:4].upper()} of the synthetic frame per group (GROUPS)")
         write_hdus(_out(params, "evaluation", f"{name}.fits"), np.stack(cube), header,
                    [("GROUPS", fits.table_to_hdu(Table(groups_hdu.data)), "")])
     return dict(summary=summary, loo=loo, model=model, previews=previews)
@@ -439,8 +441,10 @@ def run_summary(params: dict) -> Table:
     flagged = np.mean((model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0)
     rows = []
     for kind in ("bias", "dark"):
-        value = float(np.nanmedian(summary["resid_noise"][summary["kind"] == kind]))
-        rows.append((f"{kind} residual / noise", "median over groups of residual RMS / expected noise",
+        sel = summary["kind"] == kind
+        value = float(np.nanmedian(summary["resid_noise"][sel] / summary["resid_noise_expected"][sel]))
+        rows.append((f"{kind} residual / noise", "median over groups of residual RMS / expected noise, "
+                     "relative to the in-sample expectation sqrt(1 - leverage)",
                      value, limits["residual_noise_max"], value <= limits["residual_noise_max"]))
         value = float(np.nanmedian(loo["loo_noise"][loo["kind"] == kind]))
         rows.append((f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",

@@ -98,6 +98,7 @@ def dark_curves(masters, model, pixels: dict, exptimes=None):
     """Dark signal vs temperature of sample pixels: master values (points) and model (lines).
 
     ``pixels`` maps a label to a flat pixel index; one panel per pixel, one colour per exposure.
+    Log scale: masters at or below zero (noise around a tiny signal) are not drawn.
     """
     exptimes = np.unique(masters.exptime) if exptimes is None else exptimes
     fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.4), squeeze=False, layout="constrained")
@@ -106,10 +107,10 @@ def dark_curves(masters, model, pixels: dict, exptimes=None):
     params = model.dark.reshape(3, -1)
     for ax, (label, index) in zip(axes.flat, pixels.items()):
         for k, t in enumerate(exptimes):
-            sel = np.isclose(masters.exptime, t)
+            sel = np.isclose(masters.exptime, t) & (flat[:, index] > 0)
             ax.plot(masters.temperature[sel], flat[sel, index], "o", color=f"C{k}", ms=4, label=f"{t:g} s")
             ax.plot(grid, predict(params[:, index], grid, t, model.tmin, model.form), "-", color=f"C{k}", lw=1)
-        ax.set_yscale("symlog", linthresh=1)
+        ax.set_yscale("log")
         ax.set_xlabel("temperature [degC]")
         ax.set_ylabel("dark signal [DN]")
         ax.set_title(f"{label} (pixel {index})", fontsize=10)
@@ -199,7 +200,8 @@ def evaluation_summary(summary: Table):
                         capsize=3, ms=4, label=label)
         axes[2].plot(T, summary["resid_noise"][sel], "o-", color=f"C{k}", ms=4, label=label)
     axes[2].axhline(1, color="k", lw=0.8, ls="--")
-    axes[2].plot(summary["temperature"], summary["resid_noise_expected"], "k_", ms=10, label="expected in-sample")
+    axes[2].plot(summary["temperature"], summary["resid_noise_expected"], "k_", ms=10,
+                 label="expected in-sample, sqrt(1 - leverage)")
     for ax, title, unit in zip(axes, ("MAE (mean +/- std)", "MAPE over significant pixels", "residual / noise"),
                                ("DN", "%", "")):
         ax.set_xlabel("temperature [degC]")

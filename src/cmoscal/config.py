@@ -111,6 +111,9 @@ _CHECKS = {
     "checks.hot_fraction_max": _number(0, 1),
     "checks.rejected_fraction_max": _number(0, 1),
     "kernel": _text(),
+    "memory_budget": _number(0.05),
+    "compute.scheduler": _text(),
+    "compute.workers": _optional(_number(1, integer=True)),
 }
 
 

@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from . import __version__
 
-__all__ = ["atomic_path", "image_hdu", "open_raw", "read_image", "scaled_rows", "provenance", "write_atomic", "write_hdus", "write_table"]
+__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "read_image", "scaled_rows", "provenance", "write_atomic", "write_hdus", "write_table"]
 
 
 def image_hdu(hdul: fits.HDUList):
@@ -141,3 +141,21 @@ def write_table(table, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         table.write(tmp, overwrite=True)
     return Path(path)
+
+
+@contextmanager
+def cube_writer(path: str | Path, header: fits.Header, shape: tuple[int, int, int], extensions=()):
+    """Write a float32 cube plane by plane (``yield``-ed ``write(plane)``), atomically.
+
+    ``shape`` is (planes, ny, nx); ``extensions`` are HDUs appended after the cube.
+    Only one plane is ever held in memory.
+    """
+    cube = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 3), ("NAXIS1", shape[2]),
+                        ("NAXIS2", shape[1]), ("NAXIS3", shape[0])])
+    cube.extend(card for card in header.cards if card.keyword not in cube and card.keyword != "EXTEND")
+    with atomic_path(path) as tmp:
+        stream = fits.StreamingHDU(tmp, cube)
+        yield lambda plane: stream.write(np.asarray(plane, dtype=">f4"))
+        stream.close()
+        for hdu in extensions:
+            fits.append(tmp, hdu.data, hdu.header)

@@ -19,12 +19,21 @@ from astropy.stats import mad_std
 from .fitsio import provenance, read_image, write_hdus
 from .inventory import celsius
 
-__all__ = ["MasterSet", "combine", "load_masters", "master_path", "write_master"]
+__all__ = ["MasterSet", "combine", "load_masters", "master_path", "master_paths", "typical_scatter", "write_master"]
 
 _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
 
 
-def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip_sigma: float = 4.0):
+def typical_scatter(stack: np.ndarray, saturated: np.ndarray) -> float:
+    """Median over pixels of the per-pixel frame-to-frame standard deviation [DN]."""
+    data = np.where(saturated, np.nan, stack.astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmedian(np.nanstd(data, axis=0, ddof=1)))
+
+
+def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip_sigma: float = 4.0,
+            floor: float | None = None):
     """Combine a stack of frames pixel by pixel.
 
     Parameters
@@ -39,6 +48,9 @@ def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip
         scatter, so quantized data with identical samples do not clip real values.
     clip_sigma : float, default 4.0
         Clipping threshold of the mean.
+    floor : float, optional
+        Smallest clipping scale [DN]; default :func:`typical_scatter` of ``stack``. Pass one
+        value for all tiles of a frame so the result does not depend on the tiling.
 
     Returns
     -------
@@ -54,8 +66,7 @@ def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip
         center = np.nanmedian(data, axis=0)
         if method == "mean":
             scale = mad_std(data, axis=0, ignore_nan=True)
-            floor = np.nanmedian(np.nanstd(data, axis=0, ddof=1))
-            scale = np.fmax(scale, floor)
+            scale = np.fmax(scale, typical_scatter(stack, saturated) if floor is None else floor)
             data[np.abs(data - center) > clip_sigma * scale] = np.nan
         n = np.sum(np.isfinite(data), axis=0, dtype=np.int16)
         sample_var = np.nanvar(data, axis=0, ddof=1)
@@ -128,20 +139,32 @@ class MasterSet:
         return np.isfinite(self.data) & (self.nsaturated == 0) & (self.nframes > 0)
 
 
-def load_masters(folder: str | Path) -> MasterSet:
-    """Read every master in ``folder``, sorted by exposure then temperature."""
+def _read_rows(path, ext, rows):
+    with fits.open(path, memmap=True) as hdul:
+        return np.array(hdul[ext].data[rows])
+
+
+def master_paths(folder: str | Path) -> list[Path]:
+    """Master files in ``folder``, sorted by exposure then temperature."""
     paths = sorted(Path(folder).glob("*.fits"))
     if not paths:
         raise FileNotFoundError(f"{folder}: no master frames (run the earlier stages first)")
+    keys = [(h["EXPTIME"], h["TEMP"]) for h in map(fits.getheader, paths)]
+    return [paths[i] for i in sorted(range(len(paths)), key=keys.__getitem__)]
+
+
+def load_masters(source, rows=slice(None)) -> MasterSet:
+    """Read masters (a folder, or a list of files) restricted to ``rows``.
+
+    Only the requested rows are read (memory-mapped); ``rows`` is a slice or an index array.
+    """
+    paths = master_paths(source) if isinstance(source, (str, Path)) else list(source)
     headers = [fits.getheader(p) for p in paths]
-    order = np.lexsort(([h["TEMP"] for h in headers], [h["EXPTIME"] for h in headers]))
-    paths = [paths[i] for i in order]
-    headers = [headers[i] for i in order]
 
     def stack(ext):
-        return np.stack([fits.getdata(p, ext) for p in paths])
+        return np.stack([_read_rows(p, ext, rows) for p in paths])
 
-    return MasterSet(data=np.stack([read_image(p) for p in paths]), variance=stack("VARIANCE"),
+    return MasterSet(data=np.stack([read_image(p, rows=rows) for p in paths]), variance=stack("VARIANCE"),
                      nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"),
                      temperature=np.array([h["TEMP"] for h in headers]),
                      exptime=np.array([h["EXPTIME"] for h in headers]), paths=paths)

@@ -16,10 +16,11 @@ from astropy.table import Table
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict
 from .evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
-from .fitsio import provenance, read_image, write_hdus, write_table
+from .fitsio import cube_writer, provenance, read_image, write_hdus, write_table
 from .hotpix import DQ_BITS, classify_pixels, dq_table
 from .inventory import build_inventory, frame_label
-from .masters import combine, load_masters, master_path, write_master
+from .compute import row_bands, run_tiles, sample_rows
+from .masters import combine, load_masters, master_path, master_paths, typical_scatter, write_master
 from .model import MODEL_FILE, CalibrationModel, OutOfRangeWarning, equations, write_synthetic
 from .noise import inverse_gain, master_variance, read_variance
 
@@ -59,10 +60,67 @@ def _groups(inventory: Table, kind: str):
         yield rows, float(np.mean(rows["temperature"])), float(np.mean(rows["exposure"]))
 
 
-def _read_stack(inventory: Table, rows, params):
-    raw = Path(inventory.meta["raw_dir"])
-    stack = np.stack([read_image(raw / p, params["scale_factor"]) for p in rows["path"]])
-    return stack, stack >= params["saturation"]
+def _bias_rows(source, temperatures, rows) -> np.ndarray:
+    """Bias [DN] to remove from each frame, for ``rows``.
+
+    ``source`` is ("model", a_map, b_map): the bias model at each frame's temperature, or
+    ("nearest", master_files, master_temperatures): the master bias nearest in temperature.
+    """
+    kind, *args = source
+    temperatures = np.asarray(temperatures, dtype=np.float32)
+    if kind == "model":
+        a, b = (read_image(path, rows=rows) for path in args)
+        return bias_at(a, b, temperatures[:, None, None])
+    paths, master_temperatures = args
+    index = np.abs(np.asarray(master_temperatures)[None, :] - temperatures[:, None]).argmin(axis=1)
+    masters = {i: read_image(paths[i], rows=rows) for i in set(index)}
+    return np.stack([masters[i] for i in index])
+
+
+def _group_rows(raw_dir: Path, files, temperatures, rows, params: dict, bias_source=None):
+    """Frames of one group restricted to ``rows`` [DN], bias removed, and their saturation flags."""
+    stack = np.stack([read_image(raw_dir / f, params["scale_factor"], rows) for f in files])
+    saturated = stack >= params["saturation"]
+    if bias_source is not None:
+        stack -= _bias_rows(bias_source, temperatures, rows)
+    return stack, saturated
+
+
+def _combine_tile(raw_dir, files, temperatures, rows, params, bias_source, floor):
+    """One tile of one master (a task: runs in a thread or on a dask worker)."""
+    stack, saturated = _group_rows(raw_dir, files, temperatures, rows, params, bias_source)
+    return combine(stack, saturated, params["combine"], params["clip_sigma"], floor)
+
+
+def _make_masters(params: dict, inventory: Table, kind: str, bias_source=None, subtracted: str = "") -> list[Path]:
+    """Combine every group of ``kind`` tile by tile and write its master; return the files.
+
+    The clipping scale of each group comes from fixed sample rows, so the masters do not
+    depend on the tiling.
+    """
+    folder = _out(params, "bias_grouped_by_temp" if kind == "bias" else "dark_masters")
+    _clear(folder)
+    raw_dir = Path(inventory.meta["raw_dir"])
+    ny, nx = (int(v) for v in inventory.meta["shape"].split("x"))
+    groups = list(_groups(inventory, kind))
+    if not groups:
+        return []
+    frames = max(len(rows) for rows, _, _ in groups)
+    bands = row_bands(ny, frames * nx * 4 * 10, params)
+    tasks = []
+    for rows, _, _ in groups:
+        files, temps = list(rows["path"]), list(rows["temperature"])
+        floor = typical_scatter(*_group_rows(raw_dir, files, temps, sample_rows(ny), params, bias_source))
+        tasks += [(raw_dir, files, temps, band, params, bias_source, floor) for band in bands]
+    results = run_tiles(_combine_tile, tasks, params)
+    written = []
+    for rows, T, t in groups:
+        parts = [next(results) for _ in bands]
+        path = master_path(params["output_dir"], kind, T, t)
+        write_master(path, *(np.concatenate(p) for p in zip(*parts)), kind=kind, temperatures=rows["temperature"],
+                     exptime=t, inputs=list(rows["path"]), params=params, subtracted=subtracted)
+        written.append(path)
+    return written
 
 
 def _clear(folder: Path) -> None:
@@ -79,15 +137,8 @@ def run_bias(params: dict) -> dict:
     bias_a_map, bias_b_map, their sigma maps, bias_rms_map, read_noise_map,
     bias_covariance. Returns the fitted arrays and the masters.
     """
-    inventory = load_inventory(params)
     folder = _out(params, "bias_grouped_by_temp")
-    _clear(folder)
-    for rows, T, _ in _groups(inventory, "bias"):
-        stack, saturated = _read_stack(inventory, rows, params)
-        write_master(master_path(params["output_dir"], "bias", T),
-                     *combine(stack, saturated, params["combine"], params["clip_sigma"]),
-                     kind="bias", temperatures=rows["temperature"], exptime=np.mean(rows["exposure"]),
-                     inputs=list(rows["path"]), params=params)
+    _make_masters(params, load_inventory(params), "bias")
     masters = load_masters(folder)
     if len(masters) < 2:
         raise ValueError(f"bias model needs master biases at >= 2 temperatures, found {len(masters)}")
@@ -114,12 +165,14 @@ def run_bias(params: dict) -> dict:
     return dict(masters=masters, a=a, b=b, cov=cov, rms=rms, read_noise=np.sqrt(rv))
 
 
-def load_bias_model(params: dict) -> dict:
-    """Read the bias model maps: a, b, cov, read_noise, and the header of bias_a_map."""
+def load_bias_model(params: dict, rows=slice(None)) -> dict:
+    """Read ``rows`` of the bias model maps: a, b, cov, read_noise, and the header of bias_a_map."""
     folder = _out(params, "bias_model")
-    get = lambda name: fits.getdata(_require(folder / f"{name}.fits", "bias"))  # noqa: E731
-    return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=get("bias_covariance"),
-                read_noise=get("read_noise_map"), header=fits.getheader(folder / "bias_a_map.fits"))
+    get = lambda name: read_image(_require(folder / f"{name}.fits", "bias"), rows=rows)  # noqa: E731
+    with fits.open(folder / "bias_covariance.fits", memmap=True) as hdul:
+        cov = np.array(hdul[0].data[:, rows])
+    return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=cov, read_noise=get("read_noise_map"),
+                header=fits.getheader(folder / "bias_a_map.fits"))
 
 
 # --- dark masters -----------------------------------------------------------------------------
@@ -129,27 +182,15 @@ def run_dark_masters(params: dict) -> list[Path]:
     The bias removed from each frame is the bias model at that frame's own temperature
     (``dark_bias: model``) or the master bias nearest in temperature (``nearest``).
     """
-    inventory = load_inventory(params)
-    bias = load_bias_model(params)
-    nearest = load_masters(_out(params, "bias_grouped_by_temp")) if params["dark_bias"] == "nearest" else None
-    folder = _out(params, "dark_masters")
-    _clear(folder)
-    written = []
-    for rows, T, t in _groups(inventory, "dark"):
-        stack, saturated = _read_stack(inventory, rows, params)
-        temps = np.asarray(rows["temperature"], dtype=np.float32)
-        if nearest is None:
-            stack -= bias_at(bias["a"], bias["b"], temps[:, None, None])
-            subtracted = "model: a + b*T at each frame's own temperature"
-        else:
-            index = np.abs(nearest.temperature[None, :] - temps[:, None]).argmin(axis=1)
-            stack -= nearest.data[index]
-            subtracted = "nearest: master bias " + ", ".join(sorted({nearest.paths[i].name for i in index}))
-        path = master_path(params["output_dir"], "dark", T, t)
-        write_master(path, *combine(stack, saturated, params["combine"], params["clip_sigma"]), kind="dark",
-                     temperatures=rows["temperature"], exptime=t, inputs=list(rows["path"]), params=params,
-                     subtracted=subtracted)
-        written.append(path)
+    if params["dark_bias"] == "model":
+        folder = _require(_out(params, "bias_model"), "bias")
+        source = ("model", folder / "bias_a_map.fits", folder / "bias_b_map.fits")
+        subtracted = "model: a + b*T at each frame's own temperature"
+    else:
+        paths = master_paths(_out(params, "bias_grouped_by_temp"))
+        source = ("nearest", paths, [fits.getheader(p)["TEMP"] for p in paths])
+        subtracted = "nearest: the master bias nearest in temperature"
+    written = _make_masters(params, load_inventory(params), "dark", source, subtracted)
     if not written:
         raise ValueError("no usable dark frames in the inventory")
     return written
@@ -176,49 +217,68 @@ def dark_dimension(params: dict, exptimes) -> bool:
     return params["dark_model"] == "2d"
 
 
-def _sample(params: dict, npix: int) -> np.ndarray:
-    n = params["loo_pixels"]
-    if n == 0 or n >= npix:
-        return np.arange(npix)
-    return np.sort(np.random.default_rng(params["seed"]).choice(npix, n, replace=False))
+def _fit_inputs(params: dict, rows=slice(None), inv_gain: float | None = None) -> dict:
+    """Master darks of ``rows`` flattened to (M, npix), with their noise terms.
 
-
-def _fit_inputs(params: dict):
-    darks = load_masters(_require(_out(params, "dark_masters"), "dark_masters"))
-    bias = load_bias_model(params)
-    shape = darks.data.shape[1:]
+    ``inv_gain`` (1/g) defaults to the estimate from these rows.
+    """
+    darks = load_masters(_require(_out(params, "dark_masters"), "dark_masters"), rows)
+    bias = load_bias_model(params, rows)
     flat = lambda x: x.reshape(len(darks), -1)  # noqa: E731
-    rv = bias["read_noise"] ** 2
-    usable = darks.valid & (darks.data < np.nanpercentile(darks.data, 99, axis=(1, 2))[:, None, None])
-    inv_gain = inverse_gain(darks.data, darks.variance, darks.nframes, rv, usable)
+    if inv_gain is None:
+        high = np.nanpercentile(darks.data, 99, axis=(1, 2))[:, None, None]  # keep hot pixels out
+        inv_gain = inverse_gain(darks.data, darks.variance, darks.nframes, bias["read_noise"] ** 2,
+                                darks.valid & (darks.data < high))
     base_var, shot = _noise_terms(params, darks, bias, inv_gain)
     bias_cov = bias["cov"].reshape(3, -1) if params["dark_bias"] == "model" else None
-    return dict(darks=darks, bias=bias, shape=shape, inv_gain=inv_gain, signal=flat(darks.data), bias_cov=bias_cov,
-                valid=flat(darks.valid), base_var=flat(base_var), shot=flat(np.broadcast_to(shot, darks.data.shape)),
-                tmin=float(darks.temperature.min()), fit_gamma=dark_dimension(params, darks.exptime))
+    return dict(darks=darks, bias=bias, shape=darks.data.shape[1:], inv_gain=inv_gain, signal=flat(darks.data),
+                bias_cov=bias_cov, valid=flat(darks.valid), base_var=flat(base_var),
+                shot=flat(np.broadcast_to(shot, darks.data.shape)), tmin=float(darks.temperature.min()),
+                fit_gamma=dark_dimension(params, darks.exptime))
 
 
-def _fit(params, inputs, form, pixels=slice(None), propagate_bias=False):
-    bias_cov = inputs["bias_cov"][:, pixels] if propagate_bias and inputs["bias_cov"] is not None else None
-    return fit_dark(inputs["signal"][:, pixels], inputs["valid"][:, pixels], inputs["base_var"][:, pixels],
-                    inputs["shot"][:, pixels], inputs["darks"].temperature, inputs["darks"].exptime,
-                    inputs["tmin"], form, inputs["fit_gamma"], params["max_iterations"], params["min_dof"],
-                    bias_cov=bias_cov)
+def _frame_shape(folder: Path) -> tuple[int, int]:
+    header = fits.getheader(master_paths(folder)[0])
+    return header["NAXIS2"], header["NAXIS1"]
+
+
+def _sample_inputs(params: dict, inv_gain: float) -> dict:
+    """:func:`_fit_inputs` on ``loo_pixels`` random pixels of a few random rows (all if 0).
+
+    Adds ``rows`` (the rows read) and ``pixels`` (flat indices within them).
+    """
+    ny, nx = _frame_shape(_out(params, "dark_masters"))
+    n = params["loo_pixels"]
+    rng = np.random.default_rng(params["seed"])
+    if n == 0 or n >= ny * nx:
+        rows, pixels = slice(None), np.arange(ny * nx)
+    else:
+        rows = np.sort(rng.choice(ny, min(ny, 4 * -(-n // nx)), replace=False))
+        pixels = np.sort(rng.choice(len(rows) * nx, n, replace=False))
+    inputs = _fit_inputs(params, rows, inv_gain)
+    for key in ("signal", "valid", "base_var", "shot"):
+        inputs[key] = inputs[key][:, pixels]
+    if inputs["bias_cov"] is not None:
+        inputs["bias_cov"] = inputs["bias_cov"][:, pixels]
+    return dict(inputs, rows=rows, pixels=pixels)
+
+
+def _fit(params, inputs, form, fit_gamma=None, propagate_bias=False):
+    return fit_dark(inputs["signal"], inputs["valid"], inputs["base_var"], inputs["shot"],
+                    inputs["darks"].temperature, inputs["darks"].exptime, inputs["tmin"], form,
+                    inputs["fit_gamma"] if fit_gamma is None else fit_gamma, params["max_iterations"],
+                    params["min_dof"], bias_cov=inputs["bias_cov"] if propagate_bias else None)
 
 
 def compare_models(params: dict, inputs: dict) -> Table:
-    """Fit every model (exponential / Arrhenius, 2d / 1d) on a pixel sample; compare reduced chi-square.
+    """Fit every model (exponential / Arrhenius, 2d / 1d) to the pixels of ``inputs``; compare chi-square.
 
     ``meta['better']`` names the best-fitting form ('exponential' or 'arrhenius') of the
     dimension in use; 1d models appear only as a comparison.
     """
-    pixels = _sample(params, inputs["signal"].shape[1])
     dims = (True, False) if inputs["fit_gamma"] else (False,)
-    rows = []
-    for form in ("exponential", "arrhenius"):
-        for fit_gamma in dims:
-            fit = _fit(params, dict(inputs, fit_gamma=fit_gamma), form, pixels)
-            rows.append((form, "2d" if fit_gamma else "1d", fit.chi2r))
+    rows = [(form, "2d" if g else "1d", _fit(params, inputs, form, g).chi2r)
+            for form in ("exponential", "arrhenius") for g in dims]
     chi2 = np.array([r[2] for r in rows])
     both = np.all(np.isfinite(chi2), axis=0)
     best = np.argmin(chi2[:, both], axis=0)
@@ -230,39 +290,55 @@ def compare_models(params: dict, inputs: dict) -> Table:
     return table
 
 
-def run_dark_model(params: dict) -> dict:
-    """Fit the dark model to every pixel, classify pixels and write the calibration model.
+def _fit_tile(params: dict, rows: slice, inv_gain: float) -> tuple:
+    """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
+    inputs = _fit_inputs(params, rows, inv_gain)
+    fit = _fit(params, inputs, params["dark_form"], propagate_bias=True)
+    shape = inputs["shape"]
+    bias_sat = load_masters(_out(params, "bias_grouped_by_temp"), rows).nsaturated.sum(0)
+    saturated = (inputs["darks"].nsaturated.sum(0) + bias_sat) > 0
+    return (fit.params.reshape((3,) + shape), fit.cov.reshape((3, 3) + shape), fit.chi2r.reshape(shape),
+            fit.converged.reshape(shape), saturated)
 
+
+def run_dark_model(params: dict) -> dict:
+    """Fit the dark model to every pixel, tile by tile; classify pixels; write the calibration model.
+
+    The gain comes from fixed sample rows, so the result does not depend on the tiling.
     Writes ``dark_model/`` maps (dark_A_map, dark_B_map or dark_Ea_map, dark_gamma_map,
     their sigma maps, dark_chi2r_map, dq_map, hot_pixel_mask), ``dark_model/model_comparison.ecsv``
     and ``calibration_model.fits``.
     """
-    inputs = _fit_inputs(params)
-    fit = _fit(params, inputs, params["dark_form"], propagate_bias=True)
-    comparison = compare_models(params, inputs)
+    dark_folder = _require(_out(params, "dark_masters"), "dark_masters")
+    ny, nx = _frame_shape(dark_folder)
+    inv_gain = _fit_inputs(params, sample_rows(ny))["inv_gain"]
+    dark_files, bias_files = master_paths(dark_folder), master_paths(_out(params, "bias_grouped_by_temp"))
+    darks = [fits.getheader(p) for p in dark_files]
+    biases = [fits.getheader(p) for p in bias_files]
+    bands = row_bands(ny, len(darks) * nx * 8 * 24, params)
+    parts = zip(*run_tiles(_fit_tile, [(params, band, inv_gain) for band in bands], params))
+    dark, cov, chi2r, converged, saturated = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
+    bias = load_bias_model(params)
+    comparison = compare_models(params, _sample_inputs(params, inv_gain))
     write_table(comparison, _out(params, "dark_model", "model_comparison.ecsv"))
     if comparison.meta["better"] != params["dark_form"]:
         warnings.warn(f"the {comparison.meta['better']} form fits this campaign better than dark_form="
                       f"{params['dark_form']} (see model_comparison.ecsv)", stacklevel=2)
-    darks, bias, shape = inputs["darks"], inputs["bias"], inputs["shape"]
-    bias_masters = load_masters(_out(params, "bias_grouped_by_temp"))
-    saturated = (darks.nsaturated.sum(0) + bias_masters.nsaturated.sum(0)) > 0
+    temps = [h["TEMP"] for h in darks + biases]
+    exptimes = [h["EXPTIME"] for h in darks]
     model = CalibrationModel(
-        bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"],
-        dark=fit.params.reshape((3,) + shape), dark_cov=fit.cov.reshape((3, 3) + shape),
-        chi2r=fit.chi2r.reshape(shape), converged=fit.converged.reshape(shape),
+        bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
+        dark_cov=cov, chi2r=chi2r, converged=converged,
         dq=np.where(saturated, DQ_BITS["SATURATED"][0], 0).astype(np.uint16), form=params["dark_form"],
-        fit_gamma=inputs["fit_gamma"], tmin=inputs["tmin"],
-        trange=(float(min(darks.temperature.min(), bias_masters.temperature.min())),
-                float(max(darks.temperature.max(), bias_masters.temperature.max()))),
-        exprange=(float(darks.exptime.min()), float(darks.exptime.max())),
-        meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inputs["inv_gain"] if inputs["inv_gain"] > 0 else 0.0,
-                  SCALEFAC=params["scale_factor"], SATURATE=params["saturation"], NBIASM=len(bias_masters),
-                  NDARKM=len(darks), NBIAS=int(bias_masters.nframes.max(axis=(1, 2)).sum()),
-                  NDARK=int(darks.nframes.max(axis=(1, 2)).sum())))
-    model.history = [f"input: {p.name}" for p in bias_masters.paths + darks.paths]
+        fit_gamma=dark_dimension(params, np.array(exptimes)), tmin=float(min(h["TEMP"] for h in darks)),
+        trange=(float(min(temps)), float(max(temps))), exprange=(float(min(exptimes)), float(max(exptimes))),
+        meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0,
+                  SCALEFAC=params["scale_factor"], SATURATE=params["saturation"], NBIASM=len(biases),
+                  NDARKM=len(darks), NBIAS=sum(h["NCOMBINE"] for h in biases),
+                  NDARK=sum(h["NCOMBINE"] for h in darks)))
+    model.history = [f"input: {p.name}" for p in bias_files + dark_files]
     classified = run_hot_pixels(params, model)
-    return dict(fit=fit, comparison=comparison, inv_gain=inputs["inv_gain"], **classified)
+    return dict(comparison=comparison, inv_gain=inv_gain, **classified)
 
 
 # --- hot pixels -------------------------------------------------------------------------------
@@ -356,76 +432,89 @@ def run_synthesis(params: dict) -> Table:
 def run_evaluation(params: dict) -> dict:
     """Synthetic vs real masters for every group, and leave-one-group-out validation.
 
-    Writes ``evaluation/summary.ecsv`` (one row per group), ``evaluation/loo.ecsv`` and the
+    Groups are evaluated one at a time (one master in memory). Writes
+    ``evaluation/summary.ecsv`` (one row per group), ``evaluation/loo.ecsv`` and the
     ``mae_maps.fits`` / ``mape_maps.fits`` cubes (one plane per group, GROUPS table). Returns
     the tables, the model and downsampled (real, synthetic, MAE, MAPE) previews per group.
     """
     model = CalibrationModel.read(_require(_out(params, MODEL_FILE), "dark_model"))
-    bias_m = load_masters(_out(params, "bias_grouped_by_temp"))
-    inputs = _fit_inputs(params)
-    darks = inputs["darks"]
+    bias = load_bias_model(params)
+    inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN") else 0.0
     rv = model.read_noise.astype(np.float64) ** 2
     good = model.dq == 0
     hot = (model.dq & DQ_BITS["HOT"][0]) > 0
-    base = inputs["base_var"].reshape(darks.data.shape)
-    shot = inputs["shot"].reshape(darks.data.shape)
+    files = [("bias", p) for p in master_paths(_out(params, "bias_grouped_by_temp"))]
+    files += [("dark", p) for p in master_paths(_out(params, "dark_masters"))]
+    headers = [fits.getheader(p) for _, p in files]
+    groups = Table({"group": [frame_label(k, h["TEMP"], h["EXPTIME"]) for (k, _), h in zip(files, headers)],
+                    "kind": [k for k, _ in files], "temperature": [h["TEMP"] for h in headers],
+                    "exptime": [h["EXPTIME"] if k == "dark" else 0.0 for (k, _), h in zip(files, headers)]})
 
-    def groups():
-        """(kind, T, t, synthetic, master, master variance, prediction variance, valid) per group."""
-        for i, T in enumerate(bias_m.temperature):
-            yield ("bias", T, None, model.bias(T), bias_m.data[i], rv / bias_m.nframes[i], model.bias_variance(T),
-                   bias_m.valid[i])
-        for i, (T, t) in enumerate(zip(darks.temperature, darks.exptime)):
-            synth = model.dark_signal(T, t)
-            yield ("dark", T, t, synth, darks.data[i], base[i] + shot[i] * synth, model.dark_variance(T, t),
-                   darks.valid[i])
+    def comparisons():
+        """(synthetic, master, master variance, prediction variance, valid) per group, one at a time."""
+        for (kind, path), T, t in zip(files, groups["temperature"], groups["exptime"]):
+            m = load_masters([path])
+            if kind == "bias":
+                yield model.bias(T), m.data[0], rv / m.nframes[0], model.bias_variance(T), m.valid[0]
+            else:
+                synth = model.dark_signal(T, t)
+                base, shot = _noise_terms(params, m, bias, inv_gain)
+                yield synth, m.data[0], base[0] + shot[0] * synth, model.dark_variance(T, t), m.valid[0]
 
-    rows, mae_maps, mape_maps, previews = [], [], [], {}
-    with warnings.catch_warnings():
+    rows, previews = [], {}
+    shape = (len(files),) + model.dq.shape
+    header = model.header()
+    extensions = [fits.table_to_hdu(groups)]
+    extensions[0].name = "GROUPS"
+    with (cube_writer(_out(params, "evaluation", "mae_maps.fits"), provenance(
+            header.copy(), bunit="DN", description="MAE of the synthetic frame per group (GROUPS)"), shape,
+            extensions) as write_mae,
+          cube_writer(_out(params, "evaluation", "mape_maps.fits"), provenance(
+            header.copy(), bunit="%", description="MAPE of the synthetic frame per group (GROUPS)"), shape,
+            extensions) as write_mape,
+          warnings.catch_warnings()):
         warnings.simplefilter("ignore", OutOfRangeWarning)
-        for kind, T, t, synth, master, var, var_pred, valid in groups():
+        for group, (synth, master, var, var_pred, valid) in zip(groups, comparisons()):
             mae, mape, stats = residual_stats(synth, master, var, good & valid, params["snr_min"])
             _, _, hot_stats = residual_stats(synth, master, var, hot & valid, params["snr_min"])
             leverage = np.clip(var_pred / var, 0, 1)[good & valid]  # in-sample residual variance is var (1 - h)
-            rows.append(dict(group=frame_label(kind, T, t), kind=kind, temperature=T, exptime=t or 0.0, **stats,
-                             resid_noise_hot=hot_stats["resid_noise"],
+            rows.append(dict(group=group["group"], kind=group["kind"], temperature=group["temperature"],
+                             exptime=group["exptime"], **stats, resid_noise_hot=hot_stats["resid_noise"],
                              resid_noise_expected=float(np.sqrt(np.mean(1 - leverage)))))
-            mae_maps.append(mae)
-            mape_maps.append(mape)
-            previews[rows[-1]["group"]] = tuple(downsample(x) for x in (master, synth, mae, mape))
+            write_mae(mae)
+            write_mape(mape)
+            previews[group["group"]] = tuple(downsample(x) for x in (master, synth, mae, mape))
     summary = Table(rows=rows)
-    loo = _leave_one_out(params, inputs, bias_m, rv, good, hot)
+    loo = _leave_one_out(params, model, inv_gain)
     write_table(summary, _out(params, "evaluation", "summary.ecsv"))
     write_table(loo, _out(params, "evaluation", "loo.ecsv"))
-    groups_hdu = fits.table_to_hdu(summary["group", "kind", "temperature", "exptime"])
-    for name, cube, unit in (("mae_maps", mae_maps, "DN"), ("mape_maps", mape_maps, "%")):
-        header = provenance(model.header(), bunit=unit,
-                            description=f"{name[:4].upper()} of the synthetic frame per group (GROUPS)")
-        write_hdus(_out(params, "evaluation", f"{name}.fits"), np.stack(cube), header,
-                   [("GROUPS", fits.table_to_hdu(Table(groups_hdu.data)), "")])
     return dict(summary=summary, loo=loo, model=model, previews=previews)
 
 
-def _leave_one_out(params, inputs, bias_m, rv, good, hot) -> Table:
-    pixels = _sample(params, inputs["signal"].shape[1])
-    darks = inputs["darks"]
-    z, err = leave_one_out_dark(inputs["signal"][:, pixels], inputs["valid"][:, pixels],
-                                inputs["base_var"][:, pixels], inputs["shot"][:, pixels], darks.temperature,
-                                darks.exptime, inputs["tmin"], params["dark_form"], inputs["fit_gamma"],
-                                params["max_iterations"], params["min_dof"])
+def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Table:
+    """Leave-one-group-out on the pixel sample of :func:`_sample_inputs`."""
+    inputs = _sample_inputs(params, inv_gain)
+    rows, pixels, darks = inputs["rows"], inputs["pixels"], inputs["darks"]
+    z, err = leave_one_out_dark(inputs["signal"], inputs["valid"], inputs["base_var"], inputs["shot"],
+                                darks.temperature, darks.exptime, inputs["tmin"], params["dark_form"],
+                                inputs["fit_gamma"], params["max_iterations"], params["min_dof"])
+    bias_m = load_masters(_out(params, "bias_grouped_by_temp"), rows)
     flat = lambda x: x.reshape(len(x), -1)[:, pixels]  # noqa: E731
+    sample = lambda image: image[rows].reshape(-1)[pixels]  # noqa: E731
     zb, errb = leave_one_out_bias(bias_m.temperature, flat(bias_m.data),
-                                  flat(np.where(bias_m.valid, bias_m.nframes, 0)), rv.reshape(-1)[pixels])
-    g, h = good.reshape(-1)[pixels], hot.reshape(-1)[pixels]
-    rows = []
+                                  flat(np.where(bias_m.valid, bias_m.nframes, 0)),
+                                  sample(model.read_noise.astype(np.float64)) ** 2)
+    g, h = sample(model.dq) == 0, (sample(model.dq) & DQ_BITS["HOT"][0]) > 0
+    table_rows = []
     for kind, zz, ee, T, t in (("bias", zb, errb, bias_m.temperature, np.zeros(len(bias_m))),
                                ("dark", z, err, darks.temperature, darks.exptime)):
         for i in range(len(T)):
-            rms = lambda sel: float(np.sqrt(np.nanmean(zz[i][sel] ** 2))) if np.isfinite(zz[i][sel]).any() else np.nan  # noqa: E731,E501
-            rows.append(dict(group=frame_label(kind, T[i], t[i]), kind=kind,
-                             temperature=float(T[i]), exptime=float(t[i]), loo_noise=rms(g), loo_noise_hot=rms(h),
-                             mae=float(np.nanmean(ee[i][g])), npix=int(g.sum())))
-    table = Table(rows=rows)
+            def rms(sel, zi=zz[i]):
+                return float(np.sqrt(np.nanmean(zi[sel] ** 2))) if np.isfinite(zi[sel]).any() else np.nan
+            table_rows.append(dict(group=frame_label(kind, T[i], t[i]), kind=kind, temperature=float(T[i]),
+                                   exptime=float(t[i]), loo_noise=rms(g), loo_noise_hot=rms(h),
+                                   mae=float(np.nanmean(ee[i][g])), npix=int(g.sum())))
+    table = Table(rows=table_rows)
     table.meta["pixels"] = int(len(pixels))
     return table
 

@@ -1,0 +1,75 @@
+"""Tiles and where they run: row bands sized by a memory budget, executed in-process on
+threads or as tasks on a dask.distributed cluster.
+
+Results do not depend on the tiling: every per-pixel computation sees only its own pixel,
+and campaign-wide statistics are computed beforehand from fixed row samples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["row_bands", "run_tiles", "sample_rows", "workers"]
+
+SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale)
+
+
+def workers(params: dict) -> int:
+    """Tiles in flight at once: the configured workers, else this machine's cores."""
+    return params["compute"]["workers"] or os.cpu_count() or 1
+
+
+def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
+    """Split ``ny`` rows into bands so the tiles in flight fit ``memory_budget`` (GB).
+
+    Parameters
+    ----------
+    ny : int
+        Rows of the sensor.
+    bytes_per_row : float
+        Working memory one row of a tile needs.
+    params : dict
+        Campaign parameters (memory_budget, compute.workers).
+    """
+    per_tile = params["memory_budget"] * 1e9 / workers(params)
+    rows = int(max(1, min(ny, per_tile // max(bytes_per_row, 1))))
+    return [slice(y, min(y + rows, ny)) for y in range(0, ny, rows)]
+
+
+def sample_rows(ny: int) -> np.ndarray:
+    """Evenly spaced rows (at most SAMPLE_ROWS) for campaign-wide statistics."""
+    return np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
+
+
+def _windowed(submit, func, tasks: list, window: int):
+    """Submit at most ``window`` tasks ahead and yield their results in order."""
+    pending = deque(submit(func, *task) for task in tasks[:window])
+    for task in tasks[window:]:
+        result = pending.popleft().result()
+        pending.append(submit(func, *task))
+        yield result
+    while pending:
+        yield pending.popleft().result()
+
+
+def run_tiles(func, tasks: list, params: dict):
+    """Yield ``func(*task)`` for every task, in order, with a bounded number in flight.
+
+    ``compute.scheduler: threads`` runs them on a thread pool in this process (NumPy releases
+    the GIL); any other value is the address of a dask.distributed scheduler, whose workers
+    must see the same file paths. ``func`` must be importable (a module-level function).
+    """
+    scheduler = params["compute"]["scheduler"]
+    if scheduler == "threads":
+        with ThreadPoolExecutor(max_workers=workers(params)) as pool:
+            yield from _windowed(pool.submit, func, tasks, workers(params))
+        return
+    from distributed import Client
+
+    with Client(scheduler, timeout="30s") as client:
+        window = max(workers(params), sum(client.nthreads().values()))
+        yield from _windowed(lambda f, *a: client.submit(f, *a, pure=False), func, tasks, window)

@@ -111,7 +111,7 @@ _CHECKS = {
     "checks.hot_fraction_max": _number(0, 1),
     "checks.rejected_fraction_max": _number(0, 1),
     "kernel": _text(),
-    "memory_budget": _number(0.05),
+    "memory_budget": _number(0, open_lo=True),
     "compute.scheduler": _text(),
     "compute.workers": _optional(_number(1, integer=True)),
 }

@@ -26,6 +26,7 @@ KELVIN = 273.15
 PARAMETERS = ("lnA", "slope", "gamma")
 _CHUNK = 32768  # pixels solved together; bounds the working memory to a few tens of MB
 _MAX_EXPONENT = 80.0
+_LN_A_RANGE = (-60.0, 60.0)  # keeps A representable in float32 products
 
 
 def temperature_feature(temperature, tmin: float, form: str):
@@ -60,6 +61,7 @@ class DarkFit:
     nvalid : ndarray, shape (npix,)
         Valid samples used.
     converged : ndarray of bool, shape (npix,)
+        False also where the parameters are not determined (covariance not positive).
     """
 
     params: np.ndarray
@@ -69,11 +71,16 @@ class DarkFit:
     converged: np.ndarray
 
 
+def _regularized(matrix):
+    """Add 1e-12 of each matrix's mean diagonal to its diagonal: no pixel's system is singular,
+    so every pixel is solved on its own, whatever else is in the batch."""
+    size = matrix.shape[-1]
+    scale = np.trace(matrix, axis1=-2, axis2=-1) / size
+    return matrix + (1e-12 * scale + 1e-300)[..., None, None] * np.eye(size)
+
+
 def _solve(matrix, rhs):
-    try:
-        return np.linalg.solve(matrix, rhs[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return np.einsum("pij,pj->pi", np.linalg.pinv(matrix), rhs)
+    return np.linalg.solve(_regularized(matrix), rhs[..., None])[..., 0]
 
 
 def _outer(Z):
@@ -81,21 +88,35 @@ def _outer(Z):
     return (Z[:, :, None] * Z[:, None, :]).reshape(len(Z), -1)
 
 
+def _reduce(weights, Z):
+    """sum_m weights[m, p] * Z[m, k] -> (npix, K), summed in a fixed order for every pixel.
+
+    Not BLAS: its kernels change with the batch size, and a pixel's result must not
+    depend on which other pixels share its tile.
+    """
+    return np.einsum("mp,mk->pk", weights, Z, optimize=False)
+
+
+def _exponent(Z, theta, offset):
+    """ln of the model, (M, npix), clipped to keep exp finite."""
+    linear = offset[:, None] + Z[:, 0, None] * theta[:, 0]
+    for i in range(1, Z.shape[1]):
+        linear = linear + Z[:, i, None] * theta[:, i]
+    return np.clip(linear, -_MAX_EXPONENT, _MAX_EXPONENT)
+
+
 def _normal(Z, w, y, theta, offset):
     """Chi-square, normal matrix (npix, P, P) and gradient (npix, P) of every pixel, as matrix products."""
-    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))  # (M, npix)
+    m = np.exp(_exponent(Z, theta, offset))  # (M, npix)
     r = y - m
     wm = w * m
     chi2 = np.sum(w * r * r, axis=0)
     P = Z.shape[1]
-    H = ((wm * m).T @ _outer(Z)).reshape(-1, P, P)
-    g = (wm * r).T @ Z
-    return chi2, H, g
+    return chi2, _reduce(wm * m, _outer(Z)).reshape(-1, P, P), _reduce(wm * r, Z)
 
 
 def _chi2(Z, w, y, theta, offset):
-    m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
-    return np.sum(w * (y - m) ** 2, axis=0)
+    return np.sum(w * (y - np.exp(_exponent(Z, theta, offset))) ** 2, axis=0)
 
 
 def fit_loglinear(y, weights, Z, offset):
@@ -121,8 +142,8 @@ def fit_loglinear(y, weights, Z, offset):
     w = np.where(positive, weights, 0.0)
     z = np.where(positive, np.log(np.where(positive, y, 1.0)), 0.0) - offset[:, None]
     P = Z.shape[1]
-    H = (w.T @ _outer(Z)).reshape(-1, P, P)
-    g = (w * z).T @ Z
+    H = _reduce(w, _outer(Z)).reshape(-1, P, P)
+    g = _reduce(w * z, Z)
     enough = np.sum(w > 0, axis=0) >= Z.shape[1]
     theta = np.full(g.shape, np.nan)
     if enough.any():
@@ -138,7 +159,7 @@ def _common_error(Z, wm, cov, D, common_cov):
     K = H^-1 J^T W D (``wm`` = weight * model), so their covariance grows by K common_cov K^T.
     """
     P, Q = Z.shape[1], D.shape[1]
-    JWD = (wm.T @ (Z[:, :, None] * D[:, None, :]).reshape(len(Z), -1)).reshape(-1, P, Q)
+    JWD = _reduce(wm, (Z[:, :, None] * D[:, None, :]).reshape(len(Z), -1)).reshape(-1, P, Q)
     K = cov @ JWD
     return cov + K @ common_cov @ np.swapaxes(K, 1, 2)
 
@@ -147,11 +168,16 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
     P = Z.shape[1]
     var0 = np.where(valid, base_var + shot_scale * np.clip(y, 0, None), np.inf)
     theta = fit_loglinear(y, np.where(valid, np.clip(y, 0, None) ** 2 / var0, 0), Z, offset)
-    start = np.nanmedian(theta, axis=0) if np.isfinite(theta).any() else np.zeros(P)
+    # too few positive samples for the log-linear start: the pixel's own mean level, flat, gamma 1
+    start = np.zeros_like(theta)
+    mean = np.sum(np.where(valid, y, 0), axis=0) / np.maximum(valid.sum(axis=0), 1)
+    start[:, 0] = np.log(np.maximum(mean, 1e-6)) - np.mean(offset) - (np.mean(Z[:, 2]) if P == 3 else 0)
+    if P == 3:
+        start[:, 2] = 1.0
     theta = np.where(np.isfinite(theta), theta, start)
     converged = np.zeros(y.shape[1], dtype=bool)
     for _ in range(rounds):
-        m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
+        m = np.exp(_exponent(Z, theta, offset))
         w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
         lam = np.full(y.shape[1], 1e-3)
         active = np.arange(y.shape[1])
@@ -164,6 +190,7 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
             damped = H + lam[active, None, None] * (H * np.eye(P) + 1e-12 * np.eye(P))
             step = _solve(damped, g)
             trial = ta + step
+            trial[:, 0] = np.clip(trial[:, 0], *_LN_A_RANGE)
             c2_new = _chi2(Z, wa, ya, trial, offset)
             better = np.isfinite(c2_new) & (c2_new <= c2)
             theta[active[better]] = trial[better]
@@ -174,10 +201,7 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds
             active = active[~done]
         converged[active] = False
     chi2, H, _ = _normal(Z, w, y, theta, offset)
-    try:
-        cov = np.linalg.inv(H)
-    except np.linalg.LinAlgError:  # some pixel's parameters are not identifiable
-        cov = np.linalg.pinv(H)
+    cov = np.linalg.inv(_regularized(H))
     return theta, cov, chi2, converged
 
 
@@ -235,10 +259,12 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
         y, ok, var0, shot = (signal[:, sel].astype(np.float64), valid[:, sel], base_var[:, sel].astype(np.float64),
                              shot_scale[:, sel].astype(np.float64))
         theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations, rounds)
+        variances = np.diagonal(c, axis1=1, axis2=2)
+        conv &= np.all(np.isfinite(variances) & (variances > 0), axis=1)  # else the parameters are not determined
         if bias_cov is not None:
             va, vb, cab = (bias_cov[k, sel].astype(np.float64) for k in range(3))
             common = np.stack([np.stack([va, cab], -1), np.stack([cab, vb], -1)], -2)
-            m = np.exp(np.clip(Z @ theta.T + offset[:, None], -_MAX_EXPONENT, _MAX_EXPONENT))
+            m = np.exp(_exponent(Z, theta, offset))
             D = np.stack([np.ones(len(Z)), np.asarray(temperature, dtype=np.float64)], -1)
             c = _common_error(Z, np.where(ok, m / (var0 + shot * m), 0.0), c, D, common)
         params[:P, sel] = theta.T
@@ -264,4 +290,5 @@ def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
     """Variance [DN^2] of :func:`predict` at one (T, t) from the parameter covariance ``cov`` (3, 3, ...)."""
     z = design(temperature, exptime, tmin, form)
     quad = np.einsum("i,ij...,j->...", z, cov, z)
-    return predict(params, temperature, exptime, tmin, form) ** 2 * quad
+    with np.errstate(over="ignore", invalid="ignore"):  # undetermined pixels (flagged POOR_FIT) give inf/NaN
+        return predict(params, temperature, exptime, tmin, form) ** 2 * quad

@@ -371,7 +371,8 @@ def run_hot_pixels(params: dict, model: CalibrationModel | None = None) -> dict:
 
 def _write_model(params: dict, model: CalibrationModel) -> None:
     header = model.header()
-    sigma = np.sqrt(np.stack([model.dark_cov[i, i] for i in range(3)]))
+    variances = np.stack([model.dark_cov[i, i] for i in range(3)])
+    sigma = np.sqrt(np.where(variances >= 0, variances, np.nan))  # negative: undetermined, flagged POOR_FIT
     A = np.exp(model.dark[0])
     a_unit = "DN/s^gamma" if model.fit_gamma else "DN/s"
     slope_name, slope_unit = ("B", "1/degC") if model.form == "exponential" else ("Ea", "eV")

@@ -1,0 +1,65 @@
+"""Tiles: the result does not depend on the tiling or on where the tiles run."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cmoscal.compute import row_bands, run_tiles
+from cmoscal.config import default_params, load_params
+from cmoscal.pipeline import STAGES
+from cmoscal.simulate import simulate_campaign
+from conftest import write_params
+
+def compute_params(**compute):
+    return {**default_params(), "compute": {"scheduler": "threads", "workers": None, **compute}}
+
+
+def test_bands_cover_every_row_within_the_budget():
+    params = {**compute_params(workers=2), "memory_budget": 1e-6}  # 500 bytes per tile
+    bands = row_bands(100, 100.0, params)
+    assert [b.start for b in bands] == list(range(0, 100, 5)) and bands[-1].stop == 100
+    assert row_bands(100, 1.0, compute_params()) == [slice(0, 100)]
+
+
+def test_tiles_come_back_in_order_on_threads():
+    assert list(run_tiles(pow, [(i, 2) for i in range(20)], compute_params(workers=3))) == [i * i for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiles")
+    simulate_campaign(root, shape=(20, 24), temperatures=(0, 10, 20), exptimes=(5, 20), frames=3, bias_frames=4,
+                      seed=21)
+    return root
+
+
+def run(root, name, **overrides):
+    params = load_params(write_params(root / f"{name}.yml", campaign=name, raw_dir="raw", output_dir=name,
+                                      loo_pixels=0, **overrides), root=root)
+    for stage in STAGES.values():
+        stage(params)
+    return root / name
+
+
+def assert_same_products(a, b):
+    names = sorted(p.relative_to(a) for p in a.rglob("*.fits"))
+    assert names == sorted(p.relative_to(b) for p in b.rglob("*.fits")) and len(names) > 30
+    for name in names:
+        with fits.open(a / name) as x, fits.open(b / name) as y:
+            for hx, hy in zip(x, y):
+                if hx.is_image and hx.data is not None:
+                    np.testing.assert_array_equal(hx.data, hy.data, err_msg=str(name))
+
+
+def test_tiled_products_equal_untiled(small):
+    whole = run(small, "whole", memory_budget=10.0, compute={"workers": 1})
+    tiled = run(small, "tiled", memory_budget=2e-6, compute={"workers": 2})  # bands of a few rows
+    assert_same_products(whole, tiled)
+
+
+def test_dask_cluster_gives_the_in_process_result(small):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                                  processes=True) as cluster:
+        on_cluster = run(small, "cluster", memory_budget=2e-6, compute={"scheduler": cluster.scheduler_address})
+    assert_same_products(run(small, "local", memory_budget=2e-6), on_cluster)

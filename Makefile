@@ -15,7 +15,7 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lab]'
+	$(BIN)/pip install --quiet -e '.[test,lab,bench]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name cmoscal --display-name "Python (cmoscal)" >/dev/null
 	touch $@
 
@@ -32,6 +32,7 @@ test: env
 
 bench: env
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/performance.py
 
 lab: env
 	@$(MAKE) --no-print-directory demo-data PARAMS=params/demo.yml

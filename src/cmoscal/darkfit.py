@@ -27,6 +27,7 @@ PARAMETERS = ("lnA", "slope", "gamma")
 _CHUNK = 32768  # pixels solved together; bounds the working memory to a few tens of MB
 _MAX_EXPONENT = 80.0
 _LN_A_RANGE = (-60.0, 60.0)  # keeps A representable in float32 products
+_TOLERANCE = 1e-5  # chi-square gain below which a pixel has converged
 
 
 def temperature_feature(temperature, tmin: float, form: str):
@@ -83,9 +84,15 @@ def _solve(matrix, rhs):
     return np.linalg.solve(_regularized(matrix), rhs[..., None])[..., 0]
 
 
-def _outer(Z):
-    """Per-sample outer products of the regressors, flattened: shape (M, P*P)."""
-    return (Z[:, :, None] * Z[:, None, :]).reshape(len(Z), -1)
+def _normal_matrix(weights, Z):
+    """sum_m weights[m, p] Z[m, i] Z[m, j] -> (npix, P, P), reducing only the upper triangle."""
+    P = Z.shape[1]
+    i, j = np.triu_indices(P)
+    upper = _reduce(weights, Z[:, i] * Z[:, j])
+    H = np.empty((upper.shape[0], P, P))
+    H[:, i, j] = upper
+    H[:, j, i] = upper
+    return H
 
 
 def _reduce(weights, Z):
@@ -111,8 +118,7 @@ def _normal(Z, w, y, theta, offset):
     r = y - m
     wm = w * m
     chi2 = np.sum(w * r * r, axis=0)
-    P = Z.shape[1]
-    return chi2, _reduce(wm * m, _outer(Z)).reshape(-1, P, P), _reduce(wm * r, Z)
+    return chi2, _normal_matrix(wm * m, Z), _reduce(wm * r, Z)
 
 
 def _chi2(Z, w, y, theta, offset):
@@ -141,8 +147,7 @@ def fit_loglinear(y, weights, Z, offset):
     positive = y > 0
     w = np.where(positive, weights, 0.0)
     z = np.where(positive, np.log(np.where(positive, y, 1.0)), 0.0) - offset[:, None]
-    P = Z.shape[1]
-    H = _reduce(w, _outer(Z)).reshape(-1, P, P)
+    H = _normal_matrix(w, Z)
     g = _reduce(w * z, Z)
     enough = np.sum(w > 0, axis=0) >= Z.shape[1]
     theta = np.full(g.shape, np.nan)
@@ -164,50 +169,55 @@ def _common_error(Z, wm, cov, D, common_cov):
     return cov + K @ common_cov @ np.swapaxes(K, 1, 2)
 
 
-def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, rounds):
+def _start(y, valid, base_var, shot_scale, Z, offset):
+    """Weighted log-linear start; a pixel with too few positive samples starts flat at its mean level."""
     P = Z.shape[1]
     var0 = np.where(valid, base_var + shot_scale * np.clip(y, 0, None), np.inf)
     theta = fit_loglinear(y, np.where(valid, np.clip(y, 0, None) ** 2 / var0, 0), Z, offset)
-    # too few positive samples for the log-linear start: the pixel's own mean level, flat, gamma 1
     start = np.zeros_like(theta)
     mean = np.sum(np.where(valid, y, 0), axis=0) / np.maximum(valid.sum(axis=0), 1)
     start[:, 0] = np.log(np.maximum(mean, 1e-6)) - np.mean(offset) - (np.mean(Z[:, 2]) if P == 3 else 0)
     if P == 3:
         start[:, 2] = 1.0
-    theta = np.where(np.isfinite(theta), theta, start)
+    return np.where(np.isfinite(theta), theta, start)
+
+
+def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations):
+    """Reweighted Levenberg-Marquardt: every step takes the weights from the current model.
+
+    A pixel stops when its step would lower chi-square by less than ``_TOLERANCE`` (the step
+    is then ~0.003 sigma), or when the damping cannot find a better point.
+    """
+    P = Z.shape[1]
+    theta = _start(y, valid, base_var, shot_scale, Z, offset)
     converged = np.zeros(y.shape[1], dtype=bool)
-    for _ in range(rounds):
-        m = np.exp(_exponent(Z, theta, offset))
-        w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
-        lam = np.full(y.shape[1], 1e-3)
-        active = np.arange(y.shape[1])
-        chi2 = _chi2(Z, w, y, theta, offset)
-        for _ in range(max_iterations):
-            if not active.size:
-                break
-            wa, ya, ta = w[:, active], y[:, active], theta[active]
-            c2, H, g = _normal(Z, wa, ya, ta, offset)
-            damped = H + lam[active, None, None] * (H * np.eye(P) + 1e-12 * np.eye(P))
-            step = _solve(damped, g)
-            trial = ta + step
-            trial[:, 0] = np.clip(trial[:, 0], *_LN_A_RANGE)
-            c2_new = _chi2(Z, wa, ya, trial, offset)
-            better = np.isfinite(c2_new) & (c2_new <= c2)
-            theta[active[better]] = trial[better]
-            chi2[active[better]] = c2_new[better]
-            lam[active] = np.where(better, lam[active] * 0.3, lam[active] * 10)
-            done = (better & (c2 - c2_new < 1e-6 * (1 + c2))) | (lam[active] > 1e10)
-            converged[active[done]] = True
-            active = active[~done]
-        converged[active] = False
+    lam = np.full(y.shape[1], 1e-3)
+    active = np.arange(y.shape[1])
+    for _ in range(max_iterations):
+        if not active.size:
+            break
+        ya, va, ta = y[:, active], valid[:, active], theta[active]
+        m = np.exp(_exponent(Z, ta, offset))
+        w = np.where(va, 1 / (base_var[:, active] + shot_scale[:, active] * m), 0.0)
+        chi2, H, g = _normal(Z, w, ya, ta, offset)
+        step = _solve(H + lam[active, None, None] * H * np.eye(P), g)
+        trial = ta + step
+        trial[:, 0] = np.clip(trial[:, 0], *_LN_A_RANGE)
+        better = _chi2(Z, w, ya, trial, offset) <= chi2
+        theta[active[better]] = trial[better]
+        lam[active] = np.where(better, lam[active] * 0.1, lam[active] * 10)
+        gain = np.einsum("pi,pi->p", step, g)  # predicted chi-square decrease of the step
+        done = (better & (gain < _TOLERANCE)) | (lam[active] > 1e10)
+        converged[active[done]] = True
+        active = active[~done]
+    m = np.exp(_exponent(Z, theta, offset))
+    w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
     chi2, H, _ = _normal(Z, w, y, theta, offset)
-    cov = np.linalg.inv(_regularized(H))
-    return theta, cov, chi2, converged
+    return theta, np.linalg.inv(_regularized(H)), chi2, converged
 
 
 def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: float, form: str = "exponential",
-             fit_gamma: bool = True, max_iterations: int = 50, min_dof: int = 1, rounds: int = 3,
-             bias_cov=None) -> DarkFit:
+             fit_gamma: bool = True, max_iterations: int = 50, min_dof: int = 1, bias_cov=None) -> DarkFit:
     """Fit the dark model to every pixel by noise-weighted Levenberg-Marquardt.
 
     Parameters
@@ -228,11 +238,9 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
     fit_gamma : bool, default True
         2d model; False fixes gamma = 1 (1d model, A in DN/s).
     max_iterations : int, default 50
-        Levenberg-Marquardt iterations per reweighting round.
+        Most Levenberg-Marquardt iterations (each reweights from the current model).
     min_dof : int, default 1
         Pixels with fewer than (parameters + min_dof) valid samples are not fitted (NaN).
-    rounds : int, default 3
-        Reweighting rounds.
     bias_cov : ndarray, shape (3, npix), optional
         var(a), var(b), cov(a, b) of a bias model a + b*T removed from every master. Its
         error is common to all masters of a pixel (so it is not in ``base_var``); it is
@@ -258,7 +266,7 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
         sel = index[lo:lo + _CHUNK]
         y, ok, var0, shot = (signal[:, sel].astype(np.float64), valid[:, sel], base_var[:, sel].astype(np.float64),
                              shot_scale[:, sel].astype(np.float64))
-        theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations, rounds)
+        theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations)
         variances = np.diagonal(c, axis1=1, axis2=2)
         conv &= np.all(np.isfinite(variances) & (variances > 0), axis=1)  # else the parameters are not determined
         if bias_cov is not None:

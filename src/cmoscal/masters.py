@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import mad_std
 
 from .fitsio import provenance, read_image, write_hdus
 from .inventory import celsius
@@ -32,6 +31,20 @@ def typical_scatter(stack: np.ndarray, saturated: np.ndarray) -> float:
         return float(np.nanmedian(np.nanstd(data, axis=0, ddof=1)))
 
 
+def _median0(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-ignoring median along axis 0 and the count of finite samples.
+
+    Sorting the short frame axis (NaN last) and picking the middle is several times faster
+    than ``np.nanmedian`` for stacks of a few to a few tens of frames.
+    """
+    ordered = np.sort(data, axis=0)
+    n = np.sum(np.isfinite(data), axis=0)
+    lo = np.take_along_axis(ordered, np.maximum(n - 1, 0)[None] // 2, axis=0)[0]
+    hi = np.take_along_axis(ordered, (n // 2)[None], axis=0)[0] if len(data) else lo
+    with np.errstate(invalid="ignore"):
+        return np.where(n > 0, (lo + hi) / 2, np.nan), n
+
+
 def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip_sigma: float = 4.0,
             floor: float | None = None):
     """Combine a stack of frames pixel by pixel.
@@ -44,7 +57,7 @@ def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip
         Samples at or above saturation; they are left out.
     method : {"mean", "median"}, default "mean"
         ``mean`` clips samples further than ``clip_sigma`` robust standard deviations
-        from the median; the per-pixel scale is never below the group's typical
+        (1.4826 MAD) from the median; the per-pixel scale is never below the group's typical
         scatter, so quantized data with identical samples do not clip real values.
     clip_sigma : float, default 4.0
         Clipping threshold of the mean.
@@ -61,23 +74,21 @@ def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip
     """
     data = np.where(saturated, np.nan, stack.astype(np.float32))
     nsat = saturated.sum(axis=0, dtype=np.int16)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels give NaN, handled below
-        center = np.nanmedian(data, axis=0)
-        if method == "mean":
-            scale = mad_std(data, axis=0, ignore_nan=True)
-            scale = np.fmax(scale, typical_scatter(stack, saturated) if floor is None else floor)
+    center, n = _median0(data)
+    if method == "mean":
+        scale = 1.4826 * _median0(np.abs(data - center))[0]
+        scale = np.fmax(scale, typical_scatter(stack, saturated) if floor is None else floor)
+        with np.errstate(invalid="ignore"):
             data[np.abs(data - center) > clip_sigma * scale] = np.nan
-        n = np.sum(np.isfinite(data), axis=0, dtype=np.int16)
+        n = np.sum(np.isfinite(data), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels with < 2 samples: NaN, handled below
         sample_var = np.nanvar(data, axis=0, ddof=1)
-        if method == "mean":
-            master = np.nanmean(data, axis=0)
-            variance = sample_var / n
-        else:
-            master = center
-            variance = _MEDIAN_EFFICIENCY * sample_var / n
+        master = np.nanmean(data, axis=0) if method == "mean" else center
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = (1 if method == "mean" else _MEDIAN_EFFICIENCY) * sample_var / n
     variance[n < 2] = np.nan
-    return master.astype(np.float32), variance.astype(np.float32), n, nsat
+    return master.astype(np.float32), variance.astype(np.float32), n.astype(np.int16), nsat
 
 
 def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:

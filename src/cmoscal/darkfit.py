@@ -27,7 +27,7 @@ PARAMETERS = ("lnA", "slope", "gamma")
 _CHUNK = 32768  # pixels solved together; bounds the working memory to a few tens of MB
 _MAX_EXPONENT = 80.0
 _LN_A_RANGE = (-60.0, 60.0)  # keeps A representable in float32 products
-_TOLERANCE = 1e-5  # chi-square gain below which a pixel has converged
+_TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
 
 
 def temperature_feature(temperature, tmin: float, form: str):
@@ -95,13 +95,27 @@ def _normal_matrix(weights, Z):
     return H
 
 
-def _reduce(weights, Z):
-    """sum_m weights[m, p] * Z[m, k] -> (npix, K), summed in a fixed order for every pixel.
+def _sum0(values):
+    """Sum over samples (axis 0), accumulated in sample order for every pixel.
 
-    Not BLAS: its kernels change with the batch size, and a pixel's result must not
-    depend on which other pixels share its tile.
+    NumPy's reductions pick their summation order by memory layout (pairwise when a single
+    pixel is left), and a pixel's result must not depend on which other pixels share its tile.
     """
-    return np.einsum("mp,mk->pk", weights, Z, optimize=False)
+    total = values[0].copy()
+    for row in values[1:]:
+        total += row
+    return total
+
+
+def _reduce(weights, Z):
+    """sum_m weights[m, p] * Z[m, k] -> (npix, K), in sample order (see :func:`_sum0`)."""
+    total = np.empty((Z.shape[1], weights.shape[1]))
+    term = np.empty(weights.shape[1])
+    for k in range(Z.shape[1]):
+        np.multiply(weights[0], Z[0, k], out=total[k])
+        for m in range(1, len(Z)):
+            total[k] += np.multiply(weights[m], Z[m, k], out=term)
+    return total.T
 
 
 def _exponent(Z, theta, offset):
@@ -112,17 +126,16 @@ def _exponent(Z, theta, offset):
     return np.clip(linear, -_MAX_EXPONENT, _MAX_EXPONENT)
 
 
-def _normal(Z, w, y, theta, offset):
-    """Chi-square, normal matrix (npix, P, P) and gradient (npix, P) of every pixel, as matrix products."""
-    m = np.exp(_exponent(Z, theta, offset))  # (M, npix)
+def _model(Z, theta, offset):
+    """Model dark signal (M, npix) at parameters ``theta`` (npix, P)."""
+    return np.exp(_exponent(Z, theta, offset))
+
+
+def _normal(Z, w, y, m):
+    """Chi-square, normal matrix (npix, P, P) and gradient (npix, P) at model ``m``."""
     r = y - m
     wm = w * m
-    chi2 = np.sum(w * r * r, axis=0)
-    return chi2, _normal_matrix(wm * m, Z), _reduce(wm * r, Z)
-
-
-def _chi2(Z, w, y, theta, offset):
-    return np.sum(w * (y - np.exp(_exponent(Z, theta, offset))) ** 2, axis=0)
+    return _sum0(w * r * r), _normal_matrix(wm * m, Z), _reduce(wm * r, Z)
 
 
 def fit_loglinear(y, weights, Z, offset):
@@ -175,7 +188,7 @@ def _start(y, valid, base_var, shot_scale, Z, offset):
     var0 = np.where(valid, base_var + shot_scale * np.clip(y, 0, None), np.inf)
     theta = fit_loglinear(y, np.where(valid, np.clip(y, 0, None) ** 2 / var0, 0), Z, offset)
     start = np.zeros_like(theta)
-    mean = np.sum(np.where(valid, y, 0), axis=0) / np.maximum(valid.sum(axis=0), 1)
+    mean = _sum0(np.where(valid, y, 0.0)) / np.maximum(valid.sum(axis=0), 1)
     start[:, 0] = np.log(np.maximum(mean, 1e-6)) - np.mean(offset) - (np.mean(Z[:, 2]) if P == 3 else 0)
     if P == 3:
         start[:, 2] = 1.0
@@ -193,26 +206,27 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations):
     converged = np.zeros(y.shape[1], dtype=bool)
     lam = np.full(y.shape[1], 1e-3)
     active = np.arange(y.shape[1])
+    m = _model(Z, theta, offset)
     for _ in range(max_iterations):
         if not active.size:
             break
-        ya, va, ta = y[:, active], valid[:, active], theta[active]
-        m = np.exp(_exponent(Z, ta, offset))
-        w = np.where(va, 1 / (base_var[:, active] + shot_scale[:, active] * m), 0.0)
-        chi2, H, g = _normal(Z, w, ya, ta, offset)
+        ya, ma, ta = y[:, active], m[:, active], theta[active]
+        w = np.where(valid[:, active], 1 / (base_var[:, active] + shot_scale[:, active] * ma), 0.0)
+        chi2, H, g = _normal(Z, w, ya, ma)
         step = _solve(H + lam[active, None, None] * H * np.eye(P), g)
         trial = ta + step
         trial[:, 0] = np.clip(trial[:, 0], *_LN_A_RANGE)
-        better = _chi2(Z, w, ya, trial, offset) <= chi2
+        m_trial = _model(Z, trial, offset)
+        better = _sum0(w * (ya - m_trial) ** 2) <= chi2
         theta[active[better]] = trial[better]
+        m[:, active[better]] = m_trial[:, better]
         lam[active] = np.where(better, lam[active] * 0.1, lam[active] * 10)
         gain = np.einsum("pi,pi->p", step, g)  # predicted chi-square decrease of the step
         done = (better & (gain < _TOLERANCE)) | (lam[active] > 1e10)
         converged[active[done]] = True
         active = active[~done]
-    m = np.exp(_exponent(Z, theta, offset))
     w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
-    chi2, H, _ = _normal(Z, w, y, theta, offset)
+    chi2, H, _ = _normal(Z, w, y, m)
     return theta, np.linalg.inv(_regularized(H)), chi2, converged
 
 
@@ -272,7 +286,7 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
         if bias_cov is not None:
             va, vb, cab = (bias_cov[k, sel].astype(np.float64) for k in range(3))
             common = np.stack([np.stack([va, cab], -1), np.stack([cab, vb], -1)], -2)
-            m = np.exp(_exponent(Z, theta, offset))
+            m = _model(Z, theta, offset)
             D = np.stack([np.ones(len(Z)), np.asarray(temperature, dtype=np.float64)], -1)
             c = _common_error(Z, np.where(ok, m / (var0 + shot * m), 0.0), c, D, common)
         params[:P, sel] = theta.T

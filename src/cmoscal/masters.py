@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 
 from .fitsio import provenance, read_image, write_hdus
 from .inventory import celsius
 
-__all__ = ["MasterSet", "combine", "load_masters", "master_path", "master_paths", "typical_scatter", "write_master"]
+__all__ = ["MasterSet", "combine", "load_masters", "master_path", "master_paths", "pixel_series", "summarize_masters",
+           "typical_scatter", "write_master"]
 
 _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
 
@@ -179,3 +181,24 @@ def load_masters(source, rows=slice(None)) -> MasterSet:
                      nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"),
                      temperature=np.array([h["TEMP"] for h in headers]),
                      exptime=np.array([h["EXPTIME"] for h in headers]), paths=paths)
+
+
+def summarize_masters(folder: str | Path) -> Table:
+    """One row per master, reading one file at a time: temperature, exposure, frames, median, saturated pixels."""
+    rows = []
+    for path in master_paths(folder):
+        header = fits.getheader(path)
+        rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"],
+                     float(np.nanmedian(read_image(path))), int(np.count_nonzero(_read_rows(path, "NSATUR", slice(None))))))
+    return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "median", "saturated_pixels"))
+
+
+def pixel_series(folder: str | Path, pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Master values of a few pixels ``[(y, x), ...]``, reading only their rows.
+
+    Returns temperature (M,), exposure (M,) and values (M, len(pixels)).
+    """
+    y, x = np.asarray(pixels).T
+    rows, index = np.unique(y, return_inverse=True)
+    masters = load_masters(folder, rows)
+    return masters.temperature, masters.exptime, masters.data[:, index, x]

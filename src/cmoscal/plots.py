@@ -94,37 +94,35 @@ def inventory_overview(inventory: Table):
     return fig
 
 
-def dark_curves(masters, model, pixels: dict, exptimes=None):
+def dark_curves(series, model, pixels: dict):
     """Dark signal vs temperature of sample pixels: master values (points) and model (lines).
 
-    ``pixels`` maps a label to a flat pixel index; one panel per pixel, one colour per exposure.
-    Log scale: masters at or below zero (noise around a tiny signal) are not drawn.
+    ``series`` is (temperature, exposure, values) from :func:`cmoscal.masters.pixel_series` for the
+    ``pixels`` (a dict label -> (y, x)); one panel per pixel, one colour per exposure. Log scale:
+    masters at or below zero (noise around a tiny signal) are not drawn.
     """
-    exptimes = np.unique(masters.exptime) if exptimes is None else exptimes
+    temperature, exptime, values = series
     fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.4), squeeze=False, layout="constrained")
     grid = np.linspace(*model.trange, 50)
-    flat = masters.data.reshape(len(masters), -1)
-    params = model.dark.reshape(3, -1)
-    for ax, (label, index) in zip(axes.flat, pixels.items()):
-        for k, t in enumerate(exptimes):
-            sel = np.isclose(masters.exptime, t) & (flat[:, index] > 0)
-            ax.plot(masters.temperature[sel], flat[sel, index], "o", color=f"C{k}", ms=4, label=f"{t:g} s")
-            ax.plot(grid, predict(params[:, index], grid, t, model.tmin, model.form), "-", color=f"C{k}", lw=1)
+    for i, (ax, (label, (y, x))) in enumerate(zip(axes.flat, pixels.items())):
+        for k, t in enumerate(np.unique(exptime)):
+            sel = np.isclose(exptime, t) & (values[:, i] > 0)
+            ax.plot(temperature[sel], values[sel, i], "o", color=f"C{k}", ms=4, label=f"{t:g} s")
+            ax.plot(grid, predict(model.dark[:, y, x], grid, t, model.tmin, model.form), "-", color=f"C{k}", lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("temperature [degC]")
         ax.set_ylabel("dark signal [DN]")
-        ax.set_title(f"{label} (pixel {index})", fontsize=10)
+        ax.set_title(f"{label} (x={x}, y={y})", fontsize=10)
     axes.flat[0].legend(fontsize=7, title="exposure")
     return fig
 
 
-def master_levels(masters):
-    """Median master dark signal vs temperature, one line per exposure (log scale)."""
+def master_levels(summary: Table):
+    """Median master dark signal vs temperature, one line per exposure (from :func:`summarize_masters`)."""
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-    medians = np.nanmedian(masters.data.reshape(len(masters), -1), axis=1)
-    for k, t in enumerate(np.unique(masters.exptime)):
-        sel = np.isclose(masters.exptime, t)
-        ax.plot(masters.temperature[sel], medians[sel], "o-", color=f"C{k}", ms=4, label=f"{t:g} s")
+    for k, t in enumerate(np.unique(summary["exptime"])):
+        sel = np.isclose(summary["exptime"], t)
+        ax.plot(summary["temperature"][sel], summary["median"][sel], "o-", color=f"C{k}", ms=4, label=f"{t:g} s")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xlabel("temperature [degC]")
     ax.set_ylabel("median dark signal [DN]")

@@ -20,7 +20,8 @@ SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale
 
 def workers(params: dict) -> int:
     """Tiles in flight at once: the configured workers, else this machine's cores."""
-    return params["compute"]["workers"] or os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return params["compute"]["workers"] or cores or 1
 
 
 def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:

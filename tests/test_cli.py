@@ -2,14 +2,13 @@
 
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import write_params
 
 from cmoscal.cli import main
-from conftest import write_params
 
 
 def cmoscal(*args, cwd=None):

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import write_params
 
 from cmoscal.compute import row_bands, run_tiles
 from cmoscal.config import default_params, load_params
 from cmoscal.pipeline import STAGES
 from cmoscal.simulate import simulate_campaign
-from conftest import write_params
+
 
 def compute_params(**compute):
     return {**default_params(), "compute": {"scheduler": "threads", "workers": None, **compute}}

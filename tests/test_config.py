@@ -2,9 +2,9 @@ import re
 from importlib import resources
 
 import pytest
+from conftest import write_params
 
 from cmoscal.config import ParamsError, default_params, load_params
-from conftest import write_params
 
 
 def test_every_default_is_documented_and_valid(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cmoscal.darkfit import fit_dark, fit_loglinear, design, predict, predict_variance
+from cmoscal.darkfit import design, fit_dark, fit_loglinear, predict, predict_variance
 
 T = np.repeat([-10.0, -5, 0, 5, 10, 15, 20, 25], 5)
 t = np.tile([1.0, 5, 10, 30, 60], 8)

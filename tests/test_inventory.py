@@ -64,7 +64,8 @@ def test_compressed_files_are_found(tmp_path):
 def test_small_groups_and_scale_problems_are_reported(tmp_path):
     frame(tmp_path / "a.fits", {"IMAGETYP": "BIAS", "EXPTIME": 0.0, "CCD-TEMP": 1.0})
     raw = np.arange(64, dtype=np.uint16).reshape(8, 8) + 1001  # not multiples of 16
-    fits.PrimaryHDU(raw, fits.Header({"IMAGETYP": "BIAS", "EXPTIME": 0.0, "CCD-TEMP": 1.1})).writeto(tmp_path / "b.fits")
+    header = fits.Header({"IMAGETYP": "BIAS", "EXPTIME": 0.0, "CCD-TEMP": 1.1})
+    fits.PrimaryHDU(raw, header).writeto(tmp_path / "b.fits")
     with pytest.warns(UserWarning, match="not multiples of it"):
         table = build_inventory(params_for(tmp_path, min_frames=3))
     assert all("fewer than min_frames=3" in r for r in table["reason"])

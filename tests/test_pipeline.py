@@ -2,13 +2,13 @@
 
 import numpy as np
 from astropy.io import fits
+from conftest import digest, read_truth
 
 from cmoscal.darkfit import design, fit_loglinear, predict
 from cmoscal.hotpix import DQ_BITS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
 from cmoscal.simulate import dark_truth
-from conftest import digest, read_truth
 
 
 def robust_std(x):
@@ -122,9 +122,10 @@ def test_model_file_round_trip_and_synthesis(campaign):
 
 
 def run_all(root, **overrides):
+    from conftest import write_params
+
     from cmoscal.config import load_params
     from cmoscal.pipeline import STAGES
-    from conftest import write_params
 
     params = load_params(write_params(root / "p.yml", campaign="opt", raw_dir="raw", output_dir="out", loo_pixels=0,
                                       **overrides), root=root)

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 from astropy.io import fits
+from conftest import read_truth, write_params
 
 from cmoscal.config import load_params
 from cmoscal.pipeline import STAGES
 from cmoscal.report import ReportError, run_report
 from cmoscal.simulate import simulate_campaign
-from conftest import read_truth, write_params
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from astropy.io import fits
 
 from . import __version__
 
-__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "read_image", "scaled_rows", "provenance", "write_atomic", "write_hdus", "write_table"]
+__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "provenance", "read_image", "scaled_rows",
+           "write_atomic", "write_hdus", "write_table"]
 
 
 def image_hdu(hdul: fits.HDUList):

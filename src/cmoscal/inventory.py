@@ -241,5 +241,6 @@ def group_summary(inventory: Table) -> Table:
     for group in sorted(set(ok["group"]), key=lambda g: (g.split("_")[0], g)):
         sel = ok[ok["group"] == group]
         T = np.asarray(sel["temperature"])
-        rows.append((group, sel["type"][0], len(sel), T.mean(), T.std(), T.min(), T.max(), float(np.mean(sel["exposure"]))))
+        rows.append((group, sel["type"][0], len(sel), T.mean(), T.std(), T.min(), T.max(),
+                     float(np.mean(sel["exposure"]))))
     return Table(rows=rows, names=("group", "type", "frames", "T_mean", "T_std", "T_min", "T_max", "exposure"))

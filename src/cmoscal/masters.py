@@ -188,8 +188,9 @@ def summarize_masters(folder: str | Path) -> Table:
     rows = []
     for path in master_paths(folder):
         header = fits.getheader(path)
+        saturated = np.count_nonzero(_read_rows(path, "NSATUR", slice(None)))
         rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"],
-                     float(np.nanmedian(read_image(path))), int(np.count_nonzero(_read_rows(path, "NSATUR", slice(None))))))
+                     float(np.nanmedian(read_image(path))), int(saturated)))
     return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "median", "saturated_pixels"))
 
 

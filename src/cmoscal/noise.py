@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["inverse_gain", "master_variance", "read_variance"]
+__all__ = ["inverse_gain", "read_variance"]
 
 
 def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.ndarray:
@@ -47,9 +47,3 @@ def inverse_gain(signal: np.ndarray, variance: np.ndarray, nframes: np.ndarray, 
     ok = usable & np.isfinite(excess) & np.isfinite(signal) & (signal > 0)
     s, e = signal[ok].astype(np.float64), excess[ok].astype(np.float64)
     return max(float(np.sum(s * e) / np.sum(s * s)), 0.0) if s.size else 0.0
-
-
-def master_variance(signal, rv, inv_gain: float, nframes, bias_variance=0.0) -> np.ndarray:
-    """Expected variance [DN^2] of a master of ``nframes`` frames with mean dark ``signal``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (rv + np.clip(signal, 0, None) * inv_gain) / nframes + bias_variance

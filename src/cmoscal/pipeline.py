@@ -14,21 +14,31 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .bias import bias_at, bias_variance_at, fit_bias
+from .compute import row_bands, run_tiles, sample_rows
 from .darkfit import fit_dark, predict
 from .evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
 from .fitsio import cube_writer, provenance, read_image, write_hdus, write_table
 from .hotpix import DQ_BITS, classify_pixels, dq_table
 from .inventory import build_inventory, frame_label
-from .compute import row_bands, run_tiles, sample_rows
-from .masters import combine, load_masters, master_path, master_paths, typical_scatter, write_master
-from .model import MODEL_FILE, CalibrationModel, OutOfRangeWarning, equations, write_synthetic
-from .noise import inverse_gain, master_variance, read_variance
+from .masters import (
+    combine,
+    load_masters,
+    master_path,
+    master_paths,
+    typical_scatter,
+    write_master,
+)
+from .model import (
+    MODEL_FILE,
+    CalibrationModel,
+    OutOfRangeWarning,
+    equations,
+    write_synthetic,
+)
+from .noise import inverse_gain, read_variance
 
 __all__ = ["STAGES", "load_bias_model", "load_inventory", "run_bias", "run_dark_masters", "run_dark_model",
            "run_evaluation", "run_hot_pixels", "run_inventory", "run_summary", "run_synthesis"]
-
-_BAD = sum(v for name, (v, _) in DQ_BITS.items())  # any flag makes a pixel non-normal
-
 
 def _out(params: dict, *parts) -> Path:
     return Path(params["output_dir"]).joinpath(*parts)

@@ -91,7 +91,8 @@ def _index(run_dir: Path, params: dict, results: list[dict], run_id: str) -> Pat
         check_html = "<p>No checks yet: the summary stage has not run for these products.</p>"
         verdict = ""
     else:
-        check_html = "<table><tr><th>check</th><th>value</th><th>limit</th><th>result</th><th>definition</th></tr>" + "".join(
+        header = "<tr><th>check</th><th>value</th><th>limit</th><th>result</th><th>definition</th></tr>"
+        check_html = "<table>" + header + "".join(
             f'<tr class="{"passed" if c["passed"] else "failed"}"><td>{c["check"]}</td><td>{c["value"]:.4g}</td>'
             f'<td>{c["limit"]:.4g}</td><td>{"pass" if c["passed"] else "FAIL"}</td><td>{c["definition"]}</td></tr>'
             for c in checks) + "</table>"

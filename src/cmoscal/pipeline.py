@@ -25,6 +25,7 @@ from .masters import (
     load_masters,
     master_path,
     master_paths,
+    summarize_masters,
     typical_scatter,
     write_master,
 )
@@ -140,27 +141,36 @@ def _clear(folder: Path) -> None:
 
 
 # --- bias ------------------------------------------------------------------------------------
+def _bias_tile(folder: Path, rows: slice) -> tuple:
+    """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker)."""
+    masters = load_masters(folder, rows)
+    rv = read_variance(masters.variance, masters.nframes)
+    return (*fit_bias(masters.temperature, masters.data, np.where(masters.valid, masters.nframes, 0), rv), rv)
+
+
 def run_bias(params: dict) -> dict:
-    """Master biases per temperature group, the read noise and the bias model.
+    """Master biases per temperature group, the read noise and the bias model, tile by tile.
 
     Writes ``bias_grouped_by_temp/master_bias_XX.XC.fits`` and ``bias_model/`` maps:
     bias_a_map, bias_b_map, their sigma maps, bias_rms_map, read_noise_map,
-    bias_covariance. Returns the fitted arrays and the masters.
+    bias_covariance. Returns the maps and a summary table of the masters.
     """
     folder = _out(params, "bias_grouped_by_temp")
     _make_masters(params, load_inventory(params), "bias")
-    masters = load_masters(folder)
-    if len(masters) < 2:
-        raise ValueError(f"bias model needs master biases at >= 2 temperatures, found {len(masters)}")
-    rv = read_variance(masters.variance, masters.nframes)
-    weights = np.where(masters.valid, masters.nframes, 0)
-    a, b, cov, rms = fit_bias(masters.temperature, masters.data, weights, rv)
-    T = masters.temperature
+    headers = [fits.getheader(p) for p in master_paths(folder)]
+    if len(headers) < 2:
+        raise ValueError(f"bias model needs master biases at >= 2 temperatures, found {len(headers)}")
+    ny, nx = headers[0]["NAXIS2"], headers[0]["NAXIS1"]
+    bands = row_bands(ny, len(headers) * nx * 64, params)
+    parts = zip(*run_tiles(_bias_tile, [(folder, band) for band in bands], params))
+    a, b, cov, rms, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
+    T = [h["TEMP"] for h in headers]
+    frames = [h["NCOMBINE"] for h in headers]
     keywords = dict(BIASEQ=(equations("exponential", True)[0], "a in DN, b in DN/degC, T in degC"),
-                    TCALMIN=(float(T.min()), "degC"), TCALMAX=(float(T.max()), "degC"),
-                    NBIASM=(len(masters), "master biases"), NBIAS=(int(np.max(masters.nframes.sum(0))), "frames"),
-                    NBIASMED=(float(np.median(masters.nframes)), "median frames per master"))
-    inputs = [p.name for p in masters.paths]
+                    TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
+                    NBIASM=(len(headers), "master biases"), NBIAS=(int(sum(frames)), "frames"),
+                    NBIASMED=(float(np.median(frames)), "median frames per master"))
+    inputs = [p.name for p in master_paths(folder)]
     maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),
             "bias_b_map": (b, "DN/degC", "bias temperature slope (b of a + b*T)"),
             "bias_a_sigma_map": (np.sqrt(cov[0]), "DN", "1-sigma uncertainty of bias a"),
@@ -172,7 +182,7 @@ def run_bias(params: dict) -> dict:
         header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
                             CAMPAIGN=params["campaign"], **keywords)
         write_hdus(_out(params, "bias_model", f"{name}.fits"), data, header)
-    return dict(masters=masters, a=a, b=b, cov=cov, rms=rms, read_noise=np.sqrt(rv))
+    return dict(masters=summarize_masters(folder), a=a, b=b, cov=cov, rms=rms, read_noise=np.sqrt(rv))
 
 
 def load_bias_model(params: dict, rows=slice(None)) -> dict:

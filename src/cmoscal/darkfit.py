@@ -195,11 +195,13 @@ def _start(y, valid, base_var, shot_scale, Z, offset):
     return np.where(np.isfinite(theta), theta, start)
 
 
-def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations):
+def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations, common=None):
     """Reweighted Levenberg-Marquardt: every step takes the weights from the current model.
 
     A pixel stops when its step would lower chi-square by less than ``_TOLERANCE`` (the step
-    is then ~0.003 sigma), or when the damping cannot find a better point.
+    is then ~0.03 sigma), or when the damping cannot find a better point. ``common`` is
+    (D, common_cov) of :func:`_common_error`, propagated into the returned covariance.
+    Pixels whose covariance is not positive come back as not converged.
     """
     P = Z.shape[1]
     theta = _start(y, valid, base_var, shot_scale, Z, offset)
@@ -227,7 +229,12 @@ def _fit_chunk(y, valid, base_var, shot_scale, Z, offset, max_iterations):
         active = active[~done]
     w = np.where(valid, 1 / (base_var + shot_scale * m), 0.0)
     chi2, H, _ = _normal(Z, w, y, m)
-    return theta, np.linalg.inv(_regularized(H)), chi2, converged
+    cov = np.linalg.inv(_regularized(H))
+    variances = np.diagonal(cov, axis1=1, axis2=2)
+    converged &= np.all(np.isfinite(variances) & (variances > 0), axis=1)  # else the parameters are not determined
+    if common is not None:
+        cov = _common_error(Z, w * m, cov, *common)
+    return theta, cov, chi2, converged
 
 
 def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: float, form: str = "exponential",
@@ -280,15 +287,12 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
         sel = index[lo:lo + _CHUNK]
         y, ok, var0, shot = (signal[:, sel].astype(np.float64), valid[:, sel], base_var[:, sel].astype(np.float64),
                              shot_scale[:, sel].astype(np.float64))
-        theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations)
-        variances = np.diagonal(c, axis1=1, axis2=2)
-        conv &= np.all(np.isfinite(variances) & (variances > 0), axis=1)  # else the parameters are not determined
+        common = None
         if bias_cov is not None:
             va, vb, cab = (bias_cov[k, sel].astype(np.float64) for k in range(3))
-            common = np.stack([np.stack([va, cab], -1), np.stack([cab, vb], -1)], -2)
-            m = _model(Z, theta, offset)
             D = np.stack([np.ones(len(Z)), np.asarray(temperature, dtype=np.float64)], -1)
-            c = _common_error(Z, np.where(ok, m / (var0 + shot * m), 0.0), c, D, common)
+            common = (D, np.stack([np.stack([va, cab], -1), np.stack([cab, vb], -1)], -2))
+        theta, c, chi2, conv = _fit_chunk(y, ok, var0, shot, Z, offset, max_iterations, common)
         params[:P, sel] = theta.T
         cov[:P, :P, sel] = np.moveaxis(c, 0, -1)
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -19,7 +19,8 @@ from astropy.io import fits
 
 from . import __version__
 
-__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "provenance", "read_image", "scaled_rows",
+__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "provenance", "read_image", "read_section",
+           "scaled_rows",
            "write_atomic", "write_hdus", "write_table"]
 
 
@@ -66,6 +67,12 @@ def read_image(path: str | Path, scale_factor: float = 1.0, rows=slice(None)) ->
         if hdu is None:
             raise ValueError(f"{path}: no 2-D image data")
         return scaled_rows(hdu, rows) / np.float32(scale_factor)
+
+
+def read_section(path: str | Path, ext, index) -> np.ndarray:
+    """Read ``data[index]`` of extension ``ext`` of an unscaled product, memory-mapped (only that section)."""
+    with fits.open(path, memmap=True) as hdul:
+        return np.array(hdul[ext].data[index])
 
 
 def provenance(header: fits.Header, *, bunit: str, description: str, inputs=(), **keywords) -> fits.Header:

@@ -16,7 +16,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .fitsio import provenance, read_image, write_hdus
+from .fitsio import provenance, read_image, read_section, write_hdus
 from .inventory import celsius
 
 __all__ = ["MasterSet", "combine", "load_masters", "master_path", "master_paths", "pixel_series", "summarize_masters",
@@ -152,18 +152,17 @@ class MasterSet:
         return np.isfinite(self.data) & (self.nsaturated == 0) & (self.nframes > 0)
 
 
-def _read_rows(path, ext, rows):
-    with fits.open(path, memmap=True) as hdul:
-        return np.array(hdul[ext].data[rows])
+def _indexed(folder: str | Path) -> list[tuple[Path, fits.Header]]:
+    """(file, header) of every master in ``folder``, sorted by exposure then temperature."""
+    paths = sorted(Path(folder).glob("*.fits"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no master frames (run the earlier stages first)")
+    return sorted(((p, fits.getheader(p)) for p in paths), key=lambda ph: (ph[1]["EXPTIME"], ph[1]["TEMP"]))
 
 
 def master_paths(folder: str | Path) -> list[Path]:
     """Master files in ``folder``, sorted by exposure then temperature."""
-    paths = sorted(Path(folder).glob("*.fits"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no master frames (run the earlier stages first)")
-    keys = [(h["EXPTIME"], h["TEMP"]) for h in map(fits.getheader, paths)]
-    return [paths[i] for i in sorted(range(len(paths)), key=keys.__getitem__)]
+    return [path for path, _ in _indexed(folder)]
 
 
 def load_masters(source, rows=slice(None)) -> MasterSet:
@@ -171,24 +170,26 @@ def load_masters(source, rows=slice(None)) -> MasterSet:
 
     Only the requested rows are read (memory-mapped); ``rows`` is a slice or an index array.
     """
-    paths = master_paths(source) if isinstance(source, (str, Path)) else list(source)
-    headers = [fits.getheader(p) for p in paths]
+    if isinstance(source, (str, Path)):
+        indexed = _indexed(source)
+    else:
+        indexed = [(path, fits.getheader(path)) for path in source]
+    paths = [path for path, _ in indexed]
 
     def stack(ext):
-        return np.stack([_read_rows(p, ext, rows) for p in paths])
+        return np.stack([read_section(p, ext, rows) for p in paths])
 
     return MasterSet(data=np.stack([read_image(p, rows=rows) for p in paths]), variance=stack("VARIANCE"),
                      nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"),
-                     temperature=np.array([h["TEMP"] for h in headers]),
-                     exptime=np.array([h["EXPTIME"] for h in headers]), paths=paths)
+                     temperature=np.array([h["TEMP"] for _, h in indexed]),
+                     exptime=np.array([h["EXPTIME"] for _, h in indexed]), paths=paths)
 
 
 def summarize_masters(folder: str | Path) -> Table:
     """One row per master, reading one file at a time: temperature, exposure, frames, median, saturated pixels."""
     rows = []
-    for path in master_paths(folder):
-        header = fits.getheader(path)
-        saturated = np.count_nonzero(_read_rows(path, "NSATUR", slice(None)))
+    for path, header in _indexed(folder):
+        saturated = np.count_nonzero(read_section(path, "NSATUR", slice(None)))
         rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"],
                      float(np.nanmedian(read_image(path))), int(saturated)))
     return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "median", "saturated_pixels"))

@@ -17,7 +17,7 @@ from .bias import bias_at, bias_variance_at, fit_bias
 from .compute import row_bands, run_tiles, sample_rows
 from .darkfit import fit_dark, predict
 from .evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
-from .fitsio import cube_writer, provenance, read_image, write_hdus, write_table
+from .fitsio import cube_writer, provenance, read_image, read_section, write_hdus, write_table
 from .hotpix import DQ_BITS, classify_pixels, dq_table
 from .inventory import build_inventory, frame_label
 from .masters import (
@@ -157,7 +157,8 @@ def run_bias(params: dict) -> dict:
     """
     folder = _out(params, "bias_grouped_by_temp")
     _make_masters(params, load_inventory(params), "bias")
-    headers = [fits.getheader(p) for p in master_paths(folder)]
+    paths = master_paths(folder)
+    headers = [fits.getheader(p) for p in paths]
     if len(headers) < 2:
         raise ValueError(f"bias model needs master biases at >= 2 temperatures, found {len(headers)}")
     ny, nx = headers[0]["NAXIS2"], headers[0]["NAXIS1"]
@@ -170,7 +171,7 @@ def run_bias(params: dict) -> dict:
                     TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
                     NBIASM=(len(headers), "master biases"), NBIAS=(int(sum(frames)), "frames"),
                     NBIASMED=(float(np.median(frames)), "median frames per master"))
-    inputs = [p.name for p in master_paths(folder)]
+    inputs = [p.name for p in paths]
     maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),
             "bias_b_map": (b, "DN/degC", "bias temperature slope (b of a + b*T)"),
             "bias_a_sigma_map": (np.sqrt(cov[0]), "DN", "1-sigma uncertainty of bias a"),
@@ -189,8 +190,7 @@ def load_bias_model(params: dict, rows=slice(None)) -> dict:
     """Read ``rows`` of the bias model maps: a, b, cov, read_noise, and the header of bias_a_map."""
     folder = _out(params, "bias_model")
     get = lambda name: read_image(_require(folder / f"{name}.fits", "bias"), rows=rows)  # noqa: E731
-    with fits.open(folder / "bias_covariance.fits", memmap=True) as hdul:
-        cov = np.array(hdul[0].data[:, rows])
+    cov = read_section(folder / "bias_covariance.fits", 0, (slice(None), rows))
     return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=cov, read_noise=get("read_noise_map"),
                 header=fits.getheader(folder / "bias_a_map.fits"))
 
@@ -423,7 +423,7 @@ def _points(params: dict) -> list[tuple[str, float, float | None]]:
     if params["synthesize"]:
         points = [(float(p["temperature"]), float(p["exptime"])) for p in params["synthesize"]]
         return [("bias", T, None) for T, _ in points] + [("dark", T, t) for T, t in points]
-    header = lambda folder: [fits.getheader(p) for p in sorted(_out(params, folder).glob("*.fits"))]  # noqa: E731
+    header = lambda folder: [fits.getheader(p) for p in master_paths(_out(params, folder))]  # noqa: E731
     return ([("bias", h["TEMP"], None) for h in header("bias_grouped_by_temp")] +
             [("dark", h["TEMP"], h["EXPTIME"]) for h in header("dark_masters")])
 

@@ -8,7 +8,7 @@ import yaml
 from astropy.io import fits
 
 from cmoscal.config import load_params
-from cmoscal.pipeline import STAGES
+from cmoscal.stages import STAGES
 from cmoscal.simulate import simulate_campaign
 
 

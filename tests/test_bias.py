@@ -9,7 +9,8 @@ def test_bias_line_recovers_truth_within_its_errors():
     a, b = rng.normal(60, 2, shape), rng.normal(0.3, 0.05, shape)
     T = np.array([-10.0, -5, 0, 5, 10, 15, 20, 25])
     masters = a + b * T[:, None, None] + rng.normal(0, rn / np.sqrt(n), (len(T),) + shape)
-    fa, fb, cov, rms = fit_bias(T, masters, np.full(masters.shape, n), np.full(shape, rn**2))
+    fa, fb, cov, rms, fallback = fit_bias(T, masters, np.full(masters.shape, n), np.full(shape, rn**2))
+    assert not fallback.any()
     for fitted, true, var in ((fa, a, cov[0]), (fb, b, cov[1])):
         pulls = (fitted - true) / np.sqrt(var)
         assert abs(pulls.mean()) < 0.05 and abs(pulls.std() - 1) < 0.05
@@ -23,5 +24,16 @@ def test_unusable_samples_are_ignored():
     T = np.array([0.0, 10.0, 20.0])
     masters = np.array([[[50.0]], [[53.0]], [[999.0]]])
     weights = np.array([[[5]], [[5]], [[0]]])
-    a, b, _, _ = fit_bias(T, masters, weights, np.ones((1, 1)))
+    a, b, _, _, _ = fit_bias(T, masters, weights, np.ones((1, 1)))
     assert np.isclose(a[0, 0], 50) and np.isclose(b[0, 0], 0.3)
+
+
+def test_a_pixel_seen_at_one_temperature_gets_the_population_slope():
+    T = np.array([0.0, 10.0, 20.0])
+    masters = np.array([[[50.0, 50.0]], [[53.0, 53.0]], [[56.0, 56.0]]])
+    weights = np.array([[[5, 5]], [[5, 0]], [[5, 0]]])
+    a, b, cov, _, fallback = fit_bias(T, masters, weights, np.ones((1, 2)), prior=(0.25, 0.01))
+    assert fallback.tolist() == [[False, True]]
+    assert np.isclose(b[0, 0], 0.3) and b[0, 1] == np.float32(0.25) and np.isclose(a[0, 1], 50.0)
+    assert np.isclose(cov[1, 0, 1], 0.01) and np.all(np.isfinite(cov))
+    assert np.isnan(fit_bias(T, masters, weights, np.ones((1, 2)))[1][0, 1])  # without a prior: not guessed

@@ -3,7 +3,7 @@
 import nbformat
 import pytest
 
-from cmoscal.pipeline import STAGES
+from cmoscal.stages import STAGES
 from cmoscal.report import notebook_for
 
 
@@ -16,4 +16,4 @@ def test_notebook_is_committed_clean_and_parameterized(stage):
     assert len(tagged) == 1 and "params_file" in tagged[0].source and "root" in tagged[0].source
     assert book.cells[0].cell_type == "markdown" and len(book.cells[0].source) > 200
     assert book.metadata["kernelspec"]["name"] == "cmoscal"
-    assert f"run_{stage}" in "".join(c.source for c in code)
+    assert f"{stage}.run(params" in "".join(c.source for c in code)

@@ -8,7 +8,7 @@ from astropy.io import fits
 from conftest import read_truth, write_params
 
 from cmoscal.config import load_params
-from cmoscal.pipeline import STAGES
+from cmoscal.stages import STAGES
 from cmoscal.report import ReportError, run_report
 from cmoscal.simulate import simulate_campaign
 
@@ -21,8 +21,8 @@ def tiny(tmp_path_factory):
     path = write_params(root / "tiny.yml", campaign="tiny", raw_dir="data/raw", loo_pixels=0,
                         checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
     params = load_params(path, root=root)
-    run_dir = run_report(path, params, list(STAGES), root=root)
-    return dict(root=root, path=path, params=params, run_dir=run_dir)
+    run_dir, checks = run_report(path, params, list(STAGES), root=root)
+    return dict(root=root, path=path, params=params, run_dir=run_dir, checks=checks)
 
 
 def test_every_stage_runs_and_is_archived(tiny):
@@ -40,7 +40,10 @@ def test_every_stage_runs_and_is_archived(tiny):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [r["status"] for r in manifest["results"]] == ["passed"] * len(STAGES)
     index = (run_dir / "index.html").read_text()
-    assert "SUCCESS" in index and "leave-one-out" in index and "rejected files" in index
+    assert 'class="verdict SUCCESS"' in index and "leave-one-out" in index and "rejected files" in index
+    assert tiny["checks"].meta["verdict"] == "SUCCESS"
+    for package in ("numpy", "astropy", "scipy", "numba"):
+        assert package in manifest["software"]
     for stage in STAGES:
         assert f'href="{run_dir.name}' not in index and f"_{stage}.html" in index
 
@@ -56,10 +59,15 @@ def test_report_products_recover_truth(tiny):
 
 
 def test_chosen_stages_rerun_on_existing_products(tiny):
-    run_dir = run_report(tiny["path"], tiny["params"], ["dark_model", "evaluation"], root=tiny["root"])
+    run_dir, checks = run_report(tiny["path"], tiny["params"], ["dark_model", "hot_pixels"], root=tiny["root"])
     assert run_dir != tiny["run_dir"]
-    assert sorted(p.name for p in run_dir.glob("0*.html")) == ["04_dark_model.html", "07_evaluation.html"]
+    assert sorted(p.name for p in run_dir.glob("0*.html")) == ["04_dark_model.html", "05_hot_pixels.html"]
     assert (tiny["root"] / "reports" / "tiny" / "latest").resolve() == run_dir.resolve()
+    index = (run_dir / "index.html").read_text()
+    assert checks is None and 'class="verdict STALE"' in index  # the old checks describe older products
+    assert "hot_pixels ran after it" in index and "<td>pass</td>" not in index
+    run_dir, checks = run_report(tiny["path"], tiny["params"], ["evaluation", "summary"], root=tiny["root"])
+    assert checks is not None and 'class="verdict SUCCESS"' in (run_dir / "index.html").read_text()
 
 
 def test_a_failing_stage_stops_the_run_and_is_reported(tmp_path):
@@ -70,4 +78,5 @@ def test_a_failing_stage_stops_the_run_and_is_reported(tmp_path):
         run_report(path, params, ["inventory", "bias"], root=tmp_path)
     run_dir = (tmp_path / "reports" / "empty" / "latest").resolve()
     assert (run_dir / "01_inventory.html").exists() and not (run_dir / "02_bias.html").exists()
-    assert "FAILED" in (run_dir / "index.html").read_text()
+    index = (run_dir / "index.html").read_text()
+    assert '<td class="failed">failed' in index and 'class="verdict STALE"' in index

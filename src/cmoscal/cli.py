@@ -1,6 +1,8 @@
-"""The ``cmoscal`` command: simulate, run, report, synth-bias, synth-dark, evaluate.
+"""The ``cmoscal`` command: simulate, run, report, evaluate, synth-bias, synth-dark.
 
-User errors print one line ``cmoscal: error: ...`` and exit with status 1; no traceback.
+Exit status: 0 success; 1 an error (bad input, a failed stage, the output folder in use),
+printed as one line ``cmoscal: error: ...`` without a traceback; 2 a usage error; 3 the run
+finished but a check failed (the message names the checks).
 """
 
 from __future__ import annotations
@@ -15,11 +17,17 @@ import numpy as np
 
 from . import __version__
 
-__all__ = ["main"]
+__all__ = ["EXIT_CHECKS", "main"]
+
+EXIT_ERROR, EXIT_CHECKS = 1, 3
 
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+class ChecksFailed(Exception):
+    """The run finished but a check failed (exit status 3)."""
 
 
 def _floats(text: str) -> list[float]:
@@ -40,7 +48,7 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def _stages(values) -> list[str]:
-    from .pipeline import STAGES
+    from .stages import STAGES
 
     names = [n for v in values or [] for n in v.replace(",", " ").split()]
     unknown = [n for n in names if n not in STAGES]
@@ -54,48 +62,80 @@ def _simulate(args) -> None:
 
     simulate_campaign(args.outdir, shape=args.shape, temperatures=args.temps, exptimes=args.exptimes,
                       frames=args.frames, bias_frames=args.bias_frames, law=args.law, bad_files=args.bad_files,
-                      seed=args.seed)
+                      odd_files=args.odd_files, real_folder=args.real_folder, cosmics=args.cosmics,
+                      full_well=args.full_well, age=args.age, seed=args.seed)
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
 
 
-def _load(args, **overrides):
+def _load(args):
     from .config import load_params
 
-    return load_params(args.params, root=args.root, overrides=overrides)
+    return load_params(args.params, root=args.root)
+
+
+def _verdict(checks) -> None:
+    """Print the verdict; raise :class:`ChecksFailed` naming the failed checks."""
+    failed = [c for c in checks if c["status"] == "FAIL"]
+    if failed:
+        raise ChecksFailed("checks FAILED: " + "; ".join(
+            f"{c['check']} ({c['reason']})" if c["reason"] else f"{c['check']} ({c['value']:.3g} > {c['limit']:.3g})"
+            for c in failed))
+    print("verdict: SUCCESS")
+
+
+def _stale_note(params) -> None:
+    from .products import stage_states
+
+    stale = [f"{name} ({reason})" for name, (state, reason) in stage_states(params["output_dir"]).items()
+             if state == "stale"]
+    if stale:
+        print(f"note: stale products, rerun these stages: {', '.join(stale)}")
 
 
 def _run(args) -> None:
-    from .pipeline import STAGES
+    from .products import hold
+    from .stages import STAGES
 
     params = _load(args)
     stages = _stages(args.stages)
-    for i, name in enumerate(stages, 1):
-        print(f"[{i}/{len(stages)}] {name} ...", end=" ", flush=True)
-        start = time.perf_counter()
-        STAGES[name](params)
-        print(f"done in {time.perf_counter() - start:.1f} s", flush=True)
+    result = None
+    with hold(params["output_dir"], f"cmoscal run {args.params}"):
+        for i, name in enumerate(stages, 1):
+            print(f"[{i}/{len(stages)}] {name} ...", flush=True)
+            start = time.perf_counter()
+            result = STAGES[name](params)
+            print(f"[{i}/{len(stages)}] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"products in {params['output_dir']}")
+    _stale_note(params)
+    if stages[-1] == "summary":
+        _verdict(result)
 
 
 def _report(args) -> None:
     from .report import run_report
 
     params = _load(args)
-    run_dir = run_report(args.params, params, _stages(args.stages), root=args.root)
+    run_dir, checks = run_report(args.params, params, _stages(args.stages), root=args.root)
     print(f"report: {run_dir / 'index.html'}")
+    _stale_note(params)
+    if checks is not None:
+        _verdict(checks)
 
 
 def _evaluate(args) -> None:
-    from .pipeline import run_evaluation, run_summary
+    from .products import hold
+    from .stages import evaluation, summary
 
     params = _load(args)
-    summary = run_evaluation(params)["summary"]
-    summary["group", "resid_noise", "mae_mean", "mape_median", "mape_share"].pprint(max_lines=-1, max_width=-1)
-    checks = run_summary(params)
-    checks["check", "value", "limit", "passed"].pprint(max_lines=-1, max_width=-1)
-    print("SUCCESS" if checks.meta["success"] else "FAILED: see the checks above")
+    with hold(params["output_dir"], f"cmoscal evaluate {args.params}"):
+        table = evaluation.run(params)["summary"]
+        checks = summary.run(params)
+    table["group", "resid_noise", "resid_noise_expected", "mae_mean", "mape_median", "mape_share"].pprint(
+        max_lines=-1, max_width=-1)
+    checks["check", "value", "limit", "status", "reason"].pprint(max_lines=-1, max_width=-1)
+    _verdict(checks)
 
 
 def _synth(args) -> None:
@@ -116,7 +156,8 @@ def _synth(args) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cmoscal", description="Per-pixel bias and dark calibration of CMOS "
-                                     "cameras: models, synthetic frames, evaluation, reports.")
+                                     "cameras: models, synthetic frames, evaluation, reports.",
+                                     epilog="exit status: 0 success, 1 error, 2 usage, 3 a check failed")
     parser.add_argument("--version", action="version", version=f"cmoscal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -132,7 +173,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--law", choices=("exponential", "arrhenius"), default="exponential",
                    help="dark-current temperature law of the truth (default exponential)")
     p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--odd-files", action="store_true", help="fpack, gzip, extension, float32, ms, kelvin, "
+                   "a duplicate and a light-leak frame")
+    p.add_argument("--real-folder", action="store_true", help="flats, lights, a second readout configuration, "
+                   "a burst cube and NaN pixels in the folder")
+    p.add_argument("--cosmics", type=float, default=0.0, help="cosmic-ray hits per megapixel per second")
+    p.add_argument("--full-well", type=float, default=0.0, help="share of pixels reaching full well")
+    p.add_argument("--age", type=float, default=0.0, help="years of ageing: new hot pixels, shifted bias")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sensor (default 0)")
     p.set_defaults(func=_simulate)
 
     for name, func, text in (("run", _run, "run pipeline stages from a parameter file"),
@@ -160,23 +208,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``cmoscal`` command."""
+    """Entry point of the ``cmoscal`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    if getattr(args, "exptime", 1) is not None and getattr(args, "exptime", 1) <= 0:
-        print("cmoscal: error: --exptime must be > 0", file=sys.stderr)
-        return 1
     from .config import ParamsError
+    from .errors import CampaignError, CampaignWarning, LockError
     from .report import ReportError
 
-    def show(message, category, *_):
-        print(f"cmoscal: warning: {message}", file=sys.stderr)
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CampaignWarning):
+            print(f"cmoscal: warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
+    warnings.filterwarnings("always", category=CampaignWarning)  # each is raised once where it arises
     try:
         args.func(args)
-    except (UserError, ParamsError, ReportError, FileNotFoundError, ValueError, OSError) as err:
+    except ChecksFailed as err:
+        print(f"cmoscal: {err}", file=sys.stderr)
+        return EXIT_CHECKS
+    except (UserError, ParamsError, ReportError, CampaignError, LockError, FileNotFoundError, ValueError,
+            OSError) as err:
         print(f"cmoscal: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("cmoscal: interrupted", file=sys.stderr)
         return 130

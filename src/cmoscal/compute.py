@@ -8,12 +8,13 @@ and campaign-wide statistics are computed beforehand from fixed row samples.
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["row_bands", "run_tiles", "sample_rows", "workers"]
+__all__ = ["progress_enabled", "row_bands", "run_tiles", "sample_rows", "tile_budget", "workers"]
 
 SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale)
 
@@ -22,6 +23,18 @@ def workers(params: dict) -> int:
     """Tiles in flight at once: the configured workers, else this machine's cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return params["compute"]["workers"] or cores or 1
+
+
+def tile_budget(params: dict) -> float:
+    """Bytes one tile may hold: ``memory_budget`` shared by the tiles in flight."""
+    return params["memory_budget"] * 1e9 / workers(params)
+
+
+def progress_enabled(params: dict) -> bool:
+    """Progress bars: ``progress`` true/false, or auto (on a terminal, never in CI)."""
+    if params.get("progress", "auto") == "auto":
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return bool(params["progress"])
 
 
 def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
@@ -36,8 +49,7 @@ def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
     params : dict
         Campaign parameters (memory_budget, compute.workers).
     """
-    per_tile = params["memory_budget"] * 1e9 / workers(params)
-    rows = int(max(1, min(ny, per_tile // max(bytes_per_row, 1))))
+    rows = int(max(1, min(ny, tile_budget(params) // max(bytes_per_row, 1))))
     return [slice(y, min(y + rows, ny)) for y in range(0, ny, rows)]
 
 
@@ -57,13 +69,30 @@ def _windowed(submit, func, tasks: list, window: int):
         yield pending.popleft().result()
 
 
-def run_tiles(func, tasks: list, params: dict):
+def run_tiles(func, tasks: list, params: dict, label: str = ""):
     """Yield ``func(*task)`` for every task, in order, with a bounded number in flight.
 
-    ``compute.scheduler: threads`` runs them on a thread pool in this process (NumPy releases
-    the GIL); any other value is the address of a dask.distributed scheduler, whose workers
-    must see the same file paths. ``func`` must be importable (a module-level function).
+    ``compute.scheduler: threads`` runs them on a thread pool in this process (the compiled
+    kernels and NumPy release the GIL); any other value is the address of a dask.distributed
+    scheduler, whose workers must see the same file paths. ``func`` must be importable (a
+    module-level function). With a ``label`` and progress enabled, a bar counts the tiles.
     """
+    bar = None
+    if label and progress_enabled(params):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc=label, unit="tile", leave=False, file=sys.stderr)
+    try:
+        for result in _run(func, tasks, params):
+            if bar is not None:
+                bar.update()
+            yield result
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run(func, tasks: list, params: dict):
     scheduler = params["compute"]["scheduler"]
     if scheduler == "threads":
         with ThreadPoolExecutor(max_workers=workers(params)) as pool:

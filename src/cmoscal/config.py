@@ -61,6 +61,27 @@ def _keywords(value):
     return None
 
 
+def _patterns(value):
+    if not isinstance(value, list) or not all(isinstance(k, str) and k.strip() for k in value):
+        return "must be a list of glob patterns (may be empty)"
+    return None
+
+
+def _auto_or(check):
+    return lambda value: None if value == "auto" else (check(value) and f"{check(value)} or auto")
+
+
+def _flag_or_auto(value):
+    return None if value in ("auto", True, False) else "must be auto, true or false"
+
+
+def _interval(value):
+    if (not isinstance(value, list) or len(value) != 2 or _number()(value[0]) or _number()(value[1])
+            or value[0] >= value[1]):
+        return "must be [low, high] with low < high"
+    return None
+
+
 def _optional(check):
     return lambda value: None if value is None else check(value)
 
@@ -71,8 +92,8 @@ def _points(value):
     for point in value:
         if not isinstance(point, dict) or set(point) != {"temperature", "exptime"}:
             return "each entry must have exactly the keys temperature and exptime"
-        if _number()(point["temperature"]) or _number(0, open_lo=True)(point["exptime"]):
-            return "temperature must be a number and exptime a number > 0"
+        if _number(-273.15, open_lo=True)(point["temperature"]) or _number(0, open_lo=True)(point["exptime"]):
+            return "temperature must be a number above -273.15 and exptime a number > 0"
     return None
 
 
@@ -81,28 +102,49 @@ _CHECKS = {
     "raw_dir": _text(),
     "output_dir": _text(optional=True),
     "report_dir": _text(optional=True),
-    "scale_factor": _number(0, open_lo=True),
-    "saturation": _number(0, open_lo=True),
-    "bias_max_exptime": _number(0),
+    "include": _patterns,
+    "exclude": _patterns,
+    "scale_factor": _auto_or(_number(0, open_lo=True)),
+    "saturation": _auto_or(_number(0, open_lo=True)),
+    "frame_type_keys": _keywords,
     "temperature_keys": _keywords,
     "exposure_keys": _keywords,
+    "exposure_unit": _choice("s", "ms", "us"),
+    "gain_keys": _patterns,
+    "readout_keys": _patterns,
+    "bias_max_exptime": _number(0),
     "max_zero_fraction": _number(0, 1),
+    "max_saturated_fraction": _number(0, 1),
+    "max_nan_fraction": _number(0, 1),
     "temperature_tolerance": _number(0, open_lo=True),
     "exptime_tolerance": _number(0, 1),
     "min_frames": _number(1, integer=True),
     "combine": _choice("mean", "median"),
     "clip_sigma": _number(1),
+    "gain": _optional(_number(0, open_lo=True)),
     "dark_bias": _choice("model", "nearest"),
     "dark_model": _choice("auto", "2d", "1d"),
     "dark_form": _choice("exponential", "arrhenius"),
     "max_iterations": _number(1, integer=True),
     "min_dof": _number(0, integer=True),
-    "hot_reference_temperature": _optional(_number(-273.15, open_lo=True)),
+    "outlier_sigma": _number(2),
+    "max_outlier_fraction": _number(0, 0.5),
+    "full_well_level": _number(0, 1),
+    "fit_bounds.B": _interval,
+    "fit_bounds.Ea": _interval,
+    "fit_bounds.gamma": _interval,
     "warm_sigma": _number(0, open_lo=True),
     "hot_sigma": _number(0, open_lo=True),
+    "hot_rate_min": _optional(_number(0, open_lo=True)),
+    "hot_rate_unit": _choice("DN/s", "e-/s"),
+    "hot_reference_temperature": _optional(_number(-273.15, open_lo=True)),
     "noisy_sigma": _number(0, open_lo=True),
     "poor_fit_chi2r": _number(1, open_lo=True),
     "synthesize": _points,
+    "generate_set": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "save_eval_fits": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "max_extrapolation": _number(0),
+    "max_exposure_factor": _number(1),
     "snr_min": _number(0),
     "loo_pixels": _number(0, integer=True),
     "seed": _number(0, integer=True),
@@ -112,6 +154,7 @@ _CHECKS = {
     "checks.rejected_fraction_max": _number(0, 1),
     "kernel": _text(),
     "memory_budget": _number(0, open_lo=True),
+    "progress": _flag_or_auto,
     "compute.scheduler": _text(),
     "compute.workers": _optional(_number(1, integer=True)),
 }

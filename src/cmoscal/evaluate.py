@@ -1,9 +1,9 @@
 """Evaluation: synthetic frames against real masters, in units of the noise.
 
-The key figure is the residual RMS divided by the master's expected noise
-(``resid_noise``): 1.0 means the model is as good as the data allow. In-sample a
-model with p parameters fitted to M masters should reach sqrt(1 - p/M); on held-out
-masters (leave-one-group-out) about 1.
+The key figure is the residual RMS divided by the master's expected noise (``resid_noise``):
+1.0 means the model is as good as the data allow. In-sample a model absorbs part of each
+master's noise, so a group of leverage h reaches sqrt(1 - h) (on average sqrt(1 - p/M) for p
+parameters and M masters); on held-out masters (leave-one-group-out) about 1.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
+from .kernels import residual_maps
 
 __all__ = ["downsample", "leave_one_out_bias", "leave_one_out_dark", "residual_stats"]
 
@@ -41,15 +42,15 @@ def _summary(values: np.ndarray, prefix: str) -> dict:
     return {f"{prefix}_mean": float(v.mean()), f"{prefix}_median": float(np.median(v)), f"{prefix}_std": float(v.std())}
 
 
-def residual_stats(synthetic, master, expected_var, good, snr_min: float):
+def residual_stats(synthetic, master, expected_var, prediction_var, good, snr_min: float):
     """Compare a synthetic frame with a master.
 
     Parameters
     ----------
     synthetic, master : ndarray
         Frames [DN].
-    expected_var : ndarray
-        Expected variance of the master [DN^2] (noise model).
+    expected_var, prediction_var : ndarray
+        Expected variance of the master (noise model) and of the prediction [DN^2].
     good : ndarray of bool
         Pixels the summary uses.
     snr_min : float
@@ -62,28 +63,29 @@ def residual_stats(synthetic, master, expected_var, good, snr_min: float):
     mape : ndarray
         100 |synthetic - master| / |master| [%], NaN where the signal is not significant.
     stats : dict
-        mae_mean/median/std, mape_mean/median/std, mape_share (share of good pixels with
-        a MAPE), resid_noise (RMS of residual / expected noise).
+        mae_mean/median/std, mape_mean/median/std, mape_share (share of good pixels with a MAPE),
+        resid_noise (RMS of residual / expected noise), resid_noise_expected (its in-sample
+        expectation sqrt(1 - leverage)), npix.
     """
-    resid = synthetic - master
-    sigma = np.sqrt(expected_var)
-    mae = np.abs(resid)
-    significant = np.abs(master) > snr_min * sigma
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mape = np.where(significant, 100 * mae / np.abs(master), np.nan)
-        z = resid / sigma
-    use = good & np.isfinite(z)
+    shape = np.shape(master)
+    f32 = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)  # noqa: E731
+    mae, mape = np.empty(int(np.prod(shape)), np.float32), np.empty(int(np.prod(shape)), np.float32)
+    use = np.ascontiguousarray(np.broadcast_to(good, shape)).reshape(-1)
+    n, sz2, slev, nsig = residual_maps(f32(master), f32(synthetic), f32(expected_var), f32(prediction_var), use,
+                                       float(snr_min), mae, mape)
     stats = {**_summary(mae[use], "mae"), **_summary(mape[use], "mape"),
-             "mape_share": float(np.mean(significant[use])) if use.any() else np.nan,
-             "resid_noise": float(np.sqrt(np.mean(z[use] ** 2))) if use.any() else np.nan}
-    return mae.astype(np.float32), mape.astype(np.float32), stats
+             "mape_share": nsig / n if n else np.nan, "resid_noise": float(np.sqrt(sz2 / n)) if n else np.nan,
+             "resid_noise_expected": float(np.sqrt(slev / n)) if n else np.nan, "npix": int(n)}
+    return mae.reshape(shape), mape.reshape(shape), stats
 
 
 def leave_one_out_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin, form, fit_gamma,
-                       max_iterations=50, min_dof=1):
+                       fit_options: dict):
     """Refit without each master in turn and predict it.
 
-    Arguments as :func:`cmoscal.darkfit.fit_dark` (arrays of shape (M, npix)).
+    Arguments as :func:`cmoscal.darkfit.fit_dark` (arrays of shape (M, npix)); ``fit_options``
+    are its keyword arguments. A group is only predicted when the others still span two
+    temperatures (and, for a 2d model, two exposures); otherwise its row is NaN.
 
     Returns
     -------
@@ -97,11 +99,15 @@ def leave_one_out_dark(signal, valid, base_var, shot_scale, temperature, exptime
     abs_error = np.full(signal.shape, np.nan)
     for g in range(M):
         keep = np.arange(M) != g
-        fit = fit_dark(signal[keep], valid[keep], base_var[keep], shot_scale[keep], temperature[keep],
-                       exptime[keep], tmin, form, fit_gamma, max_iterations, min_dof)
+        if len(np.unique(np.round(temperature[keep], 1))) < 2 or (
+                fit_gamma and len(np.unique(np.round(exptime[keep], 6))) < 2):
+            continue
+        held = valid.copy()
+        held[g] = False
+        fit = fit_dark(signal, held, base_var, shot_scale, temperature, exptime, tmin, form, fit_gamma, **fit_options)
         pred = predict(fit.params, temperature[g], exptime[g], tmin, form)
-        var = base_var[g] + shot_scale[g] * pred + predict_variance(fit.params, fit.cov, temperature[g],
-                                                                   exptime[g], tmin, form)
+        var = base_var[g] + shot_scale[g] * pred + predict_variance(fit.params, fit.cov, temperature[g], exptime[g],
+                                                                   tmin, form)
         resid = np.where(valid[g], signal[g] - pred, np.nan)
         z[g] = resid / np.sqrt(var)
         abs_error[g] = np.abs(resid)
@@ -111,15 +117,17 @@ def leave_one_out_dark(signal, valid, base_var, shot_scale, temperature, exptime
 def leave_one_out_bias(temperature, masters, weights, rv):
     """Refit the bias line without each master in turn and predict it.
 
-    Returns ``z`` (residual over sqrt(master variance + prediction variance)) and the
-    absolute error [DN], both of shape (M, ...).
+    Needs masters at >= 3 temperatures (else every row is NaN). Returns ``z`` (residual over
+    sqrt(master variance + prediction variance)) and the absolute error [DN], both (M, ...).
     """
     M = len(temperature)
     z = np.full(masters.shape, np.nan)
     abs_error = np.full(masters.shape, np.nan)
+    if len(np.unique(np.round(temperature, 1))) < 3:
+        return z, abs_error
     for g in range(M):
         keep = np.arange(M) != g
-        a, b, cov, _ = fit_bias(temperature[keep], masters[keep], weights[keep], rv)
+        a, b, cov, _, _ = fit_bias(temperature[keep], masters[keep], weights[keep], rv)
         T = temperature[g]
         resid = masters[g] - bias_at(a, b, T)
         with np.errstate(divide="ignore", invalid="ignore"):

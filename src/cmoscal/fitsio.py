@@ -1,16 +1,23 @@
-"""FITS reading and writing at the edges of the pipeline.
+"""FITS at the edges of the pipeline: one reader for every raw container, atomic product writers.
 
-Raw files are opened read-only and never modified. Every product is written
-atomically (temporary file in the same folder, then rename) with a header that
-says what it is: BUNIT, model equation, calibrated ranges, inputs, version, date
+Raw files are opened read-only and never modified. Every container gives the same values:
+plain FITS (BITPIX 8/16/32/-32/-64 with BSCALE/BZERO/BLANK), gzip, fpack (Rice, a
+``CompImageHDU``), data in an extension behind an empty primary, and 3-D cubes whose planes
+are frames. Plain files are read as raw bytes at the data offset (only the rows asked for)
+and decoded by a compiled kernel; compressed ones through astropy, which does their scaling.
+
+Every product is written atomically (temporary file in the same folder, then rename) with a
+header that says what it is: BUNIT, model equation, calibrated ranges, inputs, version, date
 and HISTORY.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,61 +25,193 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
+from .kernels import decode_be16, mark_frame
 
-__all__ = ["atomic_path", "cube_writer", "image_hdu", "open_raw", "provenance", "read_image", "read_section",
-           "scaled_rows",
-           "write_atomic", "write_hdus", "write_table"]
+__all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "provenance", "read_image", "read_product",
+           "read_rows", "read_stack", "read_table", "write_atomic", "write_hdus", "write_table"]
 
-
-def image_hdu(hdul: fits.HDUList):
-    """Return the first HDU of ``hdul`` holding 2-D image data, or None."""
-    for hdu in hdul:
-        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS", 0) == 2:
-            return hdu
-    return None
+_BITPIX = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
 
-def scaled_rows(hdu, rows=slice(None)) -> np.ndarray:
-    """Return ``rows`` of an HDU opened with ``do_not_scale_image_data=True`` as float32.
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one raw frame's pixels are.
 
-    Applies BSCALE/BZERO here, so unsigned 16-bit images stay memory-mapped and
-    only the requested rows are read.
+    Attributes
+    ----------
+    path : str
+        The file.
+    hdu, plane : int
+        Image HDU, and plane of a 3-D cube (-1 for a 2-D image).
+    offset : int
+        Byte offset of the frame's first pixel in the file; -1 when the file is compressed
+        (gzip or fpack) and astropy decodes it.
+    bitpix : int
+    bscale, bzero : float
+    blank : int or None
+        BLANK value of integer data (those pixels are NaN).
+    shape : tuple of int
+        (rows, columns).
     """
-    data = np.asarray(hdu.data[rows], dtype=np.float32)
-    bscale, bzero = hdu.header.get("BSCALE", 1), hdu.header.get("BZERO", 0)
-    if isinstance(hdu, fits.CompImageHDU):  # astropy scales compressed images itself
-        return data
-    if bscale != 1:
-        data *= np.float32(bscale)
-    if bzero != 0:
-        data += np.float32(bzero)
-    return data
+
+    path: str
+    hdu: int
+    plane: int
+    offset: int
+    bitpix: int
+    bscale: float
+    bzero: float
+    blank: int | None
+    shape: tuple
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frame's pixels on disk (uncompressed)."""
+        return self.shape[0] * self.shape[1] * abs(self.bitpix) // 8
+
+    @property
+    def adc_max(self) -> float:
+        """Largest value the stored integer type can hold (inf for floating point data)."""
+        if self.bitpix < 0:
+            return np.inf
+        top = 2 ** (self.bitpix - (0 if self.bitpix == 8 else 1)) - 1
+        return top * self.bscale + self.bzero
 
 
-def open_raw(path: str | Path) -> fits.HDUList:
-    """Open a raw FITS file read-only, memory-mapped, with scaling left to :func:`scaled_rows`."""
-    return fits.open(path, mode="readonly", memmap=True, do_not_scale_image_data=True)
+def _gzipped(path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
-def read_image(path: str | Path, scale_factor: float = 1.0, rows=slice(None)) -> np.ndarray:
-    """Read ``rows`` of the image of a FITS file as float32 divided by ``scale_factor``.
+def frames_in(path: str | Path) -> tuple[fits.Header, list[FrameRef]]:
+    """Header and frames of a raw file: the first image HDU with 2-D or 3-D data.
+
+    The header is the primary header updated by the image HDU's own. A 3-D cube gives one
+    frame per plane. An empty list means the file holds no image.
 
     Raises
     ------
-    ValueError
-        If the file holds no 2-D image.
+    OSError, ValueError
+        When the file is not readable FITS (astropy's own errors).
     """
-    with open_raw(path) as hdul:
-        hdu = image_hdu(hdul)
-        if hdu is None:
-            raise ValueError(f"{path}: no 2-D image data")
-        return scaled_rows(hdu, rows) / np.float32(scale_factor)
+    path = str(path)
+    compressed = _gzipped(path)
+    with fits.open(path, mode="readonly", memmap=False, lazy_load_hdus=True) as hdul:
+        for index, hdu in enumerate(hdul):
+            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                continue
+            if hdu.header.get("NAXIS", 0) not in (2, 3) or not all(hdu.shape):
+                continue
+            header = hdul[0].header.copy() if index else fits.Header()
+            header.update(hdu.header)
+            fixed = isinstance(hdu, fits.CompImageHDU) or compressed
+            bitpix = int(hdu.header["BITPIX"])
+            start = -1 if fixed else hdul.fileinfo(index)["datLoc"]
+            shape = tuple(int(n) for n in hdu.shape[-2:])
+            planes = range(hdu.shape[0]) if len(hdu.shape) == 3 else [-1]
+            nbytes = shape[0] * shape[1] * abs(bitpix) // 8
+            blank = hdu.header.get("BLANK") if bitpix > 0 else None
+            refs = [FrameRef(path, index, plane, -1 if fixed else start + max(plane, 0) * nbytes, bitpix,
+                             float(hdu.header.get("BSCALE", 1.0)), float(hdu.header.get("BZERO", 0.0)),
+                             None if blank is None else int(blank), shape) for plane in planes]
+            return header, refs
+    return fits.Header(), []
 
 
-def read_section(path: str | Path, ext, index) -> np.ndarray:
-    """Read ``data[index]`` of extension ``ext`` of an unscaled product, memory-mapped (only that section)."""
-    with fits.open(path, memmap=True) as hdul:
-        return np.array(hdul[ext].data[index])
+def read_rows(ref: FrameRef, rows: slice = slice(None)) -> np.ndarray:
+    """Rows of a raw frame as float64 in the file's physical units (BSCALE, BZERO applied; BLANK -> NaN)."""
+    start, stop, _ = rows.indices(ref.shape[0])
+    nx = ref.shape[1]
+    if ref.offset >= 0:
+        dtype = np.dtype(">" + _BITPIX[ref.bitpix])
+        data = np.fromfile(ref.path, dtype=dtype, count=(stop - start) * nx,
+                           offset=ref.offset + start * nx * dtype.itemsize).reshape(stop - start, nx)
+        values = data.astype(np.float64)
+        if ref.blank is not None:
+            values[data == ref.blank] = np.nan
+        if ref.bscale != 1:
+            values *= ref.bscale
+        if ref.bzero != 0:
+            values += ref.bzero
+        return values
+    with fits.open(ref.path, mode="readonly") as hdul:  # astropy scales compressed data itself
+        hdu = hdul[ref.hdu]
+        index = (ref.plane, slice(start, stop)) if ref.plane >= 0 else slice(start, stop)
+        return np.asarray(hdu.section[index], dtype=np.float64)
+
+
+def read_stack(refs, rows: slice, scale: float, saturation: float):
+    """Read frames into one stack in DN, marking saturated samples.
+
+    Parameters
+    ----------
+    refs : sequence of FrameRef
+    rows : slice
+        Rows to read (only those bytes are read from plain files).
+    scale : float
+        raw / scale = DN.
+    saturation : float
+        DN; samples at or above become +inf (NaN stays NaN: an invalid sample).
+
+    Returns
+    -------
+    stack : ndarray, shape (N, R, X), float32
+    counts : ndarray, shape (N, 3), int64
+        Saturated, zero-valued and NaN samples per frame.
+    nbytes : int
+        Bytes read from disk (compressed files count their whole size).
+    """
+    start, stop, _ = rows.indices(refs[0].shape[0])
+    nx = refs[0].shape[1]
+    stack = np.empty((len(refs), stop - start, nx), np.float32)
+    counts = np.zeros((len(refs), 3), np.int64)
+    nbytes = 0
+    for i, ref in enumerate(refs):
+        flat = stack[i].reshape(-1)
+        if ref.offset >= 0 and ref.bitpix == 16:
+            raw = np.fromfile(ref.path, dtype=np.uint16, count=flat.size, offset=ref.offset + start * nx * 2)
+            counts[i] = decode_be16(raw, flat, ref.bscale, ref.bzero, 1.0 / scale, saturation,
+                                    0 if ref.blank is None else ref.blank, ref.blank is not None)
+            nbytes += raw.nbytes
+        else:
+            flat[:] = (read_rows(ref, rows) / scale).reshape(-1)
+            counts[i] = mark_frame(flat, saturation)
+            nbytes += flat.size * abs(ref.bitpix) // 8 if ref.offset >= 0 else os.path.getsize(ref.path)
+    return stack, counts, nbytes
+
+
+# --- products -----------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4096)
+def _layout(path: str, mtime: int, ext):
+    with fits.open(path, mode="readonly", lazy_load_hdus=True) as hdul:
+        hdu = hdul[ext]
+        index = hdul.index_of(ext)
+        header = hdu.header
+        dtype = np.dtype(">" + _BITPIX[header["BITPIX"]])
+        shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
+        return hdul.fileinfo(index)["datLoc"], dtype, shape, header.get("BSCALE", 1), header.get("BZERO", 0)
+
+
+def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
+    """Rows (the second-to-last axis) of an image extension of a product, memory-mapped.
+
+    Only the requested rows are read; ``rows`` is a slice or an index array. Values come back
+    in native byte order, scaled when the extension has BSCALE/BZERO (e.g. uint16).
+    """
+    path = str(path)
+    offset, dtype, shape, bscale, bzero = _layout(path, os.stat(path).st_mtime_ns, ext)
+    data = np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[..., rows, :])
+    if bscale == 1 and bzero == 32768 and dtype.kind == "i" and dtype.itemsize == 2:  # uint16
+        return (data.astype(np.int32) + 32768).astype(np.uint16)
+    data = data.astype(dtype.newbyteorder("="))
+    if bscale != 1 or bzero != 0:
+        return data * bscale + bzero
+    return data
+
+
+def read_image(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
+    """Rows of an image of a product as float32 (see :func:`read_product`)."""
+    return read_product(path, ext, rows).astype(np.float32, copy=False)
 
 
 def provenance(header: fits.Header, *, bunit: str, description: str, inputs=(), **keywords) -> fits.Header:
@@ -120,34 +259,46 @@ def atomic_path(path: str | Path):
         raise
 
 
-def write_atomic(hdul: fits.HDUList, path: str | Path) -> Path:
-    """Write ``hdul`` to ``path`` atomically, with checksums."""
+def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -> Path:
+    """Write ``hdul`` to ``path`` atomically (with CHECKSUM/DATASUM if ``checksum``)."""
     with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True, checksum=True)
+        hdul.writeto(tmp, overwrite=True, checksum=checksum)
     return Path(path)
 
 
-def write_hdus(path: str | Path, data: np.ndarray, header: fits.Header, extensions=()) -> Path:
+def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, extensions=(),
+               checksum: bool = False) -> Path:
     """Write a primary image and named image/table extensions atomically.
 
     ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``.
     """
     hdus = [fits.PrimaryHDU(data=data, header=header)]
     for name, ext, bunit in extensions:
-        if isinstance(ext, fits.BinTableHDU):
+        if isinstance(ext, (fits.BinTableHDU, fits.ImageHDU)):
             ext.name = name
             hdus.append(ext)
         else:
             hdu = fits.ImageHDU(data=ext, name=name)
             hdu.header["BUNIT"] = bunit
             hdus.append(hdu)
-    return write_atomic(fits.HDUList(hdus), path)
+    return write_atomic(fits.HDUList(hdus), path, checksum)
+
+
+def read_table(path: str | Path):
+    """Read an ECSV table written by :func:`write_table` (empty texts come back as '', not masked)."""
+    from astropy.table import Table
+
+    table = Table.read(path, format="ascii.ecsv")
+    for name in table.colnames:
+        if table[name].dtype.kind in "US" and hasattr(table[name], "filled"):
+            table[name] = table[name].filled("")
+    return table
 
 
 def write_table(table, path: str | Path) -> Path:
     """Write an astropy Table atomically; the format follows the suffix (.ecsv, .fits)."""
     with atomic_path(path) as tmp:
-        table.write(tmp, overwrite=True)
+        table.write(tmp, overwrite=True, format="ascii.ecsv" if str(path).endswith(".ecsv") else None)
     return Path(path)
 
 

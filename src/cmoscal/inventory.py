@@ -1,11 +1,23 @@
-"""Inventory: find raw FITS frames, classify them, reject bad ones and group the rest.
+"""Inventory: find raw FITS frames, classify them, and group the calibration frames.
 
-Every file found gets one row with ``status`` ``ok`` or ``rejected`` and a reason;
-nothing is silently dropped and no bad file stops the run.
+Every frame found (every plane of a cube) gets one row with a ``status`` and a ``reason``:
+
+- ``ok``: a bias or dark frame of the campaign's readout configuration, in a group;
+- ``skipped``: not an input of this model, which is normal (flats, lights, spectra, another
+  readout configuration, excluded by a pattern); skipped files do not count as rejected;
+- ``rejected``: a calibration frame that cannot be used (unreadable, no temperature, ...).
+
+Only headers (and a few rows to recognise the raw scale) are read here: content checks that
+need every pixel (saturated, NaN, duplicate frames) are made where each frame is read once,
+in the master stages. Right after grouping, :func:`coverage` says what the campaign can and
+cannot support.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,14 +26,19 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .fitsio import image_hdu, open_raw, scaled_rows
+from .errors import CampaignWarning
+from .fitsio import FrameRef, frames_in, read_rows
 
-__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "find_fits", "frame_label",
-           "group_summary", "inspect_file"]
+__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage", "find_fits", "frame_label",
+           "frame_refs", "group_summary", "natural_key"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 _COMPRESSED = (".fz", ".gz")
-_SAMPLE_ROWS = 64  # rows read per file for the content checks
+KELVIN = 273.15
+_KELVIN_ABOVE = 150.0  # a "degC" reading above this is a kelvin reading
+_UNITS = (("us", 1e-6, r"\b(us|usec|microsec\w*|µs)\b"), ("ms", 1e-3, r"\b(ms|msec|millisec\w*)\b"),
+          ("s", 1.0, r"\b(s|sec|secs|seconds?)\b"))
+_SCALE_ROWS, _SCALE_FRAMES = 8, 8  # rows of frames read to recognise the raw scale
 
 
 def celsius(temperature: float) -> str:
@@ -34,19 +51,52 @@ def frame_label(kind: str, temperature: float, exptime: float | None = None) -> 
     return f"{kind}_{celsius(temperature)}" + (f"_{exptime:g}s" if kind == "dark" else "")
 
 
-def find_fits(raw_dir: str | Path) -> list[Path]:
-    """Return every FITS file below ``raw_dir`` (also .fz / .gz compressed), sorted."""
-    found = []
-    for path in Path(raw_dir).rglob("*"):
-        name = path.name.lower()
-        for suffix in _COMPRESSED:
-            name = name.removesuffix(suffix)
-        if path.is_file() and name.endswith(FITS_SUFFIXES) and not path.name.startswith("."):
-            found.append(path)
+def natural_key(label: str):
+    """Sort key of group labels: by kind, then exposure, then temperature as numbers."""
+    match = re.match(r"(\w+?)_(-?[\d.]+)C(?:_([\d.e+-]+)s)?", label)
+    if not match:
+        return (label, 0.0, 0.0)
+    kind, temperature, exptime = match.groups()
+    return (kind, float(exptime or 0), float(temperature))
+
+
+def find_fits(raw_dir: str | Path, include=(), exclude=()) -> list[tuple[Path, str]]:
+    """Every FITS file below ``raw_dir`` (symlinked folders followed), sorted, with a skip reason.
+
+    The reason is empty for a file to inspect, else says which pattern or rule skips it
+    (``include``/``exclude`` are glob patterns on the path relative to ``raw_dir``).
+    """
+    raw_dir = Path(raw_dir)
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(raw_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in files:
+            bare = name.lower()
+            for suffix in _COMPRESSED:
+                bare = bare.removesuffix(suffix)
+            if not bare.endswith(FITS_SUFFIXES):
+                continue
+            path = Path(folder) / name
+            relative = path.relative_to(raw_dir).as_posix()
+            reason = ""
+            if name.startswith("."):
+                reason = "hidden file"
+            elif include and not any(fnmatch.fnmatch(relative, p) for p in include):
+                reason = "not matched by include"
+            else:
+                hit = [p for p in exclude if fnmatch.fnmatch(relative, p)]
+                reason = f"excluded by {hit[0]!r}" if hit else ""
+            found.append((path, reason))
     return sorted(found)
 
 
-def _header_value(header: fits.Header, keys) -> float | None:
+def _number(header: fits.Header, keys):
+    """(value, keyword) of the first keyword in ``keys`` with a finite numeric value."""
     for key in keys:
         if key in header:
             try:
@@ -54,82 +104,119 @@ def _header_value(header: fits.Header, keys) -> float | None:
             except (TypeError, ValueError):
                 continue
             if np.isfinite(value):
-                return value
-    return None
+                return value, key
+    return None, ""
 
 
-def _classify(path: Path, raw_dir: Path, header: fits.Header, exposure: float, params: dict):
-    """Return (type, reason): type bias/dark, or None with the reason."""
-    imagetyp = str(header.get("IMAGETYP", "")).strip().lower()
-    if imagetyp:
-        if "bias" in imagetyp or "zero" in imagetyp:
-            return "bias", ""
-        if "dark" in imagetyp:
-            return "dark", ""
-        return None, f"IMAGETYP={header['IMAGETYP']!r} is neither bias nor dark"
-    for folder in reversed(path.relative_to(raw_dir).parts[:-1]):
-        for kind in ("bias", "dark"):
-            if folder.lower().startswith(kind):
-                return kind, ""
-    return ("bias" if exposure <= params["bias_max_exptime"] else "dark"), ""
+def _temperature(header: fits.Header, keys):
+    """Sensor temperature [degC], the keyword, and a note when it was converted from kelvin."""
+    value, key = _number(header, keys)
+    if value is None:
+        return None, "", ""
+    comment = header.comments[key].lower()
+    if value > _KELVIN_ABOVE or re.search(r"\b(k|kelvin)\b", comment):
+        return value - KELVIN, key, f"{key}={value:g} read as kelvin"
+    return value, key, ""
 
 
-def inspect_file(path: Path, raw_dir: Path, params: dict) -> dict:
-    """Read one file's header and a sample of its rows; return its inventory row.
+def _exposure(header: fits.Header, keys, unit: str):
+    """Exposure [s], the keyword and the unit it was read in (from its comment, else ``unit``)."""
+    value, key = _number(header, keys)
+    if value is None:
+        return None, "", ""
+    comment = header.comments[key].lower()
+    for name, factor, pattern in _UNITS:
+        if re.search(pattern, comment):
+            return value * factor, key, name
+    return value * dict((u, f) for u, f, _ in _UNITS)[unit], key, unit
 
-    The row has ``status`` ``rejected`` and a ``reason`` when the file cannot be used.
-    """
-    row = dict(path=str(path.relative_to(raw_dir)), type="", temperature=np.nan, exposure=np.nan,
-               shape="", group="", status="rejected", reason="", offscale=np.nan, packed16=False)
+
+def _frame_type(header: fits.Header, relative: Path, exposure: float, params: dict) -> str:
+    """bias, dark, or the name of another frame type (flat, light, ...)."""
+    for key in params["frame_type_keys"]:
+        text = str(header.get(key, "")).strip().lower()
+        if text:
+            if "bias" in text or "zero" in text:
+                return "bias"
+            if "dark" in text:
+                return "dark"
+            return text.split()[0]
+    for folder in reversed(relative.parts[:-1]):
+        folder = folder.lower()
+        for kind, prefixes in (("bias", ("bias", "zero")), ("dark", ("dark",)), ("flat", ("flat",)),
+                               ("light", ("light", "science", "object"))):
+            if folder.startswith(prefixes):
+                return kind
+    return "bias" if exposure <= params["bias_max_exptime"] else "dark"
+
+
+def _readout(header: fits.Header, keys) -> str:
+    return ", ".join(f"{k}={header[k]}" for k in keys if k in header and not isinstance(header[k], fits.card.Undefined))
+
+
+def _row(relative: Path, status: str = "rejected", reason: str = "") -> dict:
+    """An inventory row with nothing known yet."""
+    return dict(path=relative.as_posix(), hdu=0, plane=-1, type="", temperature=np.nan, exposure=np.nan,
+                readout="", shape="", status=status, reason=reason, note="", offset=-1, bitpix=0, bscale=1.0,
+                bzero=0.0, blank=-1, has_blank=False, saturate=np.nan, egain=np.nan)
+
+
+def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]:
+    """Inventory rows of one file (one per frame)."""
+    relative = path.relative_to(raw_dir)
+    row = _row(relative)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", fits.verify.VerifyWarning)
             warnings.filterwarnings("error", message=".*truncated.*")
-            with open_raw(path) as hdul:
-                hdu = image_hdu(hdul)
-                if hdu is None:
-                    row["reason"] = "no 2-D image data"
-                    return row
-                header = hdul[0].header.copy()
-                header.update(hdu.header)
-                shape = tuple(int(n) for n in hdu.shape)
-                step = max(1, shape[0] // _SAMPLE_ROWS)
-                sample = scaled_rows(hdu, slice(None, None, step)).astype(np.float64)
+            warnings.simplefilter("ignore", ResourceWarning)  # astropy leaves a file open when it fails
+            header, refs = frames_in(path)
     except Exception as err:  # any failure to read is a reason to reject, never a crash
-        row["reason"] = f"unreadable FITS ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
-        return row
-    row["shape"] = f"{shape[0]}x{shape[1]}"
-    temperature = _header_value(header, params["temperature_keys"])
-    exposure = _header_value(header, params["exposure_keys"])
-    if temperature is None:
+        return [dict(row, reason=f"unreadable FITS ({type(err).__name__}: {str(err).splitlines()[0][:120]})")]
+    if not refs:
+        return [dict(row, status="skipped", reason="no image data")]
+    clues[row["path"]] = {k: header[k] for k in header if re.search("TEMP|EXP", k) and k != "SET-TEMP"}
+    ref = refs[0]
+    row.update(hdu=ref.hdu, shape=f"{ref.shape[0]}x{ref.shape[1]}", offset=ref.offset, bitpix=ref.bitpix,
+               bscale=ref.bscale, bzero=ref.bzero, blank=-1 if ref.blank is None else ref.blank,
+               has_blank=ref.blank is not None, readout=_readout(header, params["readout_keys"]))
+    level, _ = _number(header, ["SATURATE", "DATAMAX"])
+    egain, _ = _number(header, params["gain_keys"])
+    row.update(saturate=np.nan if level is None else level, egain=np.nan if egain is None else egain)
+    temperature, _, note = _temperature(header, params["temperature_keys"])
+    exposure, _, unit = _exposure(header, params["exposure_keys"], params["exposure_unit"])
+    kind = _frame_type(header, relative, exposure if exposure is not None else np.inf, params)
+    row.update(type=kind, note="; ".join(n for n in (note, f"exposure in {unit}" if unit not in ("", "s") else "")
+                                         if n))
+    if kind not in ("bias", "dark"):
+        row.update(status="skipped", reason=f"{kind} frame: not a bias or dark")
+    elif temperature is None:
         row["reason"] = f"no temperature (none of {', '.join(params['temperature_keys'])})"
-        return row
-    if exposure is None or exposure < 0:
+    elif temperature < -KELVIN:
+        row["reason"] = f"temperature {temperature:g} degC is below absolute zero"
+    elif exposure is None or exposure < 0:
         row["reason"] = f"no exposure (none of {', '.join(params['exposure_keys'])})"
-        return row
-    row.update(temperature=temperature, exposure=exposure)
-    kind, reason = _classify(path, raw_dir, header, exposure, params)
-    if kind is None:
-        row["reason"] = reason
-        return row
-    row["type"] = kind
-    if kind == "dark" and exposure <= 0:
+    elif kind == "dark" and exposure <= 0:
         row["reason"] = "dark frame with zero exposure"
-        return row
-    if not np.all(np.isfinite(sample)):
-        row["reason"] = "non-finite pixel values"
-        return row
-    zeros = np.mean(sample == 0)
-    if zeros == 1:
-        row["reason"] = "all-zero frame"
-        return row
-    if zeros > params["max_zero_fraction"]:
-        row["reason"] = f"mostly-zero frame ({zeros:.0%} of sampled pixels are 0)"
-        return row
-    row["offscale"] = float(np.mean(np.mod(sample, params["scale_factor"]) != 0))
-    row["packed16"] = bool(sample.max() > 4095 and np.all(np.mod(sample, 16) == 0))
-    row["status"] = "ok"
-    return row
+    else:
+        row["status"] = "ok"
+    if temperature is not None:
+        row["temperature"] = temperature
+    if exposure is not None:
+        row["exposure"] = exposure
+    return [dict(row, plane=r.plane, offset=r.offset) for r in refs]
+
+
+def frame_refs(inventory: Table, rows) -> list[FrameRef]:
+    """The :class:`~cmoscal.fitsio.FrameRef` of inventory rows (a boolean mask or index)."""
+    selected = inventory[rows]
+    if not len(selected):
+        return []
+    raw_dir = Path(inventory.meta["raw_dir"])
+    ny, nx = (int(v) for v in inventory.meta["shape"].split("x"))
+    return [FrameRef(str(raw_dir / r["path"]), int(r["hdu"]), int(r["plane"]), int(r["offset"]), int(r["bitpix"]),
+                     float(r["bscale"]), float(r["bzero"]), int(r["blank"]) if r["has_blank"] else None, (ny, nx))
+            for r in selected]
 
 
 def chain_groups(values, tolerance: float, relative: bool = False) -> np.ndarray:
@@ -159,19 +246,69 @@ def chain_groups(values, tolerance: float, relative: bool = False) -> np.ndarray
     return labels
 
 
-def _scale_warnings(table: Table, params: dict) -> list[str]:
-    read = np.isfinite(table["offscale"])
-    if not read.any():
-        return []
-    offscale = np.median(table["offscale"][read])
-    scale = params["scale_factor"]
-    if scale > 1 and offscale > 0.01:
-        return [f"scale_factor={scale:g} but {offscale:.0%} of sampled raw values are not multiples of it: "
-                "is the camera storing native values (scale_factor: 1)?"]
-    if scale == 1 and np.mean(table["packed16"][read]) > 0.5:
-        return ["scale_factor=1 but the raw values exceed 4095 and are all multiples of 16: "
-                "is this a 12-bit ADC stored x16 (scale_factor: 16)?"]
-    return []
+def _power_of_two(values: np.ndarray) -> int:
+    """The largest power of two (<= 64) that every value is a multiple of (1 for non-integers)."""
+    values = values[np.isfinite(values)]
+    if not values.size or np.any(values != np.round(values)):
+        return 1
+    for k in range(6, 0, -1):
+        if np.all(np.mod(values, 2 ** k) == 0):
+            return 2 ** k
+    return 1
+
+
+def _raw_scale(table: Table, refs: dict, params: dict) -> tuple[float, list[str]]:
+    """The scale factor (raw / scale = DN) and warnings, from a few rows of a few frames."""
+    ok = np.flatnonzero(table["status"] == "ok")
+    pick = ok[np.linspace(0, len(ok) - 1, min(len(ok), _SCALE_FRAMES)).astype(int)] if len(ok) else []
+    samples = []
+    for i in pick:
+        ref = refs[i]
+        step = max(1, ref.shape[0] // _SCALE_ROWS)
+        samples.append(np.concatenate([read_rows(ref, slice(y, y + 1)).ravel() for y in range(0, ref.shape[0], step)]))
+    values = np.concatenate(samples) if samples else np.array([])
+    found = _power_of_two(values)
+    if params["scale_factor"] == "auto":
+        return float(found), []
+    scale = float(params["scale_factor"])
+    if scale > 1 and found % scale:
+        return scale, [f"scale_factor={scale:g} but the raw values are multiples of {found} only: is the camera "
+                       f"storing native values (scale_factor: {found})?"]
+    if scale < found and values.size and values.max() > 4095 * scale:
+        return scale, [f"scale_factor={scale:g} but every raw value is a multiple of {found}: is this an ADC "
+                       f"stored x{found} (scale_factor: {found})?"]
+    return scale, []
+
+
+def _saturation(table: Table, refs: dict, scale: float, params: dict) -> tuple[float, list[str]]:
+    """Saturation [DN]: the parameter, else SATURATE/DATAMAX in the headers, else the ADC range of the data."""
+    if params["saturation"] != "auto":
+        return float(params["saturation"]), []
+    ok = table["status"] == "ok"
+    stated = [v for v in table["saturate"][ok] if np.isfinite(v)]
+    if stated:
+        return float(Counter(stated).most_common(1)[0][0]) / scale, []
+    tops = Counter(refs[i].adc_max for i in np.flatnonzero(ok))
+    top = tops.most_common(1)[0][0] if tops else np.inf
+    if not np.isfinite(top):
+        return np.inf, ["saturation: the frames are floating point and no header states a saturation level "
+                        "(SATURATE, DATAMAX): no sample is excluded as saturated; set saturation if the sensor "
+                        "clips"]
+    return float(np.floor((top - (scale - 1)) / scale)), []
+
+
+def _exposure_warnings(table: Table) -> list[str]:
+    ok = table["status"] == "ok"
+    messages = []
+    dark = ok & (table["type"] == "dark")
+    if dark.any() and np.max(table["exposure"][dark]) > 2e4:
+        messages.append(f"dark exposures up to {np.max(table['exposure'][dark]):g} s: if the camera writes "
+                        "milliseconds or microseconds, set exposure_unit")
+    bias = ok & (table["type"] == "bias")
+    if bias.any() and np.max(table["exposure"][bias]) > 1:
+        messages.append(f"bias frames with exposures up to {np.max(table['exposure'][bias]):g} s: if the camera "
+                        "writes milliseconds or microseconds, set exposure_unit")
+    return messages
 
 
 def _assign_groups(table: Table, params: dict) -> None:
@@ -194,43 +331,142 @@ def _assign_groups(table: Table, params: dict) -> None:
                 name = frame_label(kind, T, t)
                 table["group"][members] = name
                 table["group_temperature"][members] = T
-                table["group_exptime"][members] = t
+                table["group_exptime"][members] = t if kind == "dark" else 0.0
                 if len(members) < params["min_frames"]:
                     table["status"][members] = "rejected"
                     table["reason"][members] = (f"group {name} has {len(members)} frame(s), "
                                                 f"fewer than min_frames={params['min_frames']}")
 
 
+def _loo_defined(temperatures, exptimes, two_d: bool, needed: int) -> int:
+    """How many dark groups can be left out while the rest still determine the model."""
+    count = 0
+    for g in range(len(temperatures)):
+        keep = np.arange(len(temperatures)) != g
+        if (len(np.unique(temperatures[keep])) >= 2 and (not two_d or len(np.unique(exptimes[keep])) >= 2)
+                and keep.sum() >= needed):
+            count += 1
+    return count
+
+
+def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
+    """What the usable frames can support: (problems that stop the calibration, notes).
+
+    Each line names what is missing for what, e.g. "darks cover 1 temperature (-4.9 degC):
+    the dark model needs >= 2".
+    """
+    ok = table[table["status"] == "ok"]
+    problems, notes = [], []
+    groups = {}
+    for kind in ("bias", "dark"):
+        sel = ok[ok["type"] == kind]
+        names = sorted(set(sel["group"]), key=natural_key)
+        groups[kind] = [(float(sel["group_temperature"][sel["group"] == g][0]),
+                         float(sel["group_exptime"][sel["group"] == g][0]), int(np.sum(sel["group"] == g)))
+                        for g in names]
+    bias, dark = groups["bias"], groups["dark"]
+    bias_T = sorted({round(T, 1) for T, _, _ in bias})
+    if not bias:
+        problems.append("no usable bias frames: the bias model needs biases at >= 2 temperatures")
+    elif len(bias_T) < 2:
+        problems.append(f"biases cover 1 temperature ({bias_T[0]:.1f} degC): the bias model needs >= 2")
+    elif len(bias_T) < 3:
+        notes.append(f"biases cover {len(bias_T)} temperatures: the bias leave-one-out needs >= 3 (shown as n/a)")
+    if bias and max(n for _, _, n in bias) < 2:
+        problems.append("every bias group has 1 frame: the read noise needs a bias group of >= 2 frames")
+    dark_T = sorted({round(T, 1) for T, _, _ in dark})
+    exposures = sorted({round(t, 6) for _, t, _ in dark})
+    two_d = params["dark_model"] == "2d" or (params["dark_model"] == "auto" and len(exposures) >= 2)
+    needed = (3 if two_d else 2) + params["min_dof"]
+    if not dark:
+        problems.append("no usable dark frames: the dark model needs darks at >= 2 temperatures")
+    elif len(dark_T) < 2:
+        problems.append(f"darks cover 1 temperature ({dark_T[0]:.1f} degC): the dark model needs >= 2, "
+                        "leave-one-out >= 3")
+    elif len(dark) < needed:
+        problems.append(f"{len(dark)} dark groups: the {'2d' if two_d else '1d'} dark model needs >= {needed} "
+                        f"(parameters + min_dof)")
+    else:
+        loo = _loo_defined(np.array([T for T, _, _ in dark]), np.array([t for _, t, _ in dark]), two_d, needed)
+        if loo < len(dark):
+            notes.append(f"the dark leave-one-out is defined for {loo} of {len(dark)} groups (leaving out the "
+                         "others would leave too few temperatures or exposures): those are n/a")
+    if params["dark_model"] == "2d" and len(exposures) < 2:
+        problems.append(f"dark_model: 2d needs darks at >= 2 exposure times, found {len(exposures)}; use 1d or auto")
+    if dark and max(n for _, _, n in dark) < 2 and params["gain"] is None:
+        notes.append("every dark group has 1 frame: the gain is not measured (EGAIN from the headers, or set gain)")
+    return problems, notes
+
+
+def _rejection_summary(table: Table, clues: dict) -> list[str]:
+    """When most calibration files are rejected: the top reasons and the keywords their headers do have."""
+    considered = table["status"] != "skipped"
+    rejected = table[table["status"] == "rejected"]
+    if not considered.any() or len(rejected) <= 0.5 * np.sum(considered):
+        return []
+    top = Counter(rejected["reason"]).most_common(3)
+    text = "; ".join(f"{reason} ({n})" for reason, n in top)
+    keys = Counter()
+    examples = {}
+    for path in rejected["path"]:
+        for key, value in clues.get(path, {}).items():
+            keys[key] += 1
+            examples.setdefault(key, value)
+    found = ", ".join(f"{k}={examples[k]!r}" for k, _ in keys.most_common(6))
+    return [f"{len(rejected)} of {int(np.sum(considered))} calibration files rejected: {text}. "
+            f"Temperature/exposure-like keywords in their headers: {found or 'none'}"]
+
+
 def build_inventory(params: dict) -> Table:
     """Scan ``params['raw_dir']`` and return the inventory table.
 
-    Columns: path (relative to raw_dir), type, temperature [degC], exposure [s],
-    shape, group, group_temperature, group_exptime, status, reason. Files whose
-    shape differs from the campaign's (the most common one) are rejected.
-    ``table.meta`` holds raw_dir, the campaign shape and any warnings.
+    Columns: path (relative to raw_dir), hdu, plane (-1 unless a cube), type, temperature
+    [degC], exposure [s], readout, shape, group, group_temperature, group_exptime, status,
+    reason, note, egain (e- per raw unit from the header, NaN if none), and where the pixels
+    are (offset, bitpix, bscale, bzero, blank).
+    ``table.meta`` holds raw_dir, the campaign's shape and readout configuration, the
+    resolved scale_factor and saturation [DN], warnings, problems and notes (see
+    :func:`coverage`). Campaign warnings are also raised as :class:`CampaignWarning`.
     """
     raw_dir = Path(params["raw_dir"])
-    rows = [inspect_file(path, raw_dir, params) for path in find_fits(raw_dir)]
-    if not rows:
+    files = find_fits(raw_dir, params["include"], params["exclude"])
+    if not files:
         raise FileNotFoundError(f"raw_dir {raw_dir}: no FITS files found")
+    clues, rows = {}, []
+    for path, skip in files:
+        if skip:
+            rows.append(_row(path.relative_to(raw_dir), "skipped", skip))
+        else:
+            rows.extend(_inspect(path, raw_dir, params, clues))
     table = Table(rows=rows, names=list(rows[0]))
-    for name in ("path", "type", "shape", "group", "status", "reason"):
+    for name in ("path", "type", "readout", "shape", "status", "reason", "note"):
         table[name] = table[name].astype(object)
-    ok = table["status"] == "ok"
-    shapes = Counter(table["shape"][ok])
-    shape = shapes.most_common(1)[0][0] if shapes else ""
-    wrong = ok & (table["shape"] != shape)
+    calibration = (table["status"] == "ok")
+    configs = Counter(zip(table["readout"][calibration], table["shape"][calibration]))
+    (readout, shape), _ = configs.most_common(1)[0] if configs else (("", ""), 0)
+    other = calibration & (table["readout"] != readout)
+    table["reason"][other] = [f"readout configuration {r or 'unstated'} differs from the campaign's "
+                              f"{readout or 'unstated'}" for r in table["readout"][other]]
+    table["status"][other] = "skipped"
+    wrong = calibration & ~other & (table["shape"] != shape)
     table["reason"][wrong] = [f"shape {s} differs from the campaign's {shape}" for s in table["shape"][wrong]]
     table["status"][wrong] = "rejected"
+    table["group"] = np.full(len(table), "", dtype=object)
     table["group_temperature"] = np.full(len(table), np.nan)
     table["group_exptime"] = np.full(len(table), np.nan)
+    table.meta.update(raw_dir=str(raw_dir), shape=shape, readout=readout)
+    refs = dict(zip(np.flatnonzero(table["status"] == "ok"), frame_refs(table, table["status"] == "ok")))
+    scale, messages = _raw_scale(table, refs, params)
+    saturation, more = _saturation(table, refs, scale, params)
     _assign_groups(table, params)
-    for name in ("path", "type", "shape", "group", "status", "reason"):
+    for name in ("path", "type", "readout", "shape", "group", "status", "reason", "note"):
         table[name] = table[name].astype(str)
-    table.meta.update(raw_dir=str(raw_dir), shape=shape, warnings=_scale_warnings(table, params))
-    table.remove_columns(["offscale", "packed16"])
-    for message in table.meta["warnings"]:
-        warnings.warn(message, stacklevel=2)
+    problems, notes = coverage(table, params)
+    messages += more + _exposure_warnings(table) + _rejection_summary(table, clues)
+    table.meta.update(scale_factor=scale, saturation=saturation, warnings=messages, problems=problems, notes=notes)
+    table.remove_column("saturate")
+    for message in messages + problems:
+        warnings.warn(message, CampaignWarning, stacklevel=2)
     return table
 
 
@@ -238,9 +474,10 @@ def group_summary(inventory: Table) -> Table:
     """One row per group of usable frames: type, frames, temperature mean/std/min/max, exposure."""
     ok = inventory[inventory["status"] == "ok"]
     rows = []
-    for group in sorted(set(ok["group"]), key=lambda g: (g.split("_")[0], g)):
+    for group in sorted(set(ok["group"]), key=natural_key):
         sel = ok[ok["group"] == group]
         T = np.asarray(sel["temperature"])
         rows.append((group, sel["type"][0], len(sel), T.mean(), T.std(), T.min(), T.max(),
                      float(np.mean(sel["exposure"]))))
-    return Table(rows=rows, names=("group", "type", "frames", "T_mean", "T_std", "T_min", "T_max", "exposure"))
+    return Table(rows=rows, names=("group", "type", "frames", "T_mean", "T_std", "T_min", "T_max", "exposure"),
+                 units=(None, None, None, "deg_C", "deg_C", "deg_C", "deg_C", "s"))

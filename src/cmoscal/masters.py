@@ -1,14 +1,15 @@
-"""Master frames: combine the frames of one group, with the master's variance.
+"""Master frames: judge the frames of a group, combine them, and read masters back.
 
-A master file holds the combined frame [DN] and three extensions: VARIANCE (of the
-master, DN^2, from the scatter of the frames used), NFRAMES (frames used per pixel)
-and NSATUR (input frames at or above saturation per pixel). Saturated samples are
-left out of the combine.
+A master file holds the combined frame [DN] and four extensions: VARIANCE (of the master,
+DN^2, from the scatter of the frames used; NaN for one frame, whose error comes from the noise
+model), NFRAMES (frames used per pixel), NSATUR (saturated input samples per pixel, at most
+255) and NCLIP (samples clipped per pixel, e.g. cosmic rays). Saturated, NaN and clipped
+samples are left out of the combine.
 """
 
 from __future__ import annotations
 
-import warnings
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,81 +17,250 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .fitsio import provenance, read_image, read_section, write_hdus
+from .bias import bias_at
+from .compute import sample_rows, tile_budget
+from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
+from .kernels import combine_stack
 
-__all__ = ["MasterSet", "combine", "load_masters", "master_path", "master_paths", "pixel_series", "summarize_masters",
-           "typical_scatter", "write_master"]
+__all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "load_masters", "make_master",
+           "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
 
-_MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
-
-
-def typical_scatter(stack: np.ndarray, saturated: np.ndarray) -> float:
-    """Median over pixels of the per-pixel frame-to-frame standard deviation [DN]."""
-    data = np.where(saturated, np.nan, stack.astype(np.float32))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(np.nanmedian(np.nanstd(data, axis=0, ddof=1)))
+_EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
 
 
-def _median0(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """NaN-ignoring median along axis 0 and the count of finite samples.
+_CHI2_MEDIAN = (0.4549, 0.6931, 0.7887, 0.8392)  # median / mean of chi-square with 1..4 degrees of freedom
 
-    Sorting the short frame axis (NaN last) and picking the middle is several times faster
-    than ``np.nanmedian`` for stacks of a few to a few tens of frames.
+
+def _chi2_median_ratio(dof: int) -> float:
+    """median / mean of a chi-square variable with ``dof`` degrees of freedom (Wilson-Hilferty beyond 4)."""
+    return _CHI2_MEDIAN[dof - 1] if dof <= len(_CHI2_MEDIAN) else (1 - 2 / (9 * dof)) ** 3
+
+
+def frame_problem(counts, npix: int, params: dict) -> str:
+    """Why a frame cannot be used, judged on all its pixels ('' when it can).
+
+    ``counts`` are its saturated, zero-valued and NaN samples (:func:`cmoscal.fitsio.read_stack`);
+    ``params`` gives max_saturated_fraction, max_zero_fraction and max_nan_fraction. A few
+    saturated or NaN pixels only drop those samples.
     """
-    ordered = np.sort(data, axis=0)
-    n = np.sum(np.isfinite(data), axis=0)
-    lo = np.take_along_axis(ordered, np.maximum(n - 1, 0)[None] // 2, axis=0)[0]
-    hi = np.take_along_axis(ordered, (n // 2)[None], axis=0)[0] if len(data) else lo
-    with np.errstate(invalid="ignore"):
-        return np.where(n > 0, (lo + hi) / 2, np.nan), n
+    nsat, nzero, nnan = counts
+    if nzero == npix:
+        return "all-zero frame"
+    if nzero > params["max_zero_fraction"] * npix:
+        return f"mostly-zero frame ({nzero / npix:.0%} of pixels are 0)"
+    if nsat > params["max_saturated_fraction"] * npix:
+        return f"{nsat / npix:.0%} of pixels saturated (light leak or shutter fault?)"
+    if nnan > params["max_nan_fraction"] * npix:
+        return f"{nnan / npix:.0%} of pixels are NaN"
+    return ""
 
 
-def combine(stack: np.ndarray, saturated: np.ndarray, method: str = "mean", clip_sigma: float = 4.0,
-            floor: float | None = None):
-    """Combine a stack of frames pixel by pixel.
+def _fingerprint(frame: np.ndarray, whole: bool = False) -> bytes:
+    """Hash of a frame's values (of every 16th row unless ``whole``), to find duplicates."""
+    data = frame if whole else frame[:: max(1, len(frame) // 16)]
+    return hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=16).digest()
+
+
+def group_noise(stack: np.ndarray, read_var: float | None = None) -> tuple[float, float]:
+    """The group's own noise model sigma^2 = floor_var + level * inv_gain, for clipping.
+
+    Robust (medians over pixels, so cosmic rays do not matter). For biases (``read_var``
+    None) the typical per-pixel variance and no shot noise. For darks the floor is the typical
+    read variance from the bias stage, and 1/gain the slope through the origin of the median
+    excess variance against the median level over quantile bins; -1 when the group's levels do
+    not measure it (then two-frame groups are not clipped: see :func:`combine`).
+    ``stack`` holds the usable frames (of fixed sample rows, so the result does not depend on
+    the tiling).
+    """
+    n = len(stack)
+    if n < 2:
+        return (read_var or 0.0), -1.0
+    sample = stack.reshape(n, -1).astype(np.float64)
+    sample = sample[:, np.all(np.isfinite(sample), axis=0)]
+    if not sample.shape[1]:
+        return (read_var or 0.0), -1.0
+    level = sample.mean(axis=0)
+    var = sample.var(axis=0, ddof=1) / _chi2_median_ratio(n - 1)
+    if read_var is None:
+        return float(np.median(var)), 0.0
+    edges = np.percentile(level, np.linspace(5, 90, 18))
+    index = np.digitize(level, edges[1:-1])
+    bins = np.array([(np.median(level[index == k]), np.median(var[index == k])) for k in range(17)
+                     if np.count_nonzero(index == k) >= 20])
+    if len(bins) < 3:
+        return read_var, -1.0
+    x, y = bins[:, 0], bins[:, 1] - read_var
+    slope = float(np.sum(x * y) / np.sum(x * x)) if np.sum(x * x) > 0 else 0.0
+    scatter = np.sqrt(np.sum((y - slope * x) ** 2) / (len(x) - 1) / np.sum(x * x)) if np.sum(x * x) > 0 else np.inf
+    return read_var, (slope if slope > 3 * scatter else -1.0)
+
+
+def combine(stack: np.ndarray, method: str = "mean", clip_sigma: float = 4.0, noise=(0.0, 0.0)):
+    """Combine a stack of frames pixel by pixel (see :func:`cmoscal.kernels.combine_stack`).
 
     Parameters
     ----------
-    stack : ndarray, shape (N, ny, nx)
-        Frames in DN.
-    saturated : ndarray of bool, shape (N, ny, nx)
-        Samples at or above saturation; they are left out.
+    stack : ndarray, shape (N, ny, nx), float32
+        Frames [DN]; NaN marks invalid samples, +inf saturated ones.
     method : {"mean", "median"}, default "mean"
-        ``mean`` clips samples further than ``clip_sigma`` robust standard deviations
-        (1.4826 MAD) from the median; the per-pixel scale is never below the group's typical
-        scatter, so quantized data with identical samples do not clip real values.
+        Clipped mean (removes cosmic rays, never clipping closer than the noise model) or median.
     clip_sigma : float, default 4.0
-        Clipping threshold of the mean.
-    floor : float, optional
-        Smallest clipping scale [DN]; default :func:`typical_scatter` of ``stack``. Pass one
-        value for all tiles of a frame so the result does not depend on the tiling.
+    noise : (floor_var, inv_gain), default (0, 0)
+        The group's noise model (:func:`group_noise`); inv_gain < 0 means unknown, and then
+        two-frame groups are not clipped (a hit is left to the dark model's robust fit).
 
     Returns
     -------
     master, variance : ndarray (float32)
-        Combined frame and its variance (DN^2; NaN where fewer than 2 samples remain).
-    nframes, nsaturated : ndarray (int16)
-        Samples used and saturated samples per pixel.
+    nframes : ndarray (int16)
+    nsaturated : ndarray (uint8)
+    nclipped : ndarray (int16)
     """
-    data = np.where(saturated, np.nan, stack.astype(np.float32))
-    nsat = saturated.sum(axis=0, dtype=np.int16)
-    center, n = _median0(data)
-    if method == "mean":
-        scale = 1.4826 * _median0(np.abs(data - center))[0]
-        scale = np.fmax(scale, typical_scatter(stack, saturated) if floor is None else floor)
-        with np.errstate(invalid="ignore"):
-            data[np.abs(data - center) > clip_sigma * scale] = np.nan
-        n = np.sum(np.isfinite(data), axis=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # pixels with < 2 samples: NaN, handled below
-        sample_var = np.nanvar(data, axis=0, ddof=1)
-        master = np.nanmean(data, axis=0) if method == "mean" else center
-    with np.errstate(divide="ignore", invalid="ignore"):
-        variance = (1 if method == "mean" else _MEDIAN_EFFICIENCY) * sample_var / n
-    variance[n < 2] = np.nan
-    return master.astype(np.float32), variance.astype(np.float32), n.astype(np.int16), nsat
+    stack = np.ascontiguousarray(stack, dtype=np.float32)
+    shape = stack.shape[1:]
+    out = (np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int16),
+           np.empty(shape, np.uint8), np.empty(shape, np.int16))
+    combine_stack(stack, float(noise[0]), float(noise[1]), float(clip_sigma), method == "median", *out)
+    return out
+
+
+def gain_sums(signal, variance, nframes, read_var) -> tuple[float, float]:
+    """Sums of the least-squares line through the origin of excess scatter against signal.
+
+    The per-frame variance of a master (variance * frames) exceeds the read variance by
+    signal / gain. Pixels of one-frame masters, with non-finite values or above the 99th
+    percentile (hot pixels) are left out. 1/gain = sum(s e) / sum(s s) over all groups.
+    """
+    excess = variance.astype(np.float64) * nframes - read_var
+    ok = (nframes > 1) & np.isfinite(excess) & np.isfinite(signal) & (signal > 0)
+    if not ok.any():
+        return 0.0, 0.0
+    s, e = signal[ok].astype(np.float64), excess[ok]
+    keep = s <= np.percentile(s, 99)
+    return float(np.sum(s[keep] * e[keep])), float(np.sum(s[keep] ** 2))
+
+
+def _bias_rows(source, temperatures, rows) -> np.ndarray:
+    """Bias [DN] to remove from each frame, for ``rows``.
+
+    ``source`` is ("model", a_map, b_map): the bias model at each frame's temperature, or
+    ("nearest", master_files, master_temperatures): the master bias nearest in temperature.
+    """
+    kind, *args = source
+    temperatures = np.asarray(temperatures, dtype=np.float32)
+    if kind == "model":
+        a, b = (read_image(path, 0, rows) for path in args)
+        return bias_at(a, b, temperatures[:, None, None])
+    paths, master_temperatures = args
+    index = np.abs(np.asarray(master_temperatures)[None, :] - temperatures[:, None]).argmin(axis=1)
+    masters = {i: read_image(paths[i], 0, rows) for i in set(index)}
+    return np.stack([masters[i] for i in index])
+
+
+def make_master(refs, names, temperatures, exptime, kind, path, params, scale, saturation, bias_source=None,
+                read_noise_map=None) -> dict:
+    """Read, judge, combine and write the master of one group (a task: a thread or a dask worker).
+
+    Every frame is read once when the group fits the tile budget; a larger group is judged
+    frame by frame and then combined band by band (each frame read twice).
+
+    Parameters
+    ----------
+    refs, names, temperatures : sequences, one per frame
+        Where the pixels are, the frames' names (for the record) and temperatures [degC].
+    exptime : float
+        Exposure of the group [s].
+    kind : {"bias", "dark"}
+    path : Path
+        The master file to write.
+    params : dict
+        Campaign parameters.
+    scale, saturation : float
+        raw / scale = DN; saturation [DN].
+    bias_source : tuple, optional
+        Bias to remove from each frame (darks), see :func:`_bias_rows`.
+    read_noise_map : Path, optional
+        Read noise [DN], for the gain sums of dark groups.
+
+    Returns
+    -------
+    dict
+        path, frames (name, status, reason, saturated and NaN fractions per frame), nbytes read,
+        noise (the group's clipping noise model), gain sums, clipped samples.
+    """
+    ny, nx = refs[0].shape
+    npix = ny * nx
+    typical_read_var = None
+    if read_noise_map is not None:
+        read_var = read_image(read_noise_map).astype(np.float64) ** 2
+        typical_read_var = float(np.nanmedian(read_var))
+    one_pass = len(refs) * npix * 4 * 2 <= tile_budget(params)
+    if one_pass:
+        stack, counts, nbytes = read_stack(refs, slice(None), scale, saturation)
+        reasons = [frame_problem(c, npix, params) for c in counts]
+        prints = {}
+        for i, reason in enumerate(reasons):
+            if not reason:
+                key = _fingerprint(stack[i])
+                twin = next((j for j in prints.get(key, []) if np.array_equal(stack[i], stack[j], equal_nan=True)),
+                            None)
+                reasons[i] = "" if twin is None else f"duplicate of {names[twin]}"
+                prints.setdefault(key, []).append(i)
+    else:
+        counts, reasons, prints, nbytes = [], [], {}, 0
+        for i, ref in enumerate(refs):
+            frame, c, n = read_stack([ref], slice(None), scale, saturation)
+            nbytes += n
+            counts.append(c[0])
+            reason = frame_problem(c[0], npix, params)
+            key = _fingerprint(frame[0], whole=True)
+            if not reason and key in prints:
+                reason = f"duplicate of {names[prints[key]]}"
+            prints.setdefault(key, i)
+            reasons.append(reason)
+        counts = np.array(counts)
+    good = [i for i, r in enumerate(reasons) if not r]
+    rows = sample_rows(ny)
+    frames = [(names[i], "rejected" if r else "used", r, counts[i][0] / npix, counts[i][2] / npix)
+              for i, r in enumerate(reasons)]
+    if not good:
+        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=(0.0, 0.0), clipped=0)
+    use_refs = [refs[i] for i in good]
+    use_T = [temperatures[i] for i in good]
+    if one_pass:
+        stack = stack[good] if len(good) < len(refs) else stack
+        if bias_source is not None:
+            stack -= _bias_rows(bias_source, use_T, slice(None))
+        noise = group_noise(stack[:, rows], typical_read_var)
+        parts = [combine(stack, params["combine"], params["clip_sigma"], noise)]
+    else:
+        sample = np.concatenate([read_stack(use_refs, slice(y, y + 1), scale, saturation)[0] for y in rows], axis=1)
+        if bias_source is not None:
+            sample -= _bias_rows(bias_source, use_T, rows)
+        noise = group_noise(sample, typical_read_var)
+        band_rows = max(1, int(tile_budget(params) // (len(good) * nx * 4 * 3)))
+        parts = []
+        for start in range(0, ny, band_rows):
+            band_slice = slice(start, min(start + band_rows, ny))
+            band, _, n = read_stack(use_refs, band_slice, scale, saturation)
+            nbytes += n
+            if bias_source is not None:
+                band -= _bias_rows(bias_source, use_T, band_slice)
+            parts.append(combine(band, params["combine"], params["clip_sigma"], noise))
+    combined = [np.concatenate(p) for p in zip(*parts)]
+    gain = (0.0, 0.0)
+    if read_noise_map is not None:
+        gain = gain_sums(combined[0], combined[1], combined[2], read_var)
+    inputs = [names[i] for i in good]
+    rejected = [f"{names[i]}: {r}" for i, r in enumerate(reasons) if r]
+    subtracted = ""
+    if bias_source is not None:
+        subtracted = ("model: a + b*T at each frame's own temperature" if bias_source[0] == "model" else
+                      "nearest: the master bias nearest in temperature")
+    write_master(path, combined, kind=kind, temperatures=use_T, exptime=exptime, inputs=inputs, params=params,
+                 scale=scale, saturation=saturation, noise=noise, rejected=rejected, subtracted=subtracted, gain=gain)
+    return dict(path=path, frames=frames, nbytes=nbytes, noise=noise, gain=gain, clipped=int(combined[4].sum()))
 
 
 def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:
@@ -100,24 +270,31 @@ def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: 
     return Path(output_dir) / "dark_masters" / f"darks_T{celsius(temperature)}_texp{exptime:g}s.fits"
 
 
-def write_master(path, master, variance, nframes, nsat, *, kind, temperatures, exptime, inputs, params,
-                 subtracted: str = "") -> Path:
-    """Write one master with its provenance."""
+def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, params: dict, scale: float,
+                 saturation: float, noise, rejected=(), subtracted: str = "", gain=(0.0, 0.0)) -> Path:
+    """Write one master (the output of :func:`combine`) with its provenance."""
+    master, variance, nframes, nsat, nclip = combined
     header = fits.Header()
     header["IMAGETYP"] = f"MASTER_{kind.upper()}"
     provenance(header, bunit="DN", description=f"master {kind} ({params['combine']} of {len(inputs)} frames)",
                inputs=inputs,
                TEMP=(float(np.mean(temperatures)), "degC, mean over input frames"),
                TEMPMIN=(float(np.min(temperatures)), "degC"), TEMPMAX=(float(np.max(temperatures)), "degC"),
-               EXPTIME=(float(exptime), "s"), NCOMBINE=(len(inputs), "input frames"),
+               EXPTIME=(float(exptime), "s"), NCOMBINE=(len(inputs), "input frames used"),
+               NREJECT=(len(rejected), "input frames rejected"),
                COMBINE=(params["combine"], "combine method"), CLIPSIG=(params["clip_sigma"], "clip sigma"),
-               SCALEFAC=(params["scale_factor"], "raw / SCALEFAC = DN"),
-               SATURATE=(params["saturation"], "DN"))
+               SCALEFAC=(scale, "raw / SCALEFAC = DN"), SATURATE=(saturation, "DN"),
+               NOISEVAR=(noise[0], "DN2, clipping noise floor"),
+               NOISEIG=(noise[1], "DN/e-, clipping noise 1/gain"),
+               GAINSE=(gain[0], "sum(signal*excess var)"),
+               GAINSS=(gain[1], "sum(signal^2); 1/g=GAINSE/GAINSS"))
+    for line in rejected:
+        header.add_history(f"rejected: {line}")
     if subtracted:
         header["BIASSUB"] = (subtracted.split(":")[0], "bias removed from each frame")
         header.add_history(f"bias removed: {subtracted}")
-    return write_hdus(path, master, header, [("VARIANCE", variance, "DN2"), ("NFRAMES", nframes, ""),
-                                             ("NSATUR", nsat, "")])
+    return write_hdus(path, master, header, [(name, data, unit) for name, data, unit in
+                                             zip(_EXTENSIONS, (variance, nframes, nsat, nclip), ("DN2", "", "", ""))])
 
 
 @dataclass
@@ -127,9 +304,9 @@ class MasterSet:
     Attributes
     ----------
     data, variance : ndarray, shape (M, ny, nx)
-        Masters [DN] and their variance [DN^2].
-    nframes, nsaturated : ndarray, shape (M, ny, nx)
-        Frames used and saturated inputs per pixel.
+        Masters [DN] and their variance [DN^2] (NaN for one-frame masters).
+    nframes, nsaturated, nclipped : ndarray, shape (M, ny, nx)
+        Frames used, saturated inputs and clipped samples per pixel.
     temperature, exptime : ndarray, shape (M,)
         Mean temperature [degC] and exposure [s] of each master.
     paths : list of Path
@@ -139,6 +316,7 @@ class MasterSet:
     variance: np.ndarray
     nframes: np.ndarray
     nsaturated: np.ndarray
+    nclipped: np.ndarray
     temperature: np.ndarray
     exptime: np.ndarray
     paths: list
@@ -152,7 +330,7 @@ class MasterSet:
         return np.isfinite(self.data) & (self.nsaturated == 0) & (self.nframes > 0)
 
 
-def _indexed(folder: str | Path) -> list[tuple[Path, fits.Header]]:
+def master_index(folder: str | Path) -> list[tuple[Path, fits.Header]]:
     """(file, header) of every master in ``folder``, sorted by exposure then temperature."""
     paths = sorted(Path(folder).glob("*.fits"))
     if not paths:
@@ -160,39 +338,34 @@ def _indexed(folder: str | Path) -> list[tuple[Path, fits.Header]]:
     return sorted(((p, fits.getheader(p)) for p in paths), key=lambda ph: (ph[1]["EXPTIME"], ph[1]["TEMP"]))
 
 
-def master_paths(folder: str | Path) -> list[Path]:
-    """Master files in ``folder``, sorted by exposure then temperature."""
-    return [path for path, _ in _indexed(folder)]
+def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
+    """Read masters (a folder, or the list of :func:`master_index`) restricted to ``rows``.
 
-
-def load_masters(source, rows=slice(None)) -> MasterSet:
-    """Read masters (a folder, or a list of files) restricted to ``rows``.
-
-    Only the requested rows are read (memory-mapped); ``rows`` is a slice or an index array.
+    Only the requested rows of the requested extensions are read (memory-mapped); the others
+    come back as None. ``rows`` is a slice or an index array.
     """
-    if isinstance(source, (str, Path)):
-        indexed = _indexed(source)
-    else:
-        indexed = [(path, fits.getheader(path)) for path in source]
-    paths = [path for path, _ in indexed]
+    index = master_index(source) if isinstance(source, (str, Path)) else source
+    paths = [path for path, _ in index]
 
     def stack(ext):
-        return np.stack([read_section(p, ext, rows) for p in paths])
+        return np.stack([read_product(p, ext, rows) for p in paths]) if ext in extensions else None
 
-    return MasterSet(data=np.stack([read_image(p, rows=rows) for p in paths]), variance=stack("VARIANCE"),
-                     nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"),
-                     temperature=np.array([h["TEMP"] for _, h in indexed]),
-                     exptime=np.array([h["EXPTIME"] for _, h in indexed]), paths=paths)
+    return MasterSet(data=np.stack([read_image(p, 0, rows) for p in paths]), variance=stack("VARIANCE"),
+                     nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"), nclipped=stack("NCLIP"),
+                     temperature=np.array([h["TEMP"] for _, h in index]),
+                     exptime=np.array([h["EXPTIME"] for _, h in index]), paths=paths)
 
 
 def summarize_masters(folder: str | Path) -> Table:
-    """One row per master, reading one file at a time: temperature, exposure, frames, median, saturated pixels."""
+    """One row per master: temperature, exposure, frames used and rejected, median, saturated and clipped pixels."""
     rows = []
-    for path, header in _indexed(folder):
-        saturated = np.count_nonzero(read_section(path, "NSATUR", slice(None)))
-        rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"],
-                     float(np.nanmedian(read_image(path))), int(saturated)))
-    return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "median", "saturated_pixels"))
+    for path, header in master_index(folder):
+        rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"], header.get("NREJECT", 0),
+                     float(np.nanmedian(read_image(path))), int(np.count_nonzero(read_product(path, "NSATUR"))),
+                     int(np.count_nonzero(read_product(path, "NCLIP")))))
+    return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "rejected", "median",
+                                   "saturated_pixels", "clipped_pixels"),
+                 units=(None, "deg_C", "s", None, None, "DN", None, None))
 
 
 def pixel_series(folder: str | Path, pixels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,5 +375,5 @@ def pixel_series(folder: str | Path, pixels) -> tuple[np.ndarray, np.ndarray, np
     """
     y, x = np.asarray(pixels).T
     rows, index = np.unique(y, return_inverse=True)
-    masters = load_masters(folder, rows)
+    masters = load_masters(folder, rows, extensions=())
     return masters.temperature, masters.exptime, masters.data[:, index, x]

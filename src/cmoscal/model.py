@@ -1,9 +1,15 @@
 """The calibration model file and frame synthesis from it.
 
-``calibration_model.fits`` holds all a user needs to make a bias or dark frame at
-any temperature and exposure: the bias and dark parameter maps with their
-covariances, the read noise, the DQ bitmask and its definition, and the
-calibrated ranges.
+``calibration_model.fits`` holds all a user needs to make a bias or dark frame at any
+temperature and exposure: the bias and dark parameter maps with their covariances, the read
+noise, the DQ bitmask and its definition, the calibrated ranges and how far beyond them the
+model may be used.
+
+Synthesis never returns inf or absurd values: pixels whose own fit was not trusted carry
+population parameters (DQ FALLBACK), pixels with no usable model are NaN (DQ DO_NOT_USE).
+Requests below absolute zero or further than ``max_extrapolation`` / ``max_exposure_factor``
+beyond the calibrated ranges are refused with one line; requests just outside are made with
+an :class:`~cmoscal.errors.OutOfRangeWarning`, recorded in the product's header.
 """
 
 from __future__ import annotations
@@ -16,21 +22,23 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
-from .darkfit import predict, predict_variance
+from .darkfit import KELVIN, predict, predict_variance
+from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, write_atomic, write_hdus
 from .hotpix import dq_table
+from .products import MODEL_FILE
 
-__all__ = ["CalibrationModel", "MODEL_FILE", "OutOfRangeWarning", "equations", "to_raw16", "write_synthetic"]
+__all__ = ["CalibrationModel", "MODEL_FILE", "equations", "to_raw16", "write_synthetic"]
 
-MODEL_FILE = "calibration_model.fits"
-_META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN, from dark shot noise",
+_META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
-         "NBIASM": "master biases", "NDARKM": "master darks", "TREFHOT": "degC, temperature of the hot-pixel ranking"}
-_COV_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))  # lnA, slope, gamma
-
-
-class OutOfRangeWarning(UserWarning):
-    """A synthetic frame was requested outside the calibrated temperature or exposure range."""
+         "NBIASM": "master biases", "NDARKM": "master darks", "TREFHOT": "degC, reference of hot_rate_min",
+         "MODELID": "identifier of this model (inputs and parameters)"}
+_PRIOR = ("POPSLOPE", "POPGAMMA", "POPVSLOP", "POPVGAMM")
+_PRIOR_TEXT = ("B or Ea of FALLBACK pixels", "gamma of FALLBACK pixels", "population var of POPSLOPE",
+               "population var of POPGAMMA")
+_REQUIRED = ("BIAS_A", "BIAS_B", "BIAS_COV", "READ_NOISE", "DARK_A", "DARK_GAMMA", "DARK_COV", "DARK_CHI2R", "DQ")
+_RANGE_TOLERANCE = (0.5, 0.02)  # degC and relative: inside this, a request counts as calibrated
 
 
 def equations(form: str, fit_gamma: bool) -> tuple[str, str]:
@@ -57,11 +65,12 @@ class CalibrationModel:
         Read noise of one frame [DN].
     dark : ndarray, shape (3, ny, nx)
         lnA, slope (B [1/degC] or Ea [eV]), gamma.
-    dark_cov : ndarray, shape (3, 3, ny, nx)
+    dark_cov : ndarray, shape (6, ny, nx)
+        Covariance planes of (lnA, slope, gamma): 00 11 22 01 02 12.
     chi2r : ndarray
         Reduced chi-square of the dark fit.
-    converged : ndarray of bool
-        Whether the dark fit converged.
+    nvalid : ndarray
+        Master samples the dark fit used.
     dq : ndarray (uint16)
         Bitmask, see :data:`cmoscal.hotpix.DQ_BITS`.
     form : str
@@ -72,6 +81,10 @@ class CalibrationModel:
         Reference temperature [degC].
     trange, exprange : tuple of float
         Calibrated temperature [degC] and exposure [s] ranges.
+    max_extrapolation, max_exposure_factor : float
+        How far beyond the ranges a request is still made (degC, factor).
+    prior : tuple
+        Population slope, gamma and their variances, given to FALLBACK pixels.
     meta : dict
         Further header keywords, see ``_META`` (gain, scale factor, saturation, input counts, ...).
     history : list of str
@@ -85,30 +98,59 @@ class CalibrationModel:
     dark: np.ndarray
     dark_cov: np.ndarray
     chi2r: np.ndarray
-    converged: np.ndarray
+    nvalid: np.ndarray
     dq: np.ndarray
     form: str
     fit_gamma: bool
     tmin: float
     trange: tuple
     exprange: tuple
+    max_extrapolation: float = 5.0
+    max_exposure_factor: float = 2.0
+    prior: tuple = (np.nan, np.nan, 0.0, 0.0)
     meta: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
     # --- synthesis -----------------------------------------------------------------------
-    def _check_range(self, temperature=None, exptime=None):
+    def check_request(self, temperature: float, exptime: float | None = None) -> list[str]:
+        """Warnings for a request just outside the calibrated ranges.
+
+        Raises
+        ------
+        CampaignError
+            Below absolute zero, a non-positive exposure, or further outside than the limits.
+        """
+        messages = []
         lo, hi = self.trange
-        if temperature is not None and not lo - 0.5 <= temperature <= hi + 0.5:
-            warnings.warn(f"temperature {temperature:g} degC is outside the calibrated range "
-                          f"{lo:.1f}..{hi:.1f} degC: the model is extrapolated", OutOfRangeWarning, stacklevel=3)
-        lo, hi = self.exprange
-        if exptime is not None and not lo * 0.98 <= exptime <= hi * 1.02:
-            warnings.warn(f"exposure {exptime:g} s is outside the calibrated range {lo:g}..{hi:g} s: "
-                          "the model is extrapolated", OutOfRangeWarning, stacklevel=3)
+        margin = self.max_extrapolation
+        if not np.isfinite(temperature) or temperature <= -KELVIN:
+            raise CampaignError(f"temperature {temperature:g} degC is below absolute zero")
+        if not lo - margin <= temperature <= hi + margin:
+            raise CampaignError(f"temperature {temperature:g} degC is more than {margin:g} degC outside the "
+                                f"calibrated range {lo:.1f}..{hi:.1f} degC (max_extrapolation)")
+        if not lo - _RANGE_TOLERANCE[0] <= temperature <= hi + _RANGE_TOLERANCE[0]:
+            messages.append(f"temperature {temperature:g} degC is outside the calibrated range {lo:.1f}..{hi:.1f} "
+                            "degC: the model is extrapolated")
+        if exptime is not None:
+            lo, hi = self.exprange
+            factor = self.max_exposure_factor
+            if not np.isfinite(exptime) or exptime <= 0:
+                raise CampaignError(f"exposure {exptime:g} s: must be > 0")
+            if not lo / factor <= exptime <= hi * factor:
+                raise CampaignError(f"exposure {exptime:g} s is more than a factor {factor:g} outside the calibrated "
+                                    f"range {lo:g}..{hi:g} s (max_exposure_factor)")
+            if not lo * (1 - _RANGE_TOLERANCE[1]) <= exptime <= hi * (1 + _RANGE_TOLERANCE[1]):
+                messages.append(f"exposure {exptime:g} s is outside the calibrated range {lo:g}..{hi:g} s: "
+                                "the model is extrapolated")
+        return messages
+
+    def _checked(self, temperature, exptime=None) -> None:
+        for message in self.check_request(temperature, exptime):
+            warnings.warn(message, OutOfRangeWarning, stacklevel=3)
 
     def bias(self, temperature: float) -> np.ndarray:
         """Synthetic bias [DN] at ``temperature`` [degC]."""
-        self._check_range(temperature)
+        self._checked(temperature)
         return bias_at(self.bias_a, self.bias_b, temperature)
 
     def bias_variance(self, temperature: float) -> np.ndarray:
@@ -117,7 +159,10 @@ class CalibrationModel:
 
     def dark_signal(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic dark signal [DN] (bias excluded) at ``temperature`` [degC], ``exptime`` [s]."""
-        self._check_range(temperature, exptime)
+        self._checked(temperature, exptime)
+        return self._dark(temperature, exptime)
+
+    def _dark(self, temperature, exptime) -> np.ndarray:
         return predict(self.dark, temperature, exptime, self.tmin, self.form).astype(np.float32)
 
     def dark_variance(self, temperature: float, exptime: float) -> np.ndarray:
@@ -127,7 +172,8 @@ class CalibrationModel:
 
     def dark_frame(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic full dark frame, bias + dark signal [DN]."""
-        return self.bias(temperature) + self.dark_signal(temperature, exptime)
+        self._checked(temperature, exptime)
+        return bias_at(self.bias_a, self.bias_b, temperature) + self._dark(temperature, exptime)
 
     # --- file --------------------------------------------------------------------------
     def header(self) -> fits.Header:
@@ -142,7 +188,10 @@ class CalibrationModel:
                    TCALMIN=(self.trange[0], "degC, coldest calibrated"),
                    TCALMAX=(self.trange[1], "degC, warmest calibrated"),
                    TEXPMIN=(self.exprange[0], "s, shortest calibrated dark exposure"),
-                   TEXPMAX=(self.exprange[1], "s, longest calibrated dark exposure"))
+                   TEXPMAX=(self.exprange[1], "s, longest calibrated dark exposure"),
+                   MAXEXTRP=(self.max_extrapolation, "degC beyond TCALMIN..TCALMAX allowed"),
+                   MAXEXPF=(self.max_exposure_factor, "factor beyond TEXPMIN..TEXPMAX allowed"),
+                   **{key: (float(value), text) for key, value, text in zip(_PRIOR, self.prior, _PRIOR_TEXT)})
         header.add_comment("BIAS, A (bias) and DC in DN; T, TMIN in degC; T_K = T + 273.15; t in s; "
                            "dark A in DN/s^gamma, B in 1/degC, EA in eV")
         for key, value in self.meta.items():
@@ -152,7 +201,7 @@ class CalibrationModel:
         return header
 
     def write(self, path: str | Path) -> Path:
-        """Write the multi-extension model file atomically."""
+        """Write the multi-extension model file atomically (with checksums)."""
         header = self.header()
         slope = ("DARK_B", "1/degC") if self.form == "exponential" else ("DARK_EA", "eV")
         images = [("BIAS_A", self.bias_a, "DN"), ("BIAS_B", self.bias_b, "DN/degC"),
@@ -160,51 +209,67 @@ class CalibrationModel:
                   ("READ_NOISE", self.read_noise, "DN"),
                   ("DARK_A", np.exp(self.dark[0]), "DN/s^gamma" if self.fit_gamma else "DN/s"),
                   (slope[0], self.dark[1], slope[1]), ("DARK_GAMMA", self.dark[2], ""),
-                  ("DARK_COV", np.stack([self.dark_cov[i, j] for i, j in _COV_PLANES]),
-                   "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
-                  ("DARK_CHI2R", self.chi2r, ""), ("DARK_CONVERGED", self.converged, ""), ("DQ", self.dq, "")]
+                  ("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
+                  ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
+                  ("DQ", self.dq, "")]
         hdus = [fits.PrimaryHDU(header=header)]
         for name, data, unit in images:
-            dtype = {"DQ": np.uint16, "DARK_CONVERGED": np.uint8}.get(name, np.float32)
+            dtype = {"DQ": np.uint16, "DARK_NVALID": np.int16}.get(name, np.float32)
             hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), name=name)
             hdu.header["BUNIT"] = unit
             hdus.append(hdu)
         hdus.append(fits.table_to_hdu(dq_table()))
         hdus[-1].name = "DQ_DEF"
-        return write_atomic(fits.HDUList(hdus), path)
+        return write_atomic(fits.HDUList(hdus), path, checksum=True)
 
     @classmethod
     def read(cls, path: str | Path) -> "CalibrationModel":
-        """Load a model file written by :meth:`write`."""
+        """Load a model file written by :meth:`write` (an output_dir or the file itself).
+
+        Raises
+        ------
+        FileNotFoundError
+            No model there.
+        CampaignError
+            The file is not a cmoscal calibration model.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / MODEL_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path}: no calibration model (run the dark_model stage first)")
-        with fits.open(path) as hdul:
+        try:
+            hdul = fits.open(path)
+        except OSError as err:
+            raise CampaignError(f"{path} is not a cmoscal calibration model (not readable FITS: {err})") from None
+        with hdul:
             h = hdul[0].header
+            names = {hdu.name for hdu in hdul}
+            missing = [n for n in _REQUIRED if n not in names] + [k for k in ("DARKFORM", "TMIN", "TCALMIN")
+                                                                   if k not in h]
+            if missing or not str(h.get("CREATOR", "")).startswith("cmoscal"):
+                what = ", ".join(missing) or "CREATOR"
+                raise CampaignError(f"{path} is not a cmoscal calibration model (missing {what})")
             form = h["DARKFORM"]
             slope = hdul["DARK_B" if form == "exponential" else "DARK_EA"].data
-            planes = hdul["DARK_COV"].data.astype(np.float64)
-            cov = np.zeros((3, 3) + planes.shape[1:])
-            for plane, (i, j) in zip(planes, _COV_PLANES):
-                cov[i, j] = cov[j, i] = plane
             with np.errstate(divide="ignore"):
                 lnA = np.log(hdul["DARK_A"].data.astype(np.float64))
-            meta = {k: h[k] for k in _META if k in h}
             return cls(bias_a=hdul["BIAS_A"].data, bias_b=hdul["BIAS_B"].data, bias_cov=hdul["BIAS_COV"].data,
                        read_noise=hdul["READ_NOISE"].data,
                        dark=np.stack([lnA, slope.astype(np.float64), hdul["DARK_GAMMA"].data.astype(np.float64)]),
-                       dark_cov=cov, chi2r=hdul["DARK_CHI2R"].data,
-                       converged=hdul["DARK_CONVERGED"].data.astype(bool), dq=hdul["DQ"].data, form=form,
-                       fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"], trange=(h["TCALMIN"], h["TCALMAX"]),
-                       exprange=(h["TEXPMIN"], h["TEXPMAX"]), meta=meta,
+                       dark_cov=hdul["DARK_COV"].data.astype(np.float64), chi2r=hdul["DARK_CHI2R"].data,
+                       nvalid=hdul["DARK_NVALID"].data if "DARK_NVALID" in names else None,
+                       dq=hdul["DQ"].data, form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
+                       trange=(h["TCALMIN"], h["TCALMAX"]), exprange=(h["TEXPMIN"], h["TEXPMAX"]),
+                       max_extrapolation=h.get("MAXEXTRP", 5.0), max_exposure_factor=h.get("MAXEXPF", 2.0),
+                       prior=tuple(float(h.get(k, np.nan)) for k in _PRIOR),
+                       meta={k: h[k] for k in _META if k in h},
                        history=[str(line) for line in h.get("HISTORY", [])])
 
 
 def to_raw16(frame_dn: np.ndarray, scale_factor: float = 16, saturation: float = 4095) -> np.ndarray:
     """Convert a frame in DN to the camera's raw 16-bit convention (quantized, clipped, x scale)."""
-    return (np.clip(np.rint(frame_dn), 0, saturation) * scale_factor).astype(np.uint16)
+    return (np.clip(np.rint(np.nan_to_num(frame_dn, nan=0.0)), 0, saturation) * scale_factor).astype(np.uint16)
 
 
 def write_synthetic(model: CalibrationModel, path: str | Path, temperature: float, exptime: float | None = None,
@@ -224,14 +289,23 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
         Dark signal alone (no bias).
     raw16 : bool, default False
         Quantize, clip and multiply by the campaign's scale factor (the raw 16-bit convention).
+
+    Raises
+    ------
+    CampaignError
+        An impossible request or one too far outside the calibrated ranges (nothing is written).
     """
+    messages = model.check_request(temperature, exptime)
+    for message in messages:
+        warnings.warn(message, OutOfRangeWarning, stacklevel=2)
+    bias, bias_var = bias_at(model.bias_a, model.bias_b, temperature), model.bias_variance(temperature)
     if exptime is None:
-        data, variance, kind = model.bias(temperature), model.bias_variance(temperature), "bias"
+        data, variance, kind = bias, bias_var, "bias"
     else:
-        data, variance = model.dark_signal(temperature, exptime), model.dark_variance(temperature, exptime)
+        data, variance = model._dark(temperature, exptime), model.dark_variance(temperature, exptime)
         kind = "dark signal"
         if not signal_only:
-            data, variance, kind = data + model.bias(temperature), variance + model.bias_variance(temperature), "dark"
+            data, variance, kind = data + bias, variance + bias_var, "dark"
     scale = model.meta.get("SCALEFAC", 16)
     if raw16:
         data = to_raw16(data, scale, model.meta.get("SATURATE", 4095))
@@ -239,6 +313,9 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
     header["IMAGETYP"] = f"SYNTHETIC_{kind.upper().replace(' ', '_')}"
     provenance(header, bunit=f"DN x {scale:g} (raw 16-bit)" if raw16 else "DN",
                description=f"synthetic {kind} from the cmoscal calibration model", inputs=history,
-               TEMP=(float(temperature), "degC"), EXPTIME=(float(exptime or 0.0), "s"))
-    write_hdus(path, data, header, [("VARIANCE", variance.astype(np.float32), "DN2")])
+               TEMP=(float(temperature), "degC"), EXPTIME=(float(exptime or 0.0), "s"),
+               EXTRAPOL=(bool(messages), "requested outside the calibrated ranges"))
+    for message in messages:
+        header.add_history(f"warning: {message}")
+    write_hdus(path, data, header, [("VARIANCE", np.asarray(variance, dtype=np.float32), "DN2")])
     return data

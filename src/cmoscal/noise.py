@@ -1,16 +1,17 @@
 """The noise model: what a master's error should be, per pixel.
 
-Per frame sigma_1^2 = RV + S / g, where RV is the pixel's read variance (read
-noise, telegraph noise and quantization, measured from the bias frames), S the
-dark signal [DN] and g the gain [e-/DN]. A master of n frames has sigma_1^2 / n,
-plus the variance of whatever bias was subtracted from it.
+Per frame sigma_1^2 = RV + S / g, where RV is the pixel's read variance (read noise,
+telegraph noise and quantization, measured from the bias frames), S the dark signal [DN]
+and g the gain [e-/DN]. A master of n frames has sigma_1^2 / n, plus the variance of
+whatever bias was subtracted from it. This holds for one-frame masters too, whose own
+scatter is unknown.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["inverse_gain", "read_variance"]
+__all__ = ["master_noise", "read_variance"]
 
 
 def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.ndarray:
@@ -19,7 +20,7 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
     Parameters
     ----------
     bias_variance : ndarray, shape (M, ny, nx)
-        Variance of each master bias [DN^2].
+        Variance of each master bias [DN^2] (NaN for one-frame masters: they do not count).
     bias_nframes : ndarray, shape (M, ny, nx)
         Frames each master used.
 
@@ -29,21 +30,30 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
         Read variance of one frame [DN^2], weighted by degrees of freedom.
     """
     n = bias_nframes.astype(np.float64)
-    dof = np.where(np.isfinite(bias_variance), n - 1, 0)
+    dof = np.where(np.isfinite(bias_variance) & (n > 1), n - 1, 0)
     per_frame = np.where(dof > 0, bias_variance * n, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (np.sum(dof * per_frame, axis=0) / np.sum(dof, axis=0)).astype(np.float32)
 
 
-def inverse_gain(signal: np.ndarray, variance: np.ndarray, nframes: np.ndarray, rv: np.ndarray,
-                 usable: np.ndarray) -> float:
-    """Estimate 1/g [DN/e-] from the excess scatter of dark frames over the read variance.
+def master_noise(read_var, nframes, inv_gain: float, bias_var=0.0):
+    """Signal-independent variance and shot-noise scale of master samples.
 
-    Least squares through the origin of (per-frame variance - RV) against the dark
-    signal, over all masters and the ``usable`` pixels (exclude hot and noisy ones).
-    Returns 0 when the darks carry no measurable shot noise.
+    Parameters
+    ----------
+    read_var : ndarray
+        Read variance of one frame [DN^2].
+    nframes : ndarray
+        Frames per master sample (0 counts as 1: such samples are invalid anyway).
+    inv_gain : float
+        1 / gain [DN/e-].
+    bias_var : float or ndarray
+        Variance of the bias removed from each master [DN^2].
+
+    Returns
+    -------
+    base_var, shot_scale : ndarray
+        A master of signal S has variance ``base_var + shot_scale * S``.
     """
-    excess = variance * nframes - rv
-    ok = usable & np.isfinite(excess) & np.isfinite(signal) & (signal > 0)
-    s, e = signal[ok].astype(np.float64), excess[ok].astype(np.float64)
-    return max(float(np.sum(s * e) / np.sum(s * s)), 0.0) if s.size else 0.0
+    n = np.maximum(nframes, 1)
+    return read_var / n + bias_var, inv_gain / n

@@ -1,8 +1,16 @@
-"""Figures of the report notebooks. Large images are block-averaged for display."""
+"""Figures and tables of the report notebooks.
+
+Large images are block-averaged for display; many small maps go into one mosaic per kind
+(one image, not hundreds of panels); tables are rounded to meaningful digits, carry their
+units and show every row (collapsed when long).
+"""
 
 from __future__ import annotations
 
+import html
 import io
+import sys
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,16 +18,75 @@ from astropy.table import Table
 
 from .config import load_params
 from .darkfit import predict
+from .errors import CampaignWarning
 from .evaluate import downsample
 from .hotpix import DQ_BITS
+from .inventory import chain_groups
 
-__all__ = ["as_jpeg", "dark_curves", "dq_map", "evaluation_summary", "group_heatmaps", "histograms", "image_grid",
-           "inventory_overview", "loo_figure", "master_levels", "rate_histogram", "start_notebook"]
+__all__ = ["as_jpeg", "dark_curves", "dropped_per_master", "evaluation_summary", "flag_map", "group_mosaics",
+           "histograms",
+           "image_grid", "inventory_overview", "loo_figure", "master_levels", "mosaic", "show_table",
+           "significance_histogram", "start_notebook"]
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Campaign warnings as a visible box on the page; others in the usual form."""
+    if issubclass(category, CampaignWarning):
+        from IPython.display import HTML, display
+
+        display(HTML(f'<div style="border-left:4px solid #c77c02;background:#fff4d6;padding:.4em .8em;'
+                     f'margin:.4em 0"><b>Warning:</b> {html.escape(str(message))}</div>'))
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
 
 def start_notebook(params_file: str, root: str) -> dict:
-    """Load the campaign parameters and set compact figure defaults; call first in a notebook."""
+    """Load the campaign parameters, set compact figure defaults and show warnings and errors
+    readably (no tracebacks for a campaign's problems); call first in a notebook."""
     plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "image.origin": "lower", "font.size": 9})
+    warnings.showwarning = _show_warning
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is not None:
+            shell.InteractiveTB.set_mode(mode="Minimal")
+    except ImportError:  # outside IPython
+        pass
     return load_params(params_file, root=root)
+
+
+def _format(value, digits: int) -> str:
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "n/a" if np.isnan(value) else str(value)
+        if value == 0:
+            return "0"
+        if abs(value) >= 10 ** digits or abs(value) < 10 ** -3:
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def show_table(table: Table, digits: int = 4, collapse: int = 25, title: str = ""):
+    """A table for a person: numbers to ``digits`` significant digits, units in the header,
+    every row shown (inside a collapsible block beyond ``collapse`` rows)."""
+    from IPython.display import HTML
+
+    units = {name: f" [{table[name].unit}]" if table[name].unit else "" for name in table.colnames}
+    head = "".join(f'<th style="text-align:left">{html.escape(name + units[name])}</th>' for name in table.colnames)
+    align = {name: "right" if table[name].dtype.kind in "iuf" else "left" for name in table.colnames}
+    rows = "".join("<tr>" + "".join(f'<td style="text-align:{align[name]}">{html.escape(_format(row[name], digits))}'
+                                    "</td>" for name in table.colnames) + "</tr>" for row in table)
+    body = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    label = title or f"{len(table)} rows"
+    if len(table) > collapse:
+        body = f"<details><summary>{html.escape(label)} (click to show)</summary>{body}</details>"
+    elif title:
+        body = f"<p><b>{html.escape(title)}</b></p>{body}"
+    return HTML(body)
 
 
 def as_jpeg(fig, quality: int = 85):
@@ -57,13 +124,16 @@ def image_grid(images: dict, ncols: int = 3, size: float = 3.6, cmap: str = "vir
 
 
 def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
-    """Histograms side by side: ``values`` maps a title to ``(array, unit)``; median and 1-99 % marked."""
+    """Histograms side by side: ``values`` maps a title to ``(array, unit)``; median marked."""
     n = len(values)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
     for ax, (title, (data, unit)) in zip(axes.flat, values.items()):
         v = np.asarray(data, dtype=float).ravel()
         v = v[np.isfinite(v)]
+        if not v.size:
+            ax.set_title(f"{title}: no finite values", fontsize=10)
+            continue
         lo, hi = np.percentile(v, (0.1, 99.9))
         ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="0.35", log=log)
         ax.axvline(np.median(v), color="C1", label=f"median {np.median(v):.4g}")
@@ -76,13 +146,13 @@ def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
 
 
 def inventory_overview(inventory: Table):
-    """Frames per temperature (biases) and per (temperature, exposure) (darks); rejected files in red."""
+    """Frames per temperature and exposure: used (dots), rejected (red crosses)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
     ok = inventory["status"] == "ok"
     for ax, kind in zip(axes, ("bias", "dark")):
         sel = ok & (inventory["type"] == kind)
         ax.scatter(inventory["temperature"][sel], inventory["exposure"][sel], s=14, alpha=0.6, label="used")
-        bad = ~ok & (inventory["type"] == kind) & np.isfinite(inventory["temperature"])
+        bad = (inventory["status"] == "rejected") & (inventory["type"] == kind) & np.isfinite(inventory["temperature"])
         ax.scatter(inventory["temperature"][bad], inventory["exposure"][bad], s=40, marker="x", color="C3",
                    label="rejected")
         ax.set_xlabel("temperature [degC]")
@@ -107,8 +177,9 @@ def dark_curves(series, model, pixels: dict):
     for i, (ax, (label, (y, x))) in enumerate(zip(axes.flat, pixels.items())):
         for k, t in enumerate(np.unique(exptime)):
             sel = np.isclose(exptime, t) & (values[:, i] > 0)
-            ax.plot(temperature[sel], values[sel, i], "o", color=f"C{k}", ms=4, label=f"{t:g} s")
-            ax.plot(grid, predict(model.dark[:, y, x], grid, t, model.tmin, model.form), "-", color=f"C{k}", lw=1)
+            ax.plot(temperature[sel], values[sel, i], "o", color=f"C{k % 10}", ms=4, label=f"{t:g} s")
+            ax.plot(grid, predict(model.dark[:, y, x], grid, t, model.tmin, model.form), "-", color=f"C{k % 10}",
+                    lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("temperature [degC]")
         ax.set_ylabel("dark signal [DN]")
@@ -122,7 +193,9 @@ def master_levels(summary: Table):
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
     for k, t in enumerate(np.unique(summary["exptime"])):
         sel = np.isclose(summary["exptime"], t)
-        ax.plot(summary["temperature"][sel], summary["median"][sel], "o-", color=f"C{k}", ms=4, label=f"{t:g} s")
+        order = np.argsort(summary["temperature"][sel])
+        ax.plot(np.asarray(summary["temperature"][sel])[order], np.asarray(summary["median"][sel])[order], "o-",
+                color=f"C{k % 10}", ms=4, label=f"{t:g} s")
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xlabel("temperature [degC]")
     ax.set_ylabel("median dark signal [DN]")
@@ -130,58 +203,97 @@ def master_levels(summary: Table):
     return fig
 
 
-def rate_histogram(rate: np.ndarray, thresholds: dict, reference_temperature: float):
-    """Histogram of dark rates at the reference temperature with the warm and hot thresholds."""
-    fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
-    v = rate[np.isfinite(rate) & (rate > 0)]
-    ax.hist(v, bins=np.geomspace(v.min(), v.max(), 120), color="0.35", log=True)
+def dropped_per_master(table: Table):
+    """Samples the robust fit dropped per master against exposure (cosmic rays grow with it)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    sc = ax.scatter(table["exptime"], table["fraction"], c=table["temperature"], cmap="coolwarm", s=24)
+    fig.colorbar(sc, ax=ax, label="temperature [degC]")
     ax.set_xscale("log")
-    for name, color in (("warm_rate", "C1"), ("hot_rate", "C3")):
-        ax.axvline(thresholds[name], color=color, label=f"{name.split('_')[0]} > {thresholds[name]:.3g} DN/s")
-    ax.set_xlabel(f"dark rate at {reference_temperature:.1f} degC [DN/s]")
-    ax.set_ylabel("pixels")
-    ax.legend()
+    ax.set_xlabel("exposure [s]")
+    ax.set_ylabel("share of pixels dropped")
+    ax.set_title("master samples dropped as outliers or on a full-well plateau", fontsize=10)
     return fig
 
 
-def dq_map(dq: np.ndarray):
-    """Where the flagged pixels are, one colour per DQ class (the highest-priority bit wins)."""
-    classes = np.zeros(dq.shape, dtype=np.int8)
-    names = list(DQ_BITS)
-    for i, name in reversed(list(enumerate(names, 1))):
-        classes[(dq & DQ_BITS[name][0]) > 0] = i
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), layout="constrained")
-    ys, xs = np.nonzero(classes)
-    for i, name in enumerate(names, 1):
-        sel = classes[ys, xs] == i
-        ax.scatter(xs[sel], ys[sel], s=6, color=f"C{i - 1}", label=f"{name} ({int(sel.sum())})")
-    ax.set_xlim(0, dq.shape[1])
-    ax.set_ylim(0, dq.shape[0])
-    ax.set_aspect("equal")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
-    ax.set_title("flagged pixels")
+def significance_histogram(significance: np.ndarray, populations: list, thresholds: dict):
+    """How far each pixel's log dark rate lies above the population, at both ends of the range."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", squeeze=False)
+    for ax, z, population in zip(axes.flat, significance, populations):
+        v = z[np.isfinite(z)]
+        ax.hist(np.clip(v, -10, 60), bins=140, color="0.35", log=True)
+        for name, color in (("warm_sigma", "C1"), ("hot_sigma", "C3")):
+            ax.axvline(thresholds[name], color=color, label=f"{name.split('_')[0]} > {thresholds[name]:g} sigma")
+        ax.set_xlabel("(ln rate - median) / sigma   (clipped to -10..60)")
+        ax.set_ylabel("pixels")
+        ax.set_title(f"at {population['temperature']:.1f} degC: median rate {np.exp(population['median']):.3g} "
+                     f"DN/s, spread x{np.exp(population['intrinsic']):.2f}", fontsize=9)
+        ax.legend(fontsize=8)
     return fig
 
 
-HEATMAP_PIXELS = 128  # per-group maps are many: keep each small
+def flag_map(dq: np.ndarray, block: int | None = None):
+    """Flagged pixels per block, one panel per DQ class present (counts, so a lone pixel shows on a large sensor)."""
+    names = [n for n, (v, _) in DQ_BITS.items() if np.any(dq & v)]
+    block = block or max(1, int(np.ceil(max(dq.shape) / 128)))
+    ny, nx = (s // block * block for s in dq.shape)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.2), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes.flat, names):
+        flagged = ((dq[:ny, :nx] & DQ_BITS[name][0]) > 0).reshape(ny // block, block, nx // block, block)
+        counts = flagged.sum(axis=(1, 3))
+        im = ax.imshow(np.where(counts > 0, counts, np.nan), cmap="magma_r", interpolation="nearest", vmin=0)
+        ax.set_facecolor("#eef2f7")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=f"pixels per {block}x{block} block")
+        ax.set_title(f"{name}: {int(np.count_nonzero(dq & DQ_BITS[name][0]))}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not names:
+        axes.flat[0].set_title("no flagged pixels")
+    return fig
 
 
-def group_heatmaps(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], unit: str = "DN"):
-    """Real, synthetic, MAE and MAPE maps, one row per group: ``(label, real, synthetic, mae, mape)``."""
-    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.2 * len(rows)), squeeze=False, layout="constrained")
-    for row, (label, *images) in zip(axes, rows):
-        real, synth, mae, mape = (downsample(image, HEATMAP_PIXELS) for image in images)
-        lo, hi = _limits(real)
-        for ax, image, title, vmin, vmax, u, cmap in (
-                (row[0], real, f"{label}: real", lo, hi, unit, "viridis"),
-                (row[1], synth, "synthetic", lo, hi, unit, "viridis"),
-                (row[2], mae, "MAE", 0, _limits(mae)[1], unit, "magma"),
-                (row[3], mape, "MAPE", 0, _limits(mape)[1] if np.isfinite(mape).any() else 1, "%", "magma")):
-            im = ax.imshow(image, origin="lower", vmin=vmin, vmax=vmax, interpolation="nearest", cmap=cmap)
-            fig.colorbar(im, ax=ax, shrink=0.8, label=u)
-            ax.set_title(title, fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
+_KINDS = (("real masters", "DN", None, "viridis"), ("synthetic frames", "DN", None, "viridis"),
+          ("MAE", "DN", None, "magma"), ("MAPE", "%", (0, 20), "magma"),
+          ("residual / noise", "sigma", (-3, 3), "RdBu_r"))
+
+
+def group_mosaics(summary: Table, previews: dict) -> list:
+    """One mosaic per kind of evaluation map (:data:`_KINDS`): set points as columns, bias and exposures as rows."""
+    set_point = chain_groups(summary["temperature"], 1.5)
+    labels = {g: f"{np.mean(summary['temperature'][set_point == g]):.1f} C" for g in np.unique(set_point)}
+    columns = [labels[g] for g in sorted(labels)]
+    exposures = np.unique(summary["exptime"][summary["kind"] == "dark"])
+    rows = ["bias"] + [f"{t:g} s" for t in exposures]
+    keys = [("bias" if r["kind"] == "bias" else f"{r['exptime']:g} s", labels[g]) for r, g in zip(summary, set_point)]
+    return [mosaic({key: previews[r["group"]][k] for key, r in zip(keys, summary)}, columns, rows, title, unit,
+                   common, cmap) for k, (title, unit, common, cmap) in enumerate(_KINDS)]
+
+
+def mosaic(tiles: dict, columns: list, rows: list, title: str, unit: str, common=None, cmap: str = "viridis"):
+    """One image of many small maps: ``tiles[(row, column)]`` placed on a grid.
+
+    Each tile is stretched to its own 1-99 % range unless ``common`` (vmin, vmax) is given;
+    blank where a tile is missing.
+    """
+    shapes = [t.shape for t in tiles.values()]
+    th, tw = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    canvas = np.full((len(rows) * (th + 2), len(columns) * (tw + 2)), np.nan)
+    for (r, c), tile in tiles.items():
+        i, j = rows.index(r), columns.index(c)
+        shown = np.asarray(tile, dtype=float)
+        if common is None:
+            lo, hi = _limits(shown)
+            shown = (shown - lo) / (hi - lo) if hi > lo else shown * 0
+        canvas[i * (th + 2): i * (th + 2) + tile.shape[0], j * (tw + 2): j * (tw + 2) + tile.shape[1]] = shown
+    width = min(1.4 * len(columns) + 1.6, 15)
+    fig, ax = plt.subplots(figsize=(width, (width - 1.6) * canvas.shape[0] / canvas.shape[1] + 0.8),
+                           layout="constrained")
+    lo, hi = common if common is not None else (0, 1)
+    im = ax.imshow(canvas, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", origin="upper")
+    ax.set_xticks([j * (tw + 2) + tw / 2 for j in range(len(columns))], [str(c) for c in columns], fontsize=8)
+    ax.set_yticks([i * (th + 2) + th / 2 for i in range(len(rows))], [str(r) for r in rows], fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.7, label=unit if common is not None else "each tile: its 1-99 % range")
     return fig
 
 
@@ -191,12 +303,13 @@ def evaluation_summary(summary: Table):
     kinds = [("bias", 0.0)] + [("dark", t) for t in np.unique(summary["exptime"][summary["kind"] == "dark"])]
     for k, (kind, t) in enumerate(kinds):
         sel = (summary["kind"] == kind) & np.isclose(summary["exptime"], t)
+        order = np.argsort(summary["temperature"][sel])
         label = "bias" if kind == "bias" else f"dark {t:g} s"
-        T = summary["temperature"][sel]
+        T = np.asarray(summary["temperature"][sel])[order]
         for ax, col in zip(axes, ("mae", "mape")):
-            ax.errorbar(T, summary[f"{col}_mean"][sel], summary[f"{col}_std"][sel], fmt="o-", color=f"C{k}",
-                        capsize=3, ms=4, label=label)
-        axes[2].plot(T, summary["resid_noise"][sel], "o-", color=f"C{k}", ms=4, label=label)
+            ax.errorbar(T, np.asarray(summary[f"{col}_mean"][sel])[order], np.asarray(summary[f"{col}_std"][sel])[order],
+                        fmt="o-", color=f"C{k % 10}", capsize=3, ms=4, label=label)
+        axes[2].plot(T, np.asarray(summary["resid_noise"][sel])[order], "o-", color=f"C{k % 10}", ms=4, label=label)
     axes[2].axhline(1, color="k", lw=0.8, ls="--")
     axes[2].plot(summary["temperature"], summary["resid_noise_expected"], "k_", ms=10,
                  label="expected in-sample, sqrt(1 - leverage)")
@@ -215,12 +328,14 @@ def loo_figure(loo: Table):
     kinds = [("bias", 0.0)] + [("dark", t) for t in np.unique(loo["exptime"][loo["kind"] == "dark"])]
     for k, (kind, t) in enumerate(kinds):
         sel = (loo["kind"] == kind) & np.isclose(loo["exptime"], t)
-        ax.plot(loo["temperature"][sel], loo["loo_noise"][sel], "o-", color=f"C{k}", ms=4,
+        order = np.argsort(loo["temperature"][sel])
+        T = np.asarray(loo["temperature"][sel])[order]
+        ax.plot(T, np.asarray(loo["loo_noise"][sel])[order], "o-", color=f"C{k % 10}", ms=4,
                 label="bias" if kind == "bias" else f"dark {t:g} s")
-        ax.plot(loo["temperature"][sel], loo["loo_noise_hot"][sel], "x", color=f"C{k}", ms=6)
+        ax.plot(T, np.asarray(loo["loo_noise_hot"][sel])[order], "x", color=f"C{k % 10}", ms=6)
     ax.axhline(1, color="k", lw=0.8, ls="--")
     ax.set_xlabel("held-out temperature [degC]")
     ax.set_ylabel("held-out residual / noise")
-    ax.set_title("leave-one-group-out (o normal pixels, x hot pixels)", fontsize=10)
+    ax.set_title("leave-one-group-out (o normal pixels, x hot pixels; missing: n/a)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     return fig

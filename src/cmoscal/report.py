@@ -1,34 +1,40 @@
 """The report runner: execute the stage notebooks with papermill and archive HTML pages.
 
-A run folder ``report_dir/<run-id>/`` keeps, per stage, the executed notebook and its
-HTML page (code hidden, figures embedded), plus the parameters used, the inputs
-manifest, the software version and ``index.html`` with the pass/fail checks;
-``report_dir/latest`` points to the newest run.
+All notebooks of a run execute in one Jupyter kernel (started once, IPC transport), so the
+modules are imported once; each page is converted to HTML in the background while the next
+notebook runs. A run folder ``report_dir/<run-id>/`` keeps, per stage, the executed notebook
+and its HTML page (code hidden, figures embedded), plus the parameters used, the inputs,
+``manifest.json`` (software versions and timings) and ``index.html``; ``report_dir/latest``
+points to the newest run. The index's verdict always describes the products on disk.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import platform
 import re
 import shutil
+import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import yaml
-from astropy.table import Table
 
 from . import __version__
 from .fitsio import atomic_path
+from .products import campaign_warnings, hold, ledger
 
-__all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_report"]
+__all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_report", "software_versions"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 _EXTERNAL_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>|'
                               r'<script type="module">[^<]*https?://[^<]*</script>')
+_PACKAGES = ("numpy", "scipy", "astropy", "numba", "matplotlib", "papermill", "nbconvert", "dask", "distributed")
 
 
 class ReportError(RuntimeError):
@@ -41,6 +47,17 @@ def notebook_for(stage: str) -> Path:
     if not found:
         raise FileNotFoundError(f"no notebook for stage {stage} in {NOTEBOOK_DIR}")
     return found[0]
+
+
+def software_versions() -> dict:
+    """Python, cmoscal and the versions of the packages the results depend on."""
+    found = {"python": platform.python_version(), "cmoscal": __version__}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def export_html(notebook: Path) -> Path:
@@ -57,7 +74,7 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
-def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel: str) -> dict:
+def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -68,54 +85,13 @@ def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel: s
                   error="")
     try:
         papermill.execute_notebook(source, target, parameters=dict(params_file=str(params_file), root=str(root)),
-                                   kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False)
+                                   km=kernel, kernel_name=kernel.kernel_name, progress_bar=False)
     except PapermillExecutionError as err:
         result.update(status="failed", error=f"cell {err.exec_count}: {err.ename}: {err.evalue}")
+    except Exception as err:  # the kernel died or could not start: the run stops with the reason
+        result.update(status="failed", error=f"{type(err).__name__}: {err}")
     result["seconds"] = round(time.perf_counter() - start, 1)
-    if target.exists():
-        export_html(target)
     return result
-
-
-def _checks(params: dict):
-    path = Path(params["output_dir"]) / "checks.ecsv"
-    return Table.read(path) if path.exists() else None
-
-
-def _index(run_dir: Path, params: dict, results: list[dict], run_id: str) -> Path:
-    checks = _checks(params)
-    rows = "".join(
-        f'<tr class="{r["status"]}"><td><a href="{r["html"]}">{r["stage"]}</a></td><td>{r["status"]}</td>'
-        f'<td>{r["seconds"]:.1f} s</td><td>{html.escape(r["error"])}</td></tr>' for r in results)
-    if checks is None:
-        check_html = "<p>No checks yet: the summary stage has not run for these products.</p>"
-        verdict = ""
-    else:
-        header = "<tr><th>check</th><th>value</th><th>limit</th><th>result</th><th>definition</th></tr>"
-        check_html = "<table>" + header + "".join(
-            f'<tr class="{"passed" if c["passed"] else "failed"}"><td>{c["check"]}</td><td>{c["value"]:.4g}</td>'
-            f'<td>{c["limit"]:.4g}</td><td>{"pass" if c["passed"] else "FAIL"}</td><td>{c["definition"]}</td></tr>'
-            for c in checks) + "</table>"
-        verdict = "SUCCESS" if all(checks["passed"]) else "FAILED"
-    failed = any(r["status"] == "failed" for r in results)
-    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
-<title>cmoscal report: {html.escape(params['campaign'])} {run_id}</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}
-tr.passed td:nth-child(2),tr.passed td:nth-child(4){{color:#176f2c}}tr.failed{{background:#fde8e8}}
-.verdict{{font-size:1.4em;font-weight:bold}}</style></head><body>
-<h1>cmoscal calibration report: {html.escape(params['campaign'])}</h1>
-<p>Run <code>{run_id}</code> with cmoscal {__version__}. Products: <code>{html.escape(params['output_dir'])}</code>.
-Parameters used: <a href="params.yml">params.yml</a>; inputs: <a href="inventory.ecsv">inventory.ecsv</a>;
-environment: <a href="manifest.json">manifest.json</a>.</p>
-<h2>Stages</h2>{"<p class='verdict'>A stage FAILED: this run is incomplete.</p>" if failed else ""}
-<table><tr><th>stage</th><th>status</th><th>time</th><th>error</th></tr>{rows}</table>
-<h2>Checks <span class="verdict">{verdict}</span></h2>{check_html}
-</body></html>"""
-    target = run_dir / "index.html"
-    with atomic_path(target) as tmp:
-        Path(tmp).write_text(page, encoding="utf-8")
-    return target
 
 
 def _link_latest(report_dir: Path, run_id: str) -> None:
@@ -126,13 +102,22 @@ def _link_latest(report_dir: Path, run_id: str) -> None:
     os.replace(tmp, link)
 
 
-def run_report(params_file: str | Path, params: dict, stages: list[str], root: str | Path = ".") -> Path:
-    """Execute ``stages`` in order and archive the run; return the run folder.
+def _run_folder(report_dir: Path) -> Path:
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir, suffix = report_dir / run_id, 1
+    while run_dir.exists():
+        run_dir, suffix = report_dir / f"{run_id}-{suffix}", suffix + 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_report(params_file: str | Path, params: dict, stages: list[str], root: str | Path = "."):
+    """Execute ``stages`` in order and archive the run.
 
     Parameters
     ----------
     params_file : str or Path
-        The campaign file as given (copied into the manifest).
+        The campaign file as given (recorded in the manifest).
     params : dict
         Its validated parameters (see :func:`cmoscal.config.load_params`).
     stages : list of str
@@ -140,42 +125,64 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
     root : str or Path, default "."
         Directory relative paths refer to.
 
+    Returns
+    -------
+    run_dir : Path
+    checks : astropy.table.Table or None
+        The checks, when they describe the current products.
+
     Raises
     ------
     ReportError
         When a stage fails: its HTML page is written, later stages are not run.
     """
+    from jupyter_client.manager import KernelManager
+
+    from .index import current_checks, write_index
+
     report_dir = Path(params["report_dir"])
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = report_dir / run_id
-    suffix = 1
-    while run_dir.exists():
-        run_dir = report_dir / f"{run_id}-{suffix}"
-        suffix += 1
-    run_id = run_dir.name
-    run_dir.mkdir(parents=True)
+    run_dir = _run_folder(report_dir)
     used = run_dir / "params.yml"
     used.write_text(yaml.safe_dump(params, sort_keys=False))
-    manifest = dict(campaign=params["campaign"], run_id=run_id, cmoscal=__version__, python=platform.python_version(),
+    manifest = dict(campaign=params["campaign"], run_id=run_dir.name, software=software_versions(),
                     platform=platform.platform(), params_file=str(Path(params_file).resolve()), stages=stages,
                     started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    results = []
-    for i, stage in enumerate(stages, 1):
-        print(f"[{i}/{len(stages)}] {stage} ...", end=" ", flush=True)
-        result = _execute(stage, run_dir, used, Path(root).resolve(), params["kernel"])
-        print(f"{result['status']} in {result['seconds']:.1f} s", flush=True)
-        results.append(result)
-        if result["status"] == "failed":
-            break
-    inventory = Path(params["output_dir"]) / "inventory.ecsv"
-    if inventory.exists():
-        shutil.copy2(inventory, run_dir / "inventory.ecsv")
-    manifest.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), results=results)
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    _index(run_dir, params, results, run_id)
-    _link_latest(report_dir, run_id)
+    results, said = [], set()
+    with hold(params["output_dir"], f"cmoscal report {params_file}"), tempfile.TemporaryDirectory() as sockets, \
+            ThreadPoolExecutor(max_workers=1) as exporter:
+        kernel = KernelManager(kernel_name=params["kernel"], transport="ipc", ip=str(Path(sockets) / "kernel"))
+        pages = []
+        try:
+            kernel.start_kernel(cwd=str(NOTEBOOK_DIR))
+            for i, stage in enumerate(stages, 1):
+                print(f"[{i}/{len(stages)}] {stage} ...", end=" ", flush=True)
+                result = _execute(stage, run_dir, used, Path(root).resolve(), kernel)
+                print(f"{result['status']} in {result['seconds']:.1f} s", flush=True)
+                for _, message in campaign_warnings(params["output_dir"], [stage]):
+                    if message not in said:
+                        said.add(message)
+                        print(f"cmoscal: warning: {message}", file=sys.stderr, flush=True)
+                if (run_dir / result["notebook"]).exists():
+                    pages.append(exporter.submit(export_html, run_dir / result["notebook"]))
+                results.append(result)
+                if result["status"] == "failed":
+                    break
+        finally:
+            if kernel.has_kernel:
+                kernel.shutdown_kernel(now=True)
+        for page in pages:
+            page.result()
+        inventory = Path(params["output_dir"]) / "inventory.ecsv"
+        if inventory.exists():
+            shutil.copy2(inventory, run_dir / "inventory.ecsv")
+        manifest.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), results=results,
+                        ledger=ledger(params["output_dir"]))
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_index(run_dir, params, results, manifest)
+        checks = current_checks(params)
+    _link_latest(report_dir, run_dir.name)
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         r = failed[0]
         raise ReportError(f"stage {r['stage']} failed at {r['error']} (see {run_dir / r['html']})")
-    return run_dir
+    return run_dir, checks

@@ -1,14 +1,22 @@
-"""Simulated calibration campaigns with known truth, for the demo and the tests.
+"""Simulated calibration campaigns with known truth, for the demo, the tests and the benchmarks.
 
-The sensor follows ``../shared/docs/detector-physics.md``: 12-bit ADC stored x16,
-gain ~1.5 e-/DN, per-pixel read noise ~1.2 DN with random-telegraph pixels,
-column and pixel bias pattern drifting with temperature, log-normal dark rates,
-0.1 % hot pixels (x10..x1000, lower activation), Poisson dark shot noise,
-temperature jitter, clipping at 0 and 4095 DN.
+The sensor follows ``../shared/docs/detector-physics.md``: 12-bit ADC stored x16, gain
+~1.5 e-/DN, per-pixel read noise ~1.2 DN with random-telegraph pixels, column and pixel bias
+pattern drifting with temperature, log-normal dark rates, 0.1 % hot pixels (x10..x1000,
+lower activation), Poisson dark shot noise, temperature jitter, clipping at 0 and 4095 DN.
+
+Options add what real folders hold (``../shared/docs/real-campaigns.md``): cosmic rays
+scaled with exposure, pixels reaching full well, odd containers and units (fpack, gzip, data
+in an extension, float32, exposures in ms, kelvin, a duplicate, a light-leak frame), and
+folder contents that are not calibration inputs (flats, lights, a second readout
+configuration, a burst cube, NaN pixels). An aged sensor (``age``) has more hot pixels and a
+shifted bias, as a later campaign of the same instrument would.
 """
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +24,7 @@ from astropy.io import fits
 
 from .fitsio import provenance, write_atomic, write_hdus
 
-__all__ = ["BOLTZMANN_EV", "dark_truth", "simulate_campaign", "truth_maps"]
+__all__ = ["BOLTZMANN_EV", "age_truth", "dark_truth", "simulate_campaign", "truth_maps"]
 
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
 KELVIN = 273.15
@@ -24,25 +32,31 @@ GAIN = 1.5  # e- / DN
 SATURATION = 4095
 
 
-def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0) -> dict:
+def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full_well_share: float = 0.0) -> dict:
     """Draw the per-pixel truth of a sensor.
 
     Returns a dict of 2-D arrays: bias_a [DN], bias_b [DN/degC], read_noise [DN],
     rts [DN, 0 for normal pixels], dark_a [DN/s at ``tref`` and t = 1 s],
-    dark_b [1/degC] (or dark_ea [eV] for ``law='arrhenius'``), dark_gamma, hot (bool);
-    plus scalars gain and tref.
+    dark_b [1/degC] (or dark_ea [eV] for ``law='arrhenius'``), dark_gamma, hot (bool),
+    full_well [DN, inf for most pixels]; plus scalars gain and tref. ``full_well_share`` of
+    the pixels are very hot (x300) and reach a full well of 60-90 % of the ADC range.
     """
     rng = np.random.default_rng(seed)
     ny, nx = shape
     hot = rng.random(shape) < 1e-3
+    hot_factor = 10 ** rng.uniform(1, 3, shape)
+    well = rng.random(shape) < full_well_share
+    hot |= well
+    hot_factor = np.where(well, 300.0, hot_factor)
     truth = {
         "bias_a": 60 + rng.normal(0, 2.0, (1, nx)) + rng.normal(0, 1.5, shape),
         "bias_b": 0.3 + rng.normal(0, 0.03, (1, nx)) + rng.normal(0, 0.05, shape),
         "read_noise": 1.2 * rng.lognormal(0, 0.15, shape),
         "rts": np.where(rng.random(shape) < 0.02, rng.uniform(2, 4, shape), 0.0),
-        "dark_a": 0.05 * rng.lognormal(0, 0.3, shape) * np.where(hot, 10 ** rng.uniform(1, 3, shape), 1),
+        "dark_a": 0.05 * rng.lognormal(0, 0.3, shape) * np.where(hot, hot_factor, 1),
         "dark_gamma": np.clip(1 + rng.normal(0, 0.02, shape), 0.9, 1.1),
         "hot": hot,
+        "full_well": np.where(well, rng.uniform(0.6, 0.9, shape) * SATURATION, np.inf),
         "gain": GAIN,
         "tref": float(tref),
     }
@@ -55,8 +69,24 @@ def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0) -> d
     return truth
 
 
+def age_truth(truth: dict, years: float, seed: int = 0) -> dict:
+    """The same sensor ``years`` later: 0.05 % of the pixels turn hot per year, the bias shifts by 0.5 DN per year.
+
+    New hot pixels are x30..x300 (clearly above the noise); ``new_hot`` marks them.
+    """
+    rng = np.random.default_rng(seed + 1000)
+    aged = dict(truth)
+    candidates = ~truth["hot"] & (rng.random(truth["hot"].shape) < 5e-4 * years)
+    aged["new_hot"] = candidates
+    aged["hot"] = truth["hot"] | candidates
+    aged["dark_a"] = np.where(candidates, truth["dark_a"] * 10 ** rng.uniform(1.5, 2.5, candidates.shape),
+                              truth["dark_a"])
+    aged["bias_a"] = truth["bias_a"] + 0.5 * years
+    return aged
+
+
 def dark_truth(truth: dict, temperature, exptime) -> np.ndarray:
-    """True mean dark signal [DN] at ``temperature`` [degC] and ``exptime`` [s]."""
+    """True mean dark signal [DN] at ``temperature`` [degC] and ``exptime`` [s] (before full well)."""
     if "dark_b" in truth:
         activation = truth["dark_b"] * (temperature - truth["tref"])
     else:
@@ -65,42 +95,147 @@ def dark_truth(truth: dict, temperature, exptime) -> np.ndarray:
     return truth["dark_a"] * exptime ** truth["dark_gamma"] * np.exp(activation)
 
 
-def _frame(truth: dict, temperature: float, exptime: float, rng) -> np.ndarray:
+def _cosmic_rays(shape, exptime: float, rate: float, rng) -> np.ndarray:
+    """Cosmic-ray charge [DN]: ``rate`` hits per megapixel per second, tracks of 1-10 pixels, 30-3000 DN."""
+    image = np.zeros(shape)
+    hits = rng.poisson(rate * exptime * shape[0] * shape[1] / 1e6)
+    for _ in range(hits):
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        length = rng.integers(1, 11)
+        dy, dx = rng.choice([-1, 0, 1], 2)
+        energy = 10 ** rng.uniform(np.log10(30), np.log10(3000))
+        for k in range(length):
+            yy, xx = y + k * dy, x + k * dx
+            if 0 <= yy < shape[0] and 0 <= xx < shape[1]:
+                image[yy, xx] += energy / length
+    return image
+
+
+def _frame(truth: dict, temperature: float, exptime: float, rng, cosmics: float = 0.0, hits=None) -> np.ndarray:
     shape = truth["bias_a"].shape
-    signal = truth["bias_a"] + truth["bias_b"] * temperature
+    bias = truth["bias_a"] + truth["bias_b"] * temperature
+    signal = bias.copy()
     if exptime > 0:
-        dark = dark_truth(truth, temperature, exptime)
-        signal = signal + rng.poisson(dark * truth["gain"]) / truth["gain"]
+        dark = rng.poisson(dark_truth(truth, temperature, exptime) * truth["gain"]) / truth["gain"]
+        signal = np.minimum(signal + dark, np.maximum(truth["full_well"], bias))
     signal = signal + rng.normal(0, 1, shape) * truth["read_noise"]
     signal = signal + truth["rts"] * (rng.random(shape) < 0.5)
+    if cosmics:
+        rays = _cosmic_rays(shape, max(exptime, 0.1), cosmics, rng)
+        signal += rays
+        if hits is not None:
+            hits += rays > 0
     return (np.clip(np.rint(signal), 0, SATURATION) * 16).astype(np.uint16)
 
 
-def _write_frame(path: Path, data, imagetyp: str, temperature: float, exptime: float, index: int) -> None:
+def _header(imagetyp: str, temperature: float, exptime: float, index: int, **extra) -> fits.Header:
     header = fits.Header()
     header["IMAGETYP"] = imagetyp
-    header["EXPTIME"] = (round(exptime, 6), "s")
-    header["CCD-TEMP"] = (round(temperature, 3), "degC")
-    header["DATE-OBS"] = f"2026-01-01T00:{index // 60 % 60:02d}:{index % 60:02d}"
+    header["EXPTIME"] = (round(exptime, 6), "[s] exposure time")
+    header["CCD-TEMP"] = (round(temperature, 3), "[degC] sensor temperature")
+    header["DATE-OBS"] = f"2026-01-01T{index // 3600 % 24:02d}:{index // 60 % 60:02d}:{index % 60:02d}"
     header["INSTRUME"] = "cmoscal-sim"
+    header["XBINNING"] = 1
+    header["YBINNING"] = 1
+    header["EGAIN"] = (GAIN / 16, "e-/ADU")
+    for key, value in extra.items():
+        header[key] = value
+    return header
+
+
+def _write(path: Path, data, header) -> None:
     write_atomic(fits.HDUList([fits.PrimaryHDU(data, header)]), path)
 
 
 def _write_bad_files(raw: Path, shape, rng) -> None:
+    """Five unusable files: truncated, no temperature, all zero, wrong shape, not FITS."""
     good = (rng.integers(50, 70, shape) * 16).astype(np.uint16)
-    _write_frame(raw / "dark" / "bad_truncated.fits", good, "DARK", 5.0, 10.0, 0)
     path = raw / "dark" / "bad_truncated.fits"
+    _write(path, good, _header("DARK", 5.0, 10.0, 0))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    header = fits.Header({"IMAGETYP": "DARK", "EXPTIME": 10.0})
-    write_atomic(fits.HDUList([fits.PrimaryHDU(good, header)]), raw / "dark" / "bad_no_temperature.fits")
-    _write_frame(raw / "bias" / "bad_all_zero.fits", np.zeros(shape, np.uint16), "BIAS", 0.0, 0.0, 0)
-    _write_frame(raw / "dark" / "bad_wrong_shape.fits", good[:, : shape[1] // 2], "DARK", 0.0, 10.0, 0)
+    _write(raw / "dark" / "bad_no_temperature.fits", good, fits.Header({"IMAGETYP": "DARK", "EXPTIME": 10.0}))
+    _write(raw / "bias" / "bad_all_zero.fits", np.zeros(shape, np.uint16), _header("BIAS", 0.0, 0.0, 0))
+    _write(raw / "dark" / "bad_wrong_shape.fits", good[:, : shape[1] // 2], _header("DARK", 0.0, 10.0, 0))
     (raw / "bad_not_fits.fits").write_text("this is not a FITS file\n")
 
 
+def _reencode(path: Path, how: str) -> Path:
+    """Rewrite a plain frame in another container or convention (same pixel values); return the new path."""
+    with fits.open(path) as hdul:
+        data, header = hdul[0].data.copy(), hdul[0].header.copy()
+    path.unlink()
+    stem = path.with_suffix("")
+    if how == "fpack":
+        target = stem.with_name(stem.name + ".fits.fz")
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header, compression_type="RICE_1")]).writeto(target)
+    elif how == "gzip":
+        target = stem.with_name(stem.name + ".fits.gz")
+        buffer = stem.with_name(stem.name + ".tmp.fits")
+        fits.PrimaryHDU(data, header).writeto(buffer)
+        with open(buffer, "rb") as src, gzip.open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        buffer.unlink()
+    elif how == "extension":
+        target = path
+        primary = fits.PrimaryHDU(header=fits.Header([c for c in header.cards if c.keyword not in
+                                                      ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")]))
+        fits.HDUList([primary, fits.ImageHDU(data)]).writeto(target)
+    elif how == "float32":
+        target = path
+        fits.PrimaryHDU(data.astype(np.float32), header).writeto(target)
+    elif how == "milliseconds":
+        target = path
+        header["EXPTIME"] = (header["EXPTIME"] * 1000, "[ms] exposure time")
+        fits.PrimaryHDU(data, header).writeto(target)
+    elif how == "kelvin":
+        target = path
+        header["CCD-TEMP"] = (round(header["CCD-TEMP"] + KELVIN, 3), "sensor temperature")
+        fits.PrimaryHDU(data, header).writeto(target)
+    else:
+        raise ValueError(how)
+    return target
+
+
+def _odd_files(raw: Path, truth: dict, rng, temperatures, exptimes) -> None:
+    """Issue-7 inputs: the same frames in other containers and units, plus a duplicate and a light leak."""
+    darks = sorted((raw / "dark").glob("dark_*.fits"))
+    biases = sorted((raw / "bias").glob("bias_*.fits"))
+    for path, how in ((biases[0], "fpack"), (darks[0], "gzip"), (darks[1], "extension"), (darks[2], "float32"),
+                      (darks[3], "milliseconds"), (biases[1], "kelvin"), (darks[-1], "fpack")):
+        _reencode(path, how)
+    shutil.copy(darks[4], darks[4].with_name("duplicate_" + darks[4].name))
+    T, t = temperatures[0], exptimes[0]
+    leak = np.full(truth["bias_a"].shape, SATURATION * 16, np.uint16)
+    leak[:4] = 1000
+    _write(raw / "dark" / "dark_light_leak.fits", leak, _header("DARK", T, t, 9999))
+
+
+def _real_folder(raw: Path, truth: dict, rng, temperatures, exptimes) -> None:
+    """Issue-8 folder contents: flats, lights, a second readout configuration, a burst cube, NaN pixels."""
+    shape = truth["bias_a"].shape
+    T0, t0 = temperatures[0], exptimes[0]
+    flat = (np.clip(truth["bias_a"] + 2000 + rng.normal(0, 30, shape), 0, SATURATION) * 16).astype(np.uint16)
+    for i in range(3):
+        _write(raw / "flats" / f"flat_{i:03d}.fits", flat, _header("Flat Field", T0, 5.0, 9000 + i))
+    _write(raw / "light_M42.fits", flat, _header("Light Frame", T0, 30.0, 9100))
+    binned = (np.clip(truth["bias_a"][::2, ::2] * 4, 0, SATURATION) * 16).astype(np.uint16)
+    for i in range(3):
+        _write(raw / "dark" / f"binned_dark_{i:03d}.fits", binned,
+               _header("DARK", T0, t0, 9200 + i, XBINNING=2, YBINNING=2))
+    cube = np.stack([_frame(truth, T0 + rng.normal(0, 0.1), 0.0, rng) for _ in range(3)])
+    fits.PrimaryHDU(cube, _header("BIAS", T0, 0.0, 9300)).writeto(raw / "bias" / "bias_burst_cube.fits")
+    path = sorted((raw / "dark").glob("dark_*.fits"))[5]
+    with fits.open(path) as hdul:
+        data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+    data[rng.random(shape) < 0.01] = np.nan
+    path.unlink()
+    fits.PrimaryHDU(data, header).writeto(path)
+
+
 def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10, 15, 20, 25),
-                      exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15,
-                      law="exponential", bad_files=False, seed=0) -> dict:
+                      exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
+                      bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
+                      age=0.0, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -119,8 +254,20 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         Dark-current temperature law of the truth.
     bad_files : bool, default False
         Also write five unusable files (truncated, no temperature, all zero, wrong shape, not FITS).
+    odd_files : bool, default False
+        Write some frames as fpack, gzip, extension HDU, float32, exposure in ms, temperature in
+        kelvin (the same pixel values), plus a duplicate file and a light-leak frame.
+    real_folder : bool, default False
+        Add flats, a light frame, darks of a second readout configuration (2x2 binning), a
+        burst cube of biases and a float dark with NaN pixels.
+    cosmics : float, default 0
+        Cosmic-ray hits per megapixel per second of exposure (0.1 s for biases).
+    full_well : float, default 0
+        Share of pixels that are very hot and reach a full well below the ADC range.
+    age : float, default 0
+        Years of ageing (:func:`age_truth`): more hot pixels, shifted bias.
     seed : int, default 0
-        Random seed.
+        Random seed (the sensor's truth depends on it, not on ``age``).
 
     Returns
     -------
@@ -129,27 +276,35 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     """
     outdir = Path(outdir)
     raw = outdir / "raw"
-    rng = np.random.default_rng(seed + 1)
-    truth = truth_maps(tuple(shape), min(temperatures), law, seed)
+    rng = np.random.default_rng(seed + 1 + int(age * 100))
+    truth = truth_maps(tuple(shape), min(temperatures), law, seed, full_well)
+    if age:
+        truth = age_truth(truth, age, seed)
+    hits = np.zeros(shape, np.int32)
     index = 0
     for setpoint in temperatures:
         for i in range(bias_frames):
             T = setpoint + rng.normal(0, jitter)
-            _write_frame(raw / "bias" / f"bias_{setpoint:+.0f}C_{i:03d}.fits", _frame(truth, T, 0.0, rng),
-                         "BIAS", T, 0.0, index)
+            _write(raw / "bias" / f"bias_{setpoint:+.0f}C_{i:03d}.fits", _frame(truth, T, 0.0, rng, cosmics, hits),
+                   _header("BIAS", T, 0.0, index))
             index += 1
         for t in exptimes:
             for i in range(frames):
                 T = setpoint + rng.normal(0, jitter)
-                _write_frame(raw / "dark" / f"dark_{setpoint:+.0f}C_{t:g}s_{i:03d}.fits",
-                             _frame(truth, T, t, rng), "DARK", T, t, index)
+                _write(raw / "dark" / f"dark_{setpoint:+.0f}C_{t:g}s_{i:03d}.fits",
+                       _frame(truth, T, t, rng, cosmics, hits), _header("DARK", T, t, index))
                 index += 1
     if bad_files:
         _write_bad_files(raw, tuple(shape), rng)
+    if odd_files:
+        _odd_files(raw, truth, rng, temperatures, exptimes)
+    if real_folder:
+        _real_folder(raw, truth, rng, temperatures, exptimes)
+    truth["cosmic_hits"] = hits
     maps = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
     header = provenance(fits.Header(), bunit="", description="truth of a simulated cmoscal campaign",
                         GAIN=(truth["gain"], "e-/DN"), TREF=(truth["tref"], "degC, reference of DARK_A"),
-                        LAW=law, SEED=seed)
+                        LAW=law, SEED=seed, AGE=(age, "years"))
     write_hdus(outdir / "truth.fits", np.zeros((1, 1), np.float32), header,
                [(name.upper(), np.asarray(value, np.float32 if value.dtype != bool else np.uint8), "")
                 for name, value in maps.items()])

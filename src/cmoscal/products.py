@@ -1,0 +1,254 @@
+"""Where every product lives, which stage wrote it, and whether it still describes the data.
+
+``output_dir`` holds the products of the stages and two files of their own:
+
+- ``ledger.json``: for every stage, when it last ran, the sequence numbers of the stages it
+  read, its status, the campaign warnings it raised and a few facts (bytes read, ...). A
+  stage whose inputs were rewritten after it ran is *stale*: :func:`stage_states` says so,
+  and the summary and the report index never show a verdict over stale products.
+- ``.lock``: held (``flock``) by the run that writes the folder; a second run stops with
+  one line naming the holder. Child processes of the holder (the report's notebook kernel)
+  inherit it through the ``CMOSCAL_LOCK`` environment variable.
+
+A stage function is wrapped by :func:`stage`: it takes the lock, removes the products the
+stage owns (so none survives from an earlier run with other parameters), records the
+campaign warnings raised inside, and updates the ledger.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .errors import CampaignWarning, LockError
+
+__all__ = ["DEPENDS", "LEDGER", "MODEL_FILE", "campaign_warnings", "hold", "ledger", "note", "out", "require",
+           "stage", "stage_states"]
+
+MODEL_FILE = "calibration_model.fits"
+LEDGER = "ledger.json"
+_LOCK = ".lock"
+_ENV = "CMOSCAL_LOCK"
+
+#: stage -> the stages whose products it reads
+DEPENDS = {
+    "inventory": (),
+    "bias": ("inventory",),
+    "dark_masters": ("inventory", "bias"),
+    "dark_model": ("bias", "dark_masters"),
+    "hot_pixels": ("dark_model",),
+    "synthesis": ("hot_pixels",),
+    "evaluation": ("bias", "dark_masters", "hot_pixels"),
+    "summary": ("inventory", "hot_pixels", "evaluation"),
+    "calibration": ("hot_pixels",),
+    "comparison": ("hot_pixels",),
+}
+
+#: stage -> glob patterns (relative to output_dir) of the products it owns
+OWNS = {
+    "inventory": ("inventory.ecsv",),
+    "bias": ("bias_grouped_by_temp/*", "bias_model/*"),
+    "dark_masters": ("dark_masters/*",),
+    "dark_model": ("dark_model/dark_*", "dark_model/model_comparison.ecsv", "dark_model/outliers.fits",
+                   MODEL_FILE),
+    "hot_pixels": ("dark_model/dq_map.fits", "dark_model/hot_pixel_mask.fits", "dark_model/hot_pixels.ecsv"),
+    "synthesis": ("synthetic/*",),
+    "evaluation": ("evaluation/*",),
+    "summary": ("checks.ecsv",),
+    "calibration": ("calibrated/*",),
+    "comparison": ("comparison/*",),
+}
+
+_current: dict | None = None  # the ledger entry of the stage running in this process
+
+
+def out(params_or_dir, *parts) -> Path:
+    """Path of a product: ``output_dir / parts``."""
+    root = params_or_dir["output_dir"] if isinstance(params_or_dir, dict) else params_or_dir
+    return Path(root).joinpath(*parts)
+
+
+def require(path: Path, stage: str) -> Path:
+    """``path``, or a one-line error saying which stage makes it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} is missing: run the {stage} stage first")
+    return Path(path)
+
+
+# --- the lock -----------------------------------------------------------------------------------
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def hold(output_dir, what: str = ""):
+    """Hold the lock of ``output_dir`` for the block (re-entrant within a run and its kernels).
+
+    Raises
+    ------
+    LockError
+        When another run holds it; the message names that run.
+    """
+    output_dir = Path(output_dir)
+    path = output_dir / _LOCK
+    token = os.environ.get(_ENV)
+    if token and _holder(path).get("token") == token:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        info = _holder(path)
+        raise LockError(f"{output_dir} is in use by {info.get('what', 'another run')} (pid {info.get('pid', '?')} on "
+                        f"{info.get('host', '?')}, since {info.get('started', '?')}): wait for it or use another "
+                        "output_dir") from None
+    token = uuid.uuid4().hex
+    info = dict(token=token, pid=os.getpid(), host=socket.gethostname(),
+                what=what or " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
+                started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    previous = os.environ.get(_ENV)
+    os.environ[_ENV] = token
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_ENV, None)
+        else:
+            os.environ[_ENV] = previous
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --- the ledger ---------------------------------------------------------------------------------
+def ledger(output_dir) -> dict:
+    """The ledger of ``output_dir`` ({} when no stage ran)."""
+    path = out(output_dir, LEDGER) if isinstance(output_dir, dict) else Path(output_dir) / LEDGER
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def _save(output_dir: Path, book: dict) -> None:
+    from .fitsio import atomic_path
+
+    with atomic_path(output_dir / LEDGER) as tmp:
+        Path(tmp).write_text(json.dumps(book, indent=1))
+
+
+def stage_states(output_dir) -> dict:
+    """``{stage: (state, reason)}``, state one of current, stale, failed, running, not run.
+
+    A stage is current when it finished and every stage it read is current and has not run
+    since; otherwise the reason names the first that is not.
+    """
+    book = ledger(output_dir).get("stages", {})
+    states = {}
+    for name, depends in DEPENDS.items():
+        entry = book.get(name)
+        if entry is None:
+            states[name] = ("not run", "")
+        elif entry["status"] != "done":
+            states[name] = (entry["status"], entry.get("error", ""))
+        else:
+            states[name] = ("current", "")
+            for dep in depends:
+                upstream = book.get(dep)
+                if upstream is None:
+                    states[name] = ("stale", f"{dep} has not run")
+                elif upstream.get("seq") != entry["upstream"].get(dep):
+                    states[name] = ("stale", f"{dep} ran after it")
+                elif states[dep][0] != "current":
+                    states[name] = ("stale", f"{dep} is {states[dep][0]}")
+                if states[name][0] != "current":
+                    break
+    return states
+
+
+def campaign_warnings(output_dir, stages=None) -> list[tuple[str, str]]:
+    """``(stage, message)`` of every campaign warning recorded by the stages (in pipeline order)."""
+    book = ledger(output_dir).get("stages", {})
+    return [(name, message) for name in DEPENDS if name in book and (stages is None or name in stages)
+            for message in book[name].get("warnings", [])]
+
+
+def note(**facts) -> None:
+    """Record facts about the running stage in its ledger entry (e.g. bytes read)."""
+    if _current is not None:
+        _current.setdefault("facts", {}).update(facts)
+
+
+def _clear(output_dir: Path, name: str) -> None:
+    for pattern in OWNS[name]:
+        for path in output_dir.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
+def stage(name: str):
+    """Decorate the ``run(params)`` of stage ``name``: lock, clean start, warnings, ledger."""
+    def decorate(func):
+        @functools.wraps(func)
+        def run(params: dict, *args, **kwargs):
+            global _current
+            output_dir = Path(params["output_dir"])
+            with hold(output_dir, f"stage {name}"):
+                book = ledger(output_dir)
+                stages = book.setdefault("stages", {})
+                for dep in DEPENDS[name]:
+                    if stages.get(dep, {}).get("status") != "done":
+                        raise FileNotFoundError(f"{name} reads the products of {dep}: run the {dep} stage first")
+                book["seq"] = book.get("seq", 0) + 1
+                entry = dict(seq=book["seq"], status="running", cmoscal=__version__,
+                             started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             upstream={dep: stages[dep]["seq"] for dep in DEPENDS[name]}, warnings=[])
+                stages[name] = entry
+                _save(output_dir, book)
+                _clear(output_dir, name)
+                start = time.perf_counter()
+                _current = entry
+                try:
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        result = func(params, *args, **kwargs)
+                    entry["status"] = "done"
+                except BaseException as err:
+                    entry.update(status="failed", error=f"{type(err).__name__}: {err}")
+                    raise
+                finally:
+                    _current = None
+                    entry["seconds"] = round(time.perf_counter() - start, 2)
+                    _save(output_dir, book)
+                for item in caught:
+                    if issubclass(item.category, CampaignWarning):
+                        message = str(item.message)
+                        if message not in entry["warnings"]:
+                            entry["warnings"].append(message)
+                            warnings.warn_explicit(message, item.category, item.filename, item.lineno)
+                    elif not issubclass(item.category, ResourceWarning):  # astropy's unclosed failed files
+                        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+                _save(output_dir, book)
+                return result
+        run.stage_name = name
+        return run
+    return decorate

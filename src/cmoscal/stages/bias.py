@@ -1,0 +1,148 @@
+"""Stage 2, bias: master biases per temperature, the read noise and the bias model bias(T) = a + b T.
+
+Each raw bias frame is read once; the masters are then fitted band by band. Writes
+``bias_grouped_by_temp/`` (master_bias_XX.XC.fits and frames.ecsv, the verdict on every
+frame) and ``bias_model/`` maps: bias_a_map, bias_b_map, their sigma maps, bias_rms_map,
+read_noise_map, bias_covariance and bias_fallback_map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..bias import fit_bias
+from ..compute import row_bands, run_tiles, sample_rows
+from ..errors import CampaignError
+from ..fitsio import provenance, read_image, read_product, read_table, write_hdus, write_table
+from ..inventory import frame_refs, natural_key
+from ..masters import load_masters, make_master, master_index, master_path, summarize_masters
+from ..model import equations
+from ..noise import read_variance
+from ..products import note, out, require, stage
+from . import inventory as inventory_stage
+
+__all__ = ["frames_table", "load", "make_masters", "run"]
+
+MAPS = ("bias_a_map", "bias_b_map", "bias_a_sigma_map", "bias_b_sigma_map", "bias_rms_map", "read_noise_map",
+        "bias_covariance", "bias_fallback_map")
+
+
+def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, read_noise_map=None) -> Table:
+    """Make the master of every group of ``kind`` (groups run as tiles); return the frames table.
+
+    The frames table (also written as ``frames.ecsv`` beside the masters) has one row per frame:
+    name, group, status (used / rejected), reason, saturated and NaN fractions.
+    """
+    ok = (inventory["status"] == "ok") & (inventory["type"] == kind)
+    groups = sorted(set(inventory["group"][ok]), key=natural_key)
+    tasks = []
+    for group in groups:
+        rows = ok & (inventory["group"] == group)
+        names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(inventory["path"][rows], inventory["plane"][rows])]
+        T, t = float(inventory["group_temperature"][rows][0]), float(inventory["group_exptime"][rows][0])
+        tasks.append((frame_refs(inventory, rows), names, list(inventory["temperature"][rows]), t, kind,
+                      master_path(params["output_dir"], kind, T, t), params, inventory.meta["scale_factor"],
+                      inventory.meta["saturation"], bias_source, read_noise_map))
+    records, nbytes = [], 0
+    for group, result in zip(groups, run_tiles(make_master, tasks, params, f"{kind} masters")):
+        nbytes += result["nbytes"]
+        records += [(name, group, *rest) for name, *rest in result["frames"]]
+    table = Table(rows=records, names=("frame", "group", "status", "reason", "saturated_fraction", "nan_fraction"),
+                  dtype=(str, str, str, str, float, float)) if records else Table()
+    folder = out(params, "bias_grouped_by_temp" if kind == "bias" else "dark_masters")
+    write_table(table, folder / "frames.ecsv")
+    raw = sum(r.nbytes for task in tasks for r in task[0])
+    note(bytes_read=int(nbytes), raw_bytes=int(raw), masters=len(list(folder.glob("*.fits"))))
+    return table
+
+
+def frames_table(params: dict, kind: str) -> Table:
+    """The frames table written by :func:`make_masters` for ``kind``."""
+    folder = "bias_grouped_by_temp" if kind == "bias" else "dark_masters"
+    return read_table(require(out(params, folder, "frames.ecsv"), kind if kind == "bias" else "dark_masters"))
+
+
+def _bias_tile(index, rows, prior) -> tuple:
+    """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker)."""
+    masters = load_masters(index, rows, extensions=("VARIANCE", "NFRAMES", "NSATUR"))
+    rv = read_variance(masters.variance, masters.nframes)
+    weights = np.where(masters.valid, masters.nframes, 0)
+    return (*fit_bias(masters.temperature, masters.data, weights, rv, prior), rv)
+
+
+def _population_slope(index, ny: int) -> tuple[float, float]:
+    """Median and robust variance of the bias slope over fixed sample rows (for pixels that need it)."""
+    a, b, cov, rms, fallback, rv = _bias_tile(index, sample_rows(ny), None)
+    own = np.isfinite(b) & ~fallback
+    if not own.any():
+        return 0.0, 0.0
+    median = float(np.median(b[own]))
+    return median, float((1.4826 * np.median(np.abs(b[own] - median))) ** 2)
+
+
+@stage("bias")
+def run(params: dict) -> dict:
+    """Master biases, read noise and the bias model, tile by tile.
+
+    Returns the maps (a, b, cov, rms, read_noise, fallback), the masters summary and the
+    frames table.
+    """
+    inventory = inventory_stage.load(params)
+    inventory_stage.raise_problems(inventory)
+    frames = make_masters(params, inventory, "bias")
+    folder = out(params, "bias_grouped_by_temp")
+    index = master_index(folder)
+    temperatures = sorted({round(h["TEMP"], 1) for _, h in index})
+    if len(temperatures) < 2:
+        raise CampaignError(f"the bias model needs master biases at >= 2 temperatures, found {len(temperatures)} "
+                            "(see bias_grouped_by_temp/frames.ecsv for rejected frames)")
+    if max(h["NCOMBINE"] for _, h in index) < 2:
+        raise CampaignError("every master bias has 1 usable frame: the read noise needs a group of >= 2")
+    ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
+    prior = _population_slope(index, ny)
+    bands = row_bands(ny, len(index) * nx * 64, params)
+    parts = zip(*run_tiles(_bias_tile, [(index, band, prior) for band in bands], params, "bias model"))
+    a, b, cov, rms, fallback, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
+    T = [h["TEMP"] for _, h in index]
+    counts = [h["NCOMBINE"] for _, h in index]
+    keywords = dict(BIASEQ=(equations("exponential", True)[0], "a in DN, b in DN/degC, T in degC"),
+                    TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
+                    NBIASM=(len(index), "master biases"), NBIAS=(int(sum(counts)), "frames"),
+                    NBIASMED=(float(np.median(counts)), "median frames per master"),
+                    BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"))
+    inputs = [p.name for p, _ in index]
+    maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),
+            "bias_b_map": (b, "DN/degC", "bias temperature slope (b of a + b*T)"),
+            "bias_a_sigma_map": (np.sqrt(cov[0]), "DN", "1-sigma uncertainty of bias a"),
+            "bias_b_sigma_map": (np.sqrt(cov[1]), "DN/degC", "1-sigma uncertainty of bias b"),
+            "bias_rms_map": (rms, "DN", "RMS residual of the bias fit over the masters"),
+            "read_noise_map": (np.sqrt(rv), "DN", "read noise of one frame, pooled over bias groups"),
+            "bias_covariance": (cov, "var(a) DN2; var(b); cov(a,b)", "bias parameter covariance planes"),
+            "bias_fallback_map": (fallback.astype(np.uint8), "", "1 = fewer than 2 temperatures: population slope")}
+    for name, (data, unit, text) in maps.items():
+        header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
+                            CAMPAIGN=params["campaign"], **keywords)
+        write_hdus(out(params, "bias_model", f"{name}.fits"), data, header)
+    note(fallback_pixels=int(fallback.sum()))
+    return dict(masters=summarize_masters(folder), frames=frames, a=a, b=b, cov=cov, rms=rms,
+                read_noise=np.sqrt(rv), fallback=fallback)
+
+
+def load(params: dict, rows=slice(None)) -> dict:
+    """Rows of the bias model maps: a, b, cov, read_noise, fallback, and the header of bias_a_map."""
+    folder = out(params, "bias_model")
+    get = lambda name: read_image(require(folder / f"{name}.fits", "bias"), 0, rows)  # noqa: E731
+    return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=read_product(folder / "bias_covariance.fits", 0, rows),
+                read_noise=get("read_noise_map"), fallback=read_product(folder / "bias_fallback_map.fits", 0, rows),
+                header=fits.getheader(folder / "bias_a_map.fits"), paths=dict(
+                    a=folder / "bias_a_map.fits", b=folder / "bias_b_map.fits",
+                    read_noise=folder / "read_noise_map.fits"))
+
+
+def masters_path(params: dict) -> Path:
+    """The folder of the master biases."""
+    return out(params, "bias_grouped_by_temp")

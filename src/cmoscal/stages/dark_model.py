@@ -1,0 +1,285 @@
+"""Stage 4, dark model: fit DC(T, t) to every pixel; compare the model forms; write the model.
+
+Writes ``dark_model/`` maps (dark_A_map, dark_B_map or dark_Ea_map, dark_gamma_map, their
+sigma maps, dark_chi2r_map), ``dark_model/model_comparison.ecsv``, ``dark_model/outliers.fits``
+(every master sample dropped as an outlier or on a full-well plateau) and
+``calibration_model.fits``. Campaign-wide numbers (gain, population parameters for fallback
+pixels) come from the master headers and fixed sample rows, so the result does not depend on
+the tiling.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..bias import bias_variance_at
+from ..compute import row_bands, run_tiles, sample_rows
+from ..darkfit import compare_forms, covariance_matrix, fit_dark, predict
+from ..errors import CampaignError, CampaignWarning
+from ..fitsio import write_hdus, write_table
+from ..hotpix import DQ_BITS, FIT_DQ
+from ..inventory import frame_label
+from ..kernels import FIT_FLAGS
+from ..masters import load_masters, master_index
+from ..model import CalibrationModel
+from ..noise import master_noise
+from ..products import MODEL_FILE, note, out, require, stage
+from . import bias as bias_stage
+from . import inventory as inventory_stage
+
+__all__ = ["fit_inputs", "fit_options", "gain", "run", "sample_inputs"]
+
+
+def gain(params: dict, index, inventory) -> tuple[float, str]:
+    """1/gain [DN/e-] and where it comes from: the parameter, the dark frames, the headers, or unknown."""
+    if params["gain"] is not None:
+        return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN"
+    se = sum(h.get("GAINSE", 0.0) for _, h in index)
+    ss = sum(h.get("GAINSS", 0.0) for _, h in index)
+    if ss > 0 and se > 0:
+        return se / ss, "measured: excess scatter of dark frames"
+    ok = inventory["status"] == "ok"
+    egain = inventory["egain"][ok & np.isfinite(inventory["egain"])]
+    if len(egain):
+        value = float(np.median(egain)) * inventory.meta["scale_factor"]
+        warnings.warn(f"gain not measurable (no dark group with >= 2 frames and shot noise): {value:.3g} e-/DN "
+                      "from EGAIN in the headers", CampaignWarning, stacklevel=2)
+        return 1 / value, "EGAIN in the raw headers"
+    warnings.warn("gain unknown (no dark group with >= 2 frames, no EGAIN, no gain parameter): the noise model "
+                  "has no shot noise, so chi-square and uncertainties of bright pixels are too optimistic; set gain",
+                  CampaignWarning, stacklevel=2)
+    return 0.0, "unknown"
+
+
+def _dimension(params: dict, exptimes) -> bool:
+    """True for the 2d model (gamma fitted), False for 1d."""
+    several = len(np.unique(np.round(exptimes, 6))) >= 2
+    if params["dark_model"] == "2d" and not several:
+        raise CampaignError("dark_model: 2d needs darks at >= 2 exposure times; use 1d or auto")
+    return params["dark_model"] == "2d" or (params["dark_model"] == "auto" and several)
+
+
+def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
+    """Master darks of ``rows`` flattened to (M, npix), with their noise terms and levels."""
+    darks = load_masters(index, rows, extensions=("NFRAMES", "NSATUR"))
+    bias = bias_stage.load(params, rows)
+    rv = bias["read_noise"].astype(np.float64) ** 2
+    if params["dark_bias"] == "model":
+        bias_var = np.stack([bias_variance_at(bias["cov"], T) for T in darks.temperature])
+    else:
+        bias_var = rv / bias["header"]["NBIASMED"]
+    base, shot = master_noise(rv, darks.nframes, inv_gain, bias_var)
+    level = darks.data + bias["a"] + bias["b"] * darks.temperature[:, None, None].astype(np.float32)
+    flat = lambda x: np.broadcast_to(x, darks.data.shape).reshape(len(darks), -1)  # noqa: E731
+    return dict(darks=darks, bias=bias, shape=darks.data.shape[1:], signal=flat(darks.data), valid=flat(darks.valid),
+                base_var=flat(base), shot=flat(shot), level=flat(level),
+                bias_cov=bias["cov"].reshape(3, -1) if params["dark_bias"] == "model" else None)
+
+
+def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
+    """Keyword arguments of :func:`cmoscal.darkfit.fit_dark` from the parameters."""
+    slope = params["fit_bounds"]["B" if params["dark_form"] == "exponential" else "Ea"]
+    top = np.log(10 * saturation) if np.isfinite(saturation) else 60.0
+    return dict(max_iterations=params["max_iterations"], min_dof=params["min_dof"],
+                full_well=params["full_well_level"] * saturation if np.isfinite(saturation) else 0.0,
+                outlier_sigma=params["outlier_sigma"], max_outliers=int(params["max_outlier_fraction"] * M),
+                bounds={"lnA": (-60.0, top), "slope": tuple(slope), "gamma": tuple(params["fit_bounds"]["gamma"])},
+                prior=prior)
+
+
+def _fit(inputs, form, fit_gamma, options, tmin, propagate=False):
+    darks = inputs["darks"]
+    return fit_dark(inputs["signal"], inputs["valid"], inputs["base_var"], inputs["shot"], darks.temperature,
+                    darks.exptime, tmin, form, fit_gamma, level=inputs["level"],
+                    bias_cov=inputs["bias_cov"] if propagate else None, **options)
+
+
+def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma) -> tuple:
+    """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
+    inputs = fit_inputs(params, index, rows, inv_gain)
+    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin, propagate=True)
+    shape = inputs["shape"]
+    bias_sat = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NSATUR",))
+    saturated = (inputs["darks"].nsaturated.sum(0) + bias_sat.nsaturated.sum(0)) > 0
+    m, p = np.nonzero(fit.dropped)
+    y, x = np.unravel_index(p, shape)
+    darks = inputs["darks"]
+    model = predict(fit.params[:, p], darks.temperature[m], darks.exptime[m], tmin, params["dark_form"])
+    dropped = (m, y + (rows.start or 0), x, inputs["signal"][m, p], model)
+    return (fit.params.reshape((3,) + shape), fit.cov.reshape((6,) + shape), fit.chi2r.reshape(shape),
+            fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, dropped)
+
+
+def sample_inputs(params: dict, index, inv_gain: float) -> dict:
+    """:func:`fit_inputs` on ``loo_pixels`` random pixels of a few random rows (all if 0).
+
+    Adds ``rows`` (the rows read) and ``pixels`` (flat indices within them).
+    """
+    ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
+    n = params["loo_pixels"]
+    rng = np.random.default_rng(params["seed"])
+    if n == 0 or n >= ny * nx:
+        rows, pixels = slice(None), np.arange(ny * nx)
+    else:
+        rows = np.sort(rng.choice(ny, min(ny, 4 * -(-n // nx)), replace=False))
+        pixels = np.sort(rng.choice(len(rows) * nx, n, replace=False))
+    inputs = fit_inputs(params, index, rows, inv_gain)
+    for key in ("signal", "valid", "base_var", "shot", "level"):
+        inputs[key] = inputs[key][:, pixels]
+    if inputs["bias_cov"] is not None:
+        inputs["bias_cov"] = inputs["bias_cov"][:, pixels]
+    return dict(inputs, rows=rows, pixels=pixels)
+
+
+def _population(params, index, inv_gain, options, tmin, fit_gamma) -> tuple:
+    """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows)."""
+    ny = index[0][1]["NAXIS2"]
+    inputs = fit_inputs(params, index, sample_rows(ny), inv_gain)
+    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin)
+    own = (fit.flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
+    if not own.any():
+        raise CampaignError("no pixel's dark fit is determined: the darks carry no measurable dark signal "
+                            "(or the exposures/temperatures do not constrain the model)")
+    center = [float(np.median(fit.params[k][own])) for k in (1, 2)]
+    spread = [float((1.4826 * np.median(np.abs(fit.params[k][own] - c))) ** 2) for k, c in zip((1, 2), center)]
+    return (center[0], center[1] if fit_gamma else 1.0, spread[0], spread[1] if fit_gamma else 0.0), float(own.mean())
+
+
+def compare_models(params: dict, inputs: dict, options: dict, tmin: float, fit_gamma: bool) -> Table:
+    """Fit every model (exponential / Arrhenius, 2d / 1d) to the sample pixels; test which fits better.
+
+    ``meta['verdict']`` says whether the forms differ significantly (Vuong's test on the
+    per-pixel chi-square of the dimension in use), ``meta['better']`` names the better form
+    ('' when the difference is not significant), ``meta['gamma']`` the likelihood-ratio test
+    of 2d against 1d.
+    """
+    dims = (True, False) if fit_gamma else (False,)
+    chi2, rows = {}, []
+    for form in ("exponential", "arrhenius"):
+        for g in dims:
+            bounds_key = "B" if form == "exponential" else "Ea"
+            opts = dict(options, bounds=dict(options["bounds"], slope=tuple(params["fit_bounds"][bounds_key])),
+                        prior=(np.nan, np.nan, 0.0, 0.0))
+            fit = _fit(inputs, form, g, opts, tmin)
+            own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
+            dof = fit.nvalid - (3 if g else 2)
+            chi2[(form, g)] = np.where(own & (dof > 0), fit.chi2r * dof, np.nan)
+            c = fit.chi2r[own]
+            rows.append((form, "2d" if g else "1d", float(np.nanmedian(c)), float(np.nanmean(c)), int(own.sum())))
+    table = Table(rows=rows, names=("form", "dimension", "chi2r_median", "chi2r_mean", "npix"))
+    test = compare_forms({form: chi2[(form, fit_gamma)] for form in ("exponential", "arrhenius")})
+    table.meta.update(better=test["better"], verdict=test["verdict"], vuong_z=test["z"], used=params["dark_form"])
+    if fit_gamma:
+        a, b = chi2[(params["dark_form"], False)], chi2[(params["dark_form"], True)]
+        both = np.isfinite(a) & np.isfinite(b)
+        n = int(both.sum())
+        z = float((np.sum(a[both] - b[both]) - n) / np.sqrt(2 * n)) if n else 0.0
+        table.meta["gamma"] = (f"fitting gamma {'improves' if z >= 3 else 'does not significantly improve'} the "
+                               f"fit over gamma = 1 (likelihood ratio z = {z:+.1f} over {n} pixels)")
+    return table
+
+
+@stage("dark_model")
+def run(params: dict) -> dict:
+    """Fit the dark model to every pixel, tile by tile, and write the calibration model (DQ of the fits).
+
+    Returns the model, the model comparison table, the per-master dropped-sample counts and
+    the gain.
+    """
+    inventory = inventory_stage.load(params)
+    index = master_index(require(out(params, "dark_masters"), "dark_masters"))
+    bias_index = master_index(out(params, "bias_grouped_by_temp"))
+    ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
+    saturation = float(inventory.meta["saturation"])
+    exptimes = np.array([h["EXPTIME"] for _, h in index])
+    temperatures = np.array([h["TEMP"] for _, h in index])
+    if len(np.unique(np.round(temperatures, 1))) < 2:
+        raise CampaignError(f"the dark masters cover 1 temperature ({temperatures[0]:.1f} degC): the dark model "
+                            "needs >= 2")
+    fit_gamma = _dimension(params, exptimes)
+    tmin = float(temperatures.min())
+    inv_gain, gain_source = gain(params, index, inventory)
+    options = fit_options(params, saturation, len(index))
+    prior, trusted_share = _population(params, index, inv_gain, options, tmin, fit_gamma)
+    options = dict(options, prior=prior)
+    bands = row_bands(ny, len(index) * nx * 8 * 24, params)
+    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma) for band in bands]
+    parts = list(run_tiles(_fit_tile, tasks, params, "dark fit"))
+    dark, cov, chi2r, nvalid, flags, saturated = (np.concatenate([p[k] for p in parts], axis=-2) for k in range(6))
+    dropped = [np.concatenate([p[6][k] for p in parts], axis=-1) for k in range(5)]
+    comparison = compare_models(params, sample_inputs(params, index, inv_gain), options, tmin, fit_gamma)
+    write_table(comparison, out(params, "dark_model", "model_comparison.ecsv"))
+    if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
+        warnings.warn(f"dark_form={params['dark_form']} but {comparison.meta['verdict']}: consider dark_form: "
+                      f"{comparison.meta['better']}", CampaignWarning, stacklevel=2)
+    bias = bias_stage.load(params)
+    dq = np.where(saturated, DQ_BITS["SATURATED"][0], 0).astype(np.uint16)
+    for flag, bit in FIT_DQ.items():
+        dq |= np.where(flags & FIT_FLAGS[flag], DQ_BITS[bit][0], 0).astype(np.uint16)
+    dq |= np.where(bias["fallback"] > 0, DQ_BITS["FALLBACK"][0], 0).astype(np.uint16)
+    per_master = _record_dropped(params, index, dropped, (ny, nx))
+    bias_T = [h["TEMP"] for _, h in bias_index]
+    model = CalibrationModel(
+        bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
+        dark_cov=cov, chi2r=chi2r, nvalid=nvalid, dq=dq, form=params["dark_form"], fit_gamma=fit_gamma, tmin=tmin,
+        trange=(float(min(temperatures.min(), min(bias_T))), float(max(temperatures.max(), max(bias_T)))),
+        exprange=(float(exptimes.min()), float(exptimes.max())), max_extrapolation=params["max_extrapolation"],
+        max_exposure_factor=params["max_exposure_factor"], prior=prior,
+        meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
+                  SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
+                  NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index),
+                  NDARK=sum(h["NCOMBINE"] for _, h in index)))
+    model.history = [f"input: {p.name}" for p, _ in bias_index + index]
+    write_maps(params, model)
+    model.write(out(params, MODEL_FILE))
+    note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=int(len(dropped[0])),
+         trusted_share_sample=trusted_share)
+    return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,
+                prior=prior)
+
+
+def _record_dropped(params, index, dropped, shape) -> Table:
+    """Write ``dark_model/outliers.fits`` (one row per dropped sample: master, x, y, signal and model
+    [DN]) and return the counts per master."""
+    m, y, x, signal, model = dropped
+    T = np.array([h["TEMP"] for _, h in index])
+    t = np.array([h["EXPTIME"] for _, h in index])
+    names = [frame_label("dark", a, b) for a, b in zip(T, t)]
+    samples = Table({"MASTER": np.array(names, dtype=str)[m] if len(m) else np.array([], dtype=str),
+                     "X": x.astype(np.int32), "Y": y.astype(np.int32), "SIGNAL": signal.astype(np.float32),
+                     "MODEL": model.astype(np.float32)})
+    hdu = fits.table_to_hdu(samples)
+    write_hdus(out(params, "dark_model", "outliers.fits"), None, fits.Header(), [("SAMPLES", hdu, "")])
+    counts = np.bincount(m, minlength=len(index))
+    table = Table({"master": names, "temperature": T, "exptime": t, "dropped": counts,
+                   "fraction": counts / (shape[0] * shape[1])})
+    for row in table[table["fraction"] > 0.5]:
+        warnings.warn(f"master {row['master']}: {row['fraction']:.0%} of its pixels are outliers of the model and "
+                      "were dropped (light leak or wrong temperature/exposure?)", CampaignWarning, stacklevel=3)
+    return table
+
+
+def write_maps(params: dict, model: CalibrationModel) -> None:
+    """The parameter maps of the dark model, one FITS file each."""
+    header = model.header()
+    cov = covariance_matrix(model.dark_cov)
+    sigma = np.sqrt(np.stack([cov[i, i] for i in range(3)]))
+    A = np.exp(model.dark[0])
+    a_unit = "DN/s^gamma" if model.fit_gamma else "DN/s"
+    slope_name, slope_unit = ("B", "1/degC") if model.form == "exponential" else ("Ea", "eV")
+    maps = {"dark_A_map": (A, a_unit, "dark A: signal at TMIN and t = 1 s"),
+            f"dark_{slope_name}_map": (model.dark[1], slope_unit, f"dark temperature coefficient {slope_name}"),
+            "dark_gamma_map": (model.dark[2], "", "dark exposure exponent gamma" +
+                               ("" if model.fit_gamma else " (fixed at 1: 1d model)")),
+            "dark_A_sigma_map": (A * sigma[0], a_unit, "1-sigma uncertainty of dark A"),
+            f"dark_{slope_name}_sigma_map": (sigma[1], slope_unit, f"1-sigma uncertainty of dark {slope_name}"),
+            "dark_gamma_sigma_map": (sigma[2], "", "1-sigma uncertainty of dark gamma"),
+            "dark_chi2r_map": (model.chi2r, "", "reduced chi-square of the dark fit")}
+    for name, (data, unit, text) in maps.items():
+        h = header.copy()
+        h["BUNIT"], h["DESCRIP"] = unit, text
+        write_hdus(out(params, "dark_model", f"{name}.fits"), data.astype(np.float32), h)

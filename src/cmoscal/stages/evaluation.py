@@ -1,0 +1,172 @@
+"""Stage 7, evaluation: synthetic against real masters for every group, and leave-one-group-out.
+
+Groups are evaluated as tiles (one master in memory each). Writes ``evaluation/summary.ecsv``
+(one row per group) and ``evaluation/loo.ecsv``; with ``save_eval_fits`` also the
+``mae_maps.fits`` / ``mape_maps.fits`` cubes (one plane per group, GROUPS table). Samples the
+dark fit dropped (outliers, full well) are left out, as the fit left them out.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..bias import bias_at, bias_variance_at
+from ..compute import run_tiles
+from ..errors import OutOfRangeWarning
+from ..evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
+from ..fitsio import cube_writer, provenance, write_table
+from ..hotpix import DQ_BITS
+from ..inventory import frame_label
+from ..masters import load_masters, master_index
+from ..model import CalibrationModel
+from ..noise import master_noise
+from ..products import MODEL_FILE, out, require, stage
+from . import dark_model as dark_model_stage
+from . import inventory as inventory_stage
+
+__all__ = ["dropped_samples", "run"]
+
+PREVIEW = 128  # longest side of the per-group previews kept for the page
+
+
+@functools.lru_cache(maxsize=2)
+def _model(path: str, mtime: int) -> CalibrationModel:
+    return CalibrationModel.read(path)
+
+
+def dropped_samples(params: dict) -> Table:
+    """The master samples the dark fit dropped (``dark_model/outliers.fits``)."""
+    return Table.read(require(out(params, "dark_model", "outliers.fits"), "dark_model"), hdu="SAMPLES")
+
+
+def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dropped) -> tuple:
+    """Compare one group's master with the model (a task: a thread or a dask worker)."""
+    path = str(out(params, MODEL_FILE))
+    model = _model(path, os.stat(path).st_mtime_ns)
+    masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
+    master, valid = masters.data[0], masters.valid[0]
+    T, t = float(masters.temperature[0]), float(masters.exptime[0])
+    rv = model.read_noise.astype(np.float64) ** 2
+    good = ((model.dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0) & valid
+    if dropped is not None:
+        good[dropped] = False
+    if kind == "bias":
+        synth, var_pred = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
+        var = rv / np.maximum(masters.nframes[0], 1)
+    else:
+        synth, var_pred = model._dark(T, t), model.dark_variance(T, t)
+        bias_var = bias_variance_at(model.bias_cov, T) if params["dark_bias"] == "model" else 0.0
+        base, shot = master_noise(rv, masters.nframes[0], inv_gain, bias_var)
+        var = base + shot * np.clip(synth, 0, None)
+    mae, mape, stats = residual_stats(synth, master, var, var_pred, good, params["snr_min"])
+    hot = ((model.dq & DQ_BITS["HOT"][0]) > 0) & valid
+    stats["resid_noise_hot"] = residual_stats(synth, master, var, var_pred, hot, params["snr_min"])[2]["resid_noise"]
+    row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)
+    factor = int(np.ceil(max(master.shape) / PREVIEW))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(good, (synth - master) / np.sqrt(var), np.nan)
+    previews = tuple(downsample(x, PREVIEW) for x in (master, synth, mae, mape)) + (downsample(z, PREVIEW) * factor,)
+    return row, previews, (mae, mape) if params["save_eval_fits"] else None
+
+
+@stage("evaluation")
+def run(params: dict) -> dict:
+    """Evaluate every group and the leave-one-group-out; return the tables, the model and the previews.
+
+    ``previews[group]`` holds block-averaged maps of the master, the synthetic frame, MAE, MAPE
+    and the residual in units of its noise (block means scaled so that pure noise has sigma 1).
+    """
+    model = CalibrationModel.read(require(out(params, MODEL_FILE), "hot_pixels"))
+    inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN") else 0.0
+    entries = [("bias", e) for e in master_index(out(params, "bias_grouped_by_temp"))]
+    entries += [("dark", e) for e in master_index(out(params, "dark_masters"))]
+    labels = [frame_label(k, h["TEMP"], h["EXPTIME"]) for k, (_, h) in entries]
+    samples = dropped_samples(params)
+    tasks = []
+    for (kind, entry), label in zip(entries, labels):
+        sel = samples["MASTER"] == label
+        tasks.append((params, kind, entry, label, inv_gain,
+                      (np.asarray(samples["Y"][sel]), np.asarray(samples["X"][sel])) if sel.any() else None))
+    rows, previews, cubes = [], {}, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OutOfRangeWarning)
+        for row, preview, cube in run_tiles(_group, tasks, params, "evaluation"):
+            rows.append(row)
+            previews[row["group"]] = preview
+            if cube is not None:
+                cubes.append(cube)
+    summary = Table(rows=rows)
+    for name in ("mae_mean", "mae_median", "mae_std"):
+        summary[name].unit = "DN"
+    if cubes:
+        _write_cubes(params, model, summary, cubes)
+    loo = _leave_one_out(params, model, inv_gain)
+    write_table(summary, out(params, "evaluation", "summary.ecsv"))
+    write_table(loo, out(params, "evaluation", "loo.ecsv"))
+    return dict(summary=summary, loo=loo, model=model, previews=previews)
+
+
+def _write_cubes(params, model, summary, cubes) -> None:
+    groups = summary["group", "kind", "temperature", "exptime"]
+    shape = (len(cubes),) + model.dq.shape
+    extension = fits.table_to_hdu(groups)
+    extension.name = "GROUPS"
+    for k, (name, unit) in enumerate((("mae_maps.fits", "DN"), ("mape_maps.fits", "%"))):
+        header = provenance(model.header(), bunit=unit, description=f"{name.split('_')[0].upper()} of the "
+                            "synthetic frame per group (GROUPS)")
+        with cube_writer(out(params, "evaluation", name), header, shape, [extension]) as write:
+            for cube in cubes:
+                write(cube[k])
+
+
+def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Table:
+    """Leave-one-group-out on the pixel sample of :func:`cmoscal.stages.dark_model.sample_inputs`."""
+    index = master_index(out(params, "dark_masters"))
+    inputs = dark_model_stage.sample_inputs(params, index, inv_gain)
+    rows, pixels, darks = inputs["rows"], inputs["pixels"], inputs["darks"]
+    ny, nx = model.dq.shape
+    row_index = np.arange(ny)[rows]
+    sample_y, sample_x = row_index[pixels // nx], pixels % nx
+    valid = inputs["valid"].copy()
+    dropped = dropped_samples(params)
+    position = {(int(y), int(x)): k for k, (y, x) in enumerate(zip(sample_y, sample_x))}
+    names = [frame_label("dark", T, t) for T, t in zip(darks.temperature, darks.exptime)]
+    for master, y, x in zip(dropped["MASTER"], dropped["Y"], dropped["X"]):
+        k = position.get((int(y), int(x)))
+        if k is not None:
+            valid[names.index(master), k] = False
+    options = dark_model_stage.fit_options(params, float(model.meta["SATURATE"]), len(darks) - 1,
+                                           prior=model.prior)
+    z, err = leave_one_out_dark(inputs["signal"], valid, inputs["base_var"], inputs["shot"], darks.temperature,
+                                darks.exptime, model.tmin, model.form, model.fit_gamma,
+                                dict(options, level=inputs["level"]))
+    bias_m = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NFRAMES", "NSATUR"))
+    flat = lambda x: x.reshape(len(x), -1)[:, pixels]  # noqa: E731
+    sample = lambda image: image[rows].reshape(-1)[pixels]  # noqa: E731
+    zb, errb = leave_one_out_bias(bias_m.temperature, flat(bias_m.data),
+                                  flat(np.where(bias_m.valid, bias_m.nframes, 0)),
+                                  sample(model.read_noise.astype(np.float64)) ** 2)
+    dq = sample(model.dq)
+    g, h = (dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0, (dq & DQ_BITS["HOT"][0]) > 0
+    table_rows = []
+    for kind, zz, ee, T, t in (("bias", zb, errb, bias_m.temperature, np.zeros(len(bias_m))),
+                               ("dark", z, err, darks.temperature, darks.exptime)):
+        for i in range(len(T)):
+            def rms(sel, zi=zz[i]):
+                return float(np.sqrt(np.nanmean(zi[sel] ** 2))) if np.isfinite(zi[sel]).any() else np.nan
+            errors = ee[i][g]
+            table_rows.append(dict(group=frame_label(kind, T[i], t[i]), kind=kind, temperature=float(T[i]),
+                                   exptime=float(t[i]), loo_noise=rms(g), loo_noise_hot=rms(h),
+                                   mae=float(np.nanmean(errors)) if np.isfinite(errors).any() else np.nan,
+                                   npix=int(np.isfinite(zz[i][g]).sum())))
+    table = Table(rows=table_rows)
+    table.meta["pixels"] = int(len(pixels))
+    inventory = inventory_stage.load(params)
+    table.meta["notes"] = [n for n in inventory.meta.get("notes", []) if "leave-one-out" in n]
+    return table

@@ -1,0 +1,88 @@
+"""Stage 5, hot pixels: classify pixels into the DQ bitmask with the current thresholds.
+
+Rerunning this stage alone applies new thresholds to the existing model. Writes
+``dark_model/dq_map.fits`` (with DQ_DEF), ``dark_model/hot_pixel_mask.fits`` (1 = warm or hot:
+every dark-current outlier a user should mask), ``dark_model/hot_pixels.ecsv`` (every flagged
+pixel with its rates) and the DQ extension of ``calibration_model.fits``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from ..darkfit import covariance_matrix, design
+from ..errors import CampaignError
+from ..fitsio import write_hdus, write_table
+from ..hotpix import DQ_BITS, classify_pixels, dq_table, log_rate_significance
+from ..model import CalibrationModel
+from ..products import MODEL_FILE, note, out, require, stage
+
+__all__ = ["CLASSIFICATION_BITS", "log_rates", "run"]
+
+#: the bits this stage sets (cleared first, so a rerun with new thresholds starts clean)
+CLASSIFICATION_BITS = DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0] | DQ_BITS["NOISY"][0] | DQ_BITS["POOR_FIT"][0]
+
+
+def log_rates(model: CalibrationModel, temperature: float):
+    """ln of the dark rate [DN/s] at ``temperature`` and its variance, at the geometric-mean exposure."""
+    t_ref = float(np.sqrt(model.exprange[0] * model.exprange[1]))
+    z = design(temperature, t_ref, model.tmin, model.form)
+    ln_rate = model.dark[0] + z[1] * model.dark[1] + z[2] * model.dark[2] - np.log(t_ref)
+    cov = covariance_matrix(model.dark_cov)
+    return ln_rate, np.einsum("i,ij...,j->...", z, cov, z)
+
+
+@stage("hot_pixels")
+def run(params: dict) -> dict:
+    """Classify pixels, write dq_map, hot_pixel_mask, hot_pixels.ecsv and the model file's DQ.
+
+    Returns the model, the significance at both ends of the range, the population statistics,
+    the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
+    """
+    model = CalibrationModel.read(require(out(params, MODEL_FILE), "dark_model"))
+    fit_dq = (model.dq & ~np.uint16(CLASSIFICATION_BITS)).astype(np.uint16)
+    usable = (fit_dq & DQ_BITS["DO_NOT_USE"][0]) == 0
+    ends, significance, populations = model.trange, [], []
+    for T in ends:
+        ln_rate, var = log_rates(model, T)
+        z, stats = log_rate_significance(ln_rate, var, usable)
+        significance.append(z)
+        populations.append(dict(stats, temperature=T))
+    tref = params["hot_reference_temperature"]
+    tref = float(model.trange[1] if tref is None else tref)
+    rate_ref = np.exp(log_rates(model, tref)[0])
+    rate_min = params["hot_rate_min"]
+    if rate_min is not None and params["hot_rate_unit"] == "e-/s":
+        if not model.meta.get("GAIN"):
+            raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
+        rate_min = rate_min / model.meta["GAIN"]
+    dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq, params,
+                                     rate_min)
+    model.dq = dq
+    model.meta["TREFHOT"] = tref
+    flagged = np.flatnonzero((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])).ravel())
+    y, x = np.unravel_index(flagged, dq.shape)
+    hot = (dq.ravel()[flagged] & DQ_BITS["HOT"][0]) > 0
+    table = Table({"x": x, "y": y, "class": np.where(hot, "HOT", "WARM"),
+                   f"rate_{ends[0]:.1f}C": np.exp(log_rates(model, ends[0])[0]).ravel()[flagged],
+                   f"rate_{ends[1]:.1f}C": np.exp(log_rates(model, ends[1])[0]).ravel()[flagged],
+                   "sigma_cold": significance[0].ravel()[flagged], "sigma_warm": significance[1].ravel()[flagged],
+                   "DQ": dq.ravel()[flagged]})
+    for name in table.colnames[3:5]:
+        table[name].unit = "DN/s"
+    order = np.argsort(-np.nan_to_num(np.maximum(table["sigma_cold"], table["sigma_warm"]), nan=-np.inf))
+    table = table[order]
+    write_table(table, out(params, "dark_model", "hot_pixels.ecsv"))
+    header = model.header()
+    header["BUNIT"], header["DESCRIP"] = "", "DQ bitmask; bits named in the DQ_DEF extension"
+    write_hdus(out(params, "dark_model", "dq_map.fits"), dq, header,
+               [("DQ_DEF", fits.table_to_hdu(dq_table(dq)), "")], checksum=True)
+    header["DESCRIP"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT"
+    mask = ((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0).astype(np.uint8)
+    write_hdus(out(params, "dark_model", "hot_pixel_mask.fits"), mask, header, checksum=True)
+    model.write(out(params, MODEL_FILE))
+    note(hot=int(hot.sum()), warm=int((~hot).sum()))
+    return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
+                rate_ref=rate_ref, reference_temperature=tref, flagged=table, dq_table=dq_table(dq))

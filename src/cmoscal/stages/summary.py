@@ -1,0 +1,93 @@
+"""Stage 8, summary: named checks of the whole calibration, each pass, FAIL or n/a with its reason.
+
+Writes ``checks.ecsv``. The verdict describes the products on disk: a check over products that
+are stale (an earlier stage ran again after the evaluation) fails, naming them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.table import Table
+
+from ..fitsio import read_table, write_table
+from ..hotpix import DQ_BITS
+from ..model import CalibrationModel
+from ..products import MODEL_FILE, out, require, stage, stage_states
+from . import bias as bias_stage
+from . import inventory as inventory_stage
+
+__all__ = ["files_accounted", "load", "run"]
+
+
+def files_accounted(params: dict) -> Table:
+    """Every raw frame with its final status: the inventory's, then the master stages' verdict on its pixels."""
+    inventory = inventory_stage.load(params)
+    table = inventory["path", "plane", "type", "temperature", "exposure", "group", "status", "reason"]
+    table = Table(table, copy=True)
+    names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(table["path"], table["plane"])]
+    for kind in ("bias", "dark"):
+        try:
+            frames = bias_stage.frames_table(params, kind)
+        except FileNotFoundError:
+            continue
+        verdict = {f: r for f, s, r in zip(frames["frame"], frames["status"], frames["reason"]) if s == "rejected"}
+        for i, name in enumerate(names):
+            if name in verdict:
+                table["status"][i], table["reason"][i] = "rejected", verdict[name]
+    return table
+
+
+def _check(name, definition, value, limit, reason=""):
+    if reason or not np.isfinite(value):
+        return (name, definition, float(value), float(limit), "n/a", reason or "not defined for this campaign")
+    return (name, definition, float(value), float(limit), "pass" if value <= limit else "FAIL", "")
+
+
+@stage("summary")
+def run(params: dict) -> Table:
+    """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
+    summary = read_table(require(out(params, "evaluation", "summary.ecsv"), "evaluation"))
+    loo = read_table(out(params, "evaluation", "loo.ecsv"))
+    model = CalibrationModel.read(out(params, MODEL_FILE))
+    limits = params["checks"]
+    rows = []
+    for kind in ("bias", "dark"):
+        sel = summary["kind"] == kind
+        expected = np.asarray(summary["resid_noise_expected"][sel])
+        ratio = np.asarray(summary["resid_noise"][sel]) / np.where(expected > 0.05, expected, np.nan)
+        reason = "" if np.isfinite(ratio).any() else (f"the {kind} model fits its {int(sel.sum())} masters exactly: "
+                                                      "no degrees of freedom")
+        rows.append(_check(f"{kind} residual / noise", "median over groups of residual RMS / expected noise, "
+                           "relative to the in-sample expectation sqrt(1 - leverage)",
+                           np.nanmedian(ratio) if not reason else np.nan, limits["residual_noise_max"], reason))
+        values = np.asarray(loo["loo_noise"][loo["kind"] == kind])
+        reason = "" if np.isfinite(values).any() else (
+            "needs master biases at >= 3 temperatures" if kind == "bias" else
+            "no group can be left out with two temperatures (and exposures) remaining")
+        rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
+                           np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason))
+    flagged = float(np.mean((model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0))
+    rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
+                       limits["hot_fraction_max"]))
+    files = files_accounted(params)
+    considered = files["status"] != "skipped"
+    rejected = float(np.mean(files["status"][considered] == "rejected")) if considered.any() else np.nan
+    rows.append(_check("rejected files", "share of calibration files rejected (skipped files do not count)",
+                       rejected, limits["rejected_fraction_max"]))
+    states = stage_states(params["output_dir"])
+    stale = [f"{name} ({reason})" for name, (state, reason) in states.items()
+             if name in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels", "evaluation")
+             and state != "current"]
+    rows.append(("products consistent", "every product the checks describe is current (no stage ran again "
+                 "after the evaluation)", float(len(stale)), 0.0, "FAIL" if stale else "pass",
+                 "stale: " + ", ".join(stale) if stale else ""))
+    checks = Table(rows=rows, names=("check", "definition", "value", "limit", "status", "reason"))
+    failed = [c["check"] for c in checks if c["status"] == "FAIL"]
+    checks.meta.update(verdict="FAILED" if failed else "SUCCESS", failed=failed)
+    write_table(checks, out(params, "checks.ecsv"))
+    return checks
+
+
+def load(params: dict) -> Table:
+    """The checks written by :func:`run`."""
+    return read_table(require(out(params, "checks.ecsv"), "summary"))

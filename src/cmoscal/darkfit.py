@@ -30,7 +30,7 @@ __all__ = ["BOLTZMANN_EV", "DarkFit", "compare_forms", "covariance_matrix", "des
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
 KELVIN = 273.15
 _TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
-_LN_A_LOW = -60.0
+_LN_A_LOW = np.log(1e-9)  # A floor, DN/s^gamma: 1 DN in 30 years; keeps var(lnA) of dark-less pixels finite
 
 
 def temperature_feature(temperature, tmin: float, form: str):
@@ -193,12 +193,14 @@ def fit_loglinear(y, weights, Z, offset):
     return theta
 
 
-def compare_forms(chi2: dict, names=("exponential", "arrhenius"), z_min: float = 3.0) -> dict:
+def compare_forms(chi2: dict, names=("exponential", "arrhenius"), z_min: float = 3.0, delta_min: float = 0.1) -> dict:
     """Which of two non-nested forms with equal parameter counts fits better, with its significance.
 
     Vuong's test on the per-pixel chi-square differences d = chi2_a - chi2_b: z = mean(d) /
-    (std(d) / sqrt(n)). |z| < ``z_min`` is "no significant difference" (a valid and common
-    answer over a narrow temperature range).
+    (std(d) / sqrt(n)). A form fits better only if the difference is both significant
+    (|z| >= ``z_min``) and material (|mean(d)| >= ``delta_min``, i.e. the forms differ by more
+    than ~0.3 sigma summed over a pixel's masters); otherwise the answer is "no significant
+    difference", the usual and correct one over a narrow temperature range.
 
     Parameters
     ----------
@@ -211,12 +213,13 @@ def compare_forms(chi2: dict, names=("exponential", "arrhenius"), z_min: float =
     n = int(d.size)
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
     z = float(d.mean() / (sd / np.sqrt(n))) if sd > 0 else 0.0
+    mean = float(d.mean()) if n else 0.0
     better = names[1] if z > 0 else names[0]
-    significant = abs(z) >= z_min
-    verdict = (f"{better} fits better (Vuong z = {z:+.1f} over {n} pixels)" if significant else
-               f"no significant difference between the {names[0]} and {names[1]} forms "
-               f"(Vuong z = {z:+.1f} over {n} pixels, |z| < {z_min:g})")
-    return dict(better=better if significant else "", z=z, npix=n, delta_chi2=float(d.sum()), verdict=verdict)
+    significant = abs(z) >= z_min and abs(mean) >= delta_min
+    detail = f"Vuong z = {z:+.1f}, mean chi-square difference {mean:+.3g} per pixel, {n} pixels"
+    verdict = (f"{better} fits better ({detail})" if significant else
+               f"no significant difference between the {names[0]} and {names[1]} forms ({detail})")
+    return dict(better=better if significant else "", z=z, npix=n, delta_chi2=mean, verdict=verdict)
 
 
 def predict(params, temperature, exptime, tmin: float, form: str):

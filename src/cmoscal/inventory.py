@@ -365,7 +365,14 @@ def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
                          float(sel["group_exptime"][sel["group"] == g][0]), int(np.sum(sel["group"] == g)))
                         for g in names]
     bias, dark = groups["bias"], groups["dark"]
-    bias_T = sorted({round(T, 1) for T, _, _ in bias})
+    tolerance = params["temperature_tolerance"]
+
+    def set_points(values):
+        values = np.asarray(values, dtype=float)
+        labels = chain_groups(values, tolerance)
+        return [float(np.mean(values[labels == k])) for k in np.unique(labels)]
+
+    bias_T = set_points([T for T, _, _ in bias])
     if not bias:
         problems.append("no usable bias frames: the bias model needs biases at >= 2 temperatures")
     elif len(bias_T) < 2:
@@ -374,7 +381,7 @@ def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
         notes.append(f"biases cover {len(bias_T)} temperatures: the bias leave-one-out needs >= 3 (shown as n/a)")
     if bias and max(n for _, _, n in bias) < 2:
         problems.append("every bias group has 1 frame: the read noise needs a bias group of >= 2 frames")
-    dark_T = sorted({round(T, 1) for T, _, _ in dark})
+    dark_T = set_points([T for T, _, _ in dark])
     exposures = sorted({round(t, 6) for _, t, _ in dark})
     two_d = params["dark_model"] == "2d" or (params["dark_model"] == "auto" and len(exposures) >= 2)
     needed = (3 if two_d else 2) + params["min_dof"]
@@ -387,7 +394,8 @@ def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
         problems.append(f"{len(dark)} dark groups: the {'2d' if two_d else '1d'} dark model needs >= {needed} "
                         f"(parameters + min_dof)")
     else:
-        loo = _loo_defined(np.array([T for T, _, _ in dark]), np.array([t for _, t, _ in dark]), two_d, needed)
+        point = chain_groups(np.array([T for T, _, _ in dark]), tolerance)
+        loo = _loo_defined(point, np.array([t for _, t, _ in dark]), two_d, needed)
         if loo < len(dark):
             notes.append(f"the dark leave-one-out is defined for {loo} of {len(dark)} groups (leaving out the "
                          "others would leave too few temperatures or exposures): those are n/a")

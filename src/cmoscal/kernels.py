@@ -20,6 +20,7 @@ _CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = 1, 2, 4, 8, 16, 32
 #: covariance planes of :func:`fit_pixels`: (lnA, slope, gamma) index pairs
 COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
 _MAX_EXPONENT = 80.0
+_KNEE = 0.9  # on a full-well plateau, samples at or above this fraction of its level are dropped
 _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
 
 
@@ -402,8 +403,8 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
             min_valid, outliers, cov, ws, trial, best):
     """Fit; while a sample is further than ``outlier_sigma`` from the model, drop the one whose removal
     lowers chi-square most (each candidate refitted from scratch, so a gross outlier that dragged the
-    fit is found wherever it is) and refit, keeping the drop only if that sample is an outlier of the
-    refitted model.
+    fit is found wherever it is), if that lowers chi-square by at least ``outlier_sigma``^2 (the
+    squared deleted residual: the sample is an outlier of the fit made without it), and refit.
 
     Returns (converged, chi-square, covariance positive, number of samples dropped); ``cov`` holds
     the covariance and ``ws[0]`` the model at ``theta``; dropped samples are set in ``outliers``.
@@ -434,24 +435,31 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
                 candidate, lowest = i, c
                 for a in range(P):
                     best[a] = trial[a]
-        valid[candidate] = False
-        for a in range(P):
-            trial[a] = best[a]
-        refit = _lm(y, valid, base, shot, Z, offset, P, trial, max_iter, tol, ln_a_range, ws)
-        chi2_new, positive_new = _covariance(y, valid, base, shot, Z, P, cov, ws)
-        var = base[candidate] + shot[candidate] * m[candidate]
-        if abs(y[candidate] - m[candidate]) / np.sqrt(var) <= outlier_sigma:  # not an outlier after all
-            valid[candidate] = True
-            _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
-            chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws)
+        if chi2 - lowest < outlier_sigma * outlier_sigma:  # no sample's removal explains the tension
+            _model(Z, offset, theta, P, m)
             break
+        valid[candidate] = False
         outliers[candidate] = True
         dropped += 1
         n -= 1
         for a in range(P):
-            theta[a] = trial[a]
-        converged, chi2, positive = refit, chi2_new, positive_new
+            theta[a] = best[a]
+        converged = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
+        chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws)
     return converged, chi2, positive, dropped
+
+
+@njit(cache=True)
+def _acceptable(chi2, dof, sigma):
+    """A fit's chi-square is acceptable: within ``sigma`` standard deviations of its degrees of freedom."""
+    return dof <= 0 or chi2 <= dof + sigma * np.sqrt(2.0 * dof)
+
+
+@njit(cache=True)
+def _population_offsets(Z, offset, P, prior, out):
+    """ln DC of each sample minus lnA under the population slope and gamma."""
+    for i in range(Z.shape[0]):
+        out[i] = offset[i] + Z[i, 1] * prior[0] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
 
 
 @njit(cache=True)
@@ -510,8 +518,8 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
         at most max_outliers times.
     full_well : float
         Level [DN] above which a plateau (two samples within 3 sigma of the pixel's highest
-        level, sharing a temperature or an exposure group) counts as full well: those samples
-        are dropped. <= 0 skips the test.
+        level, sharing a temperature or an exposure group) counts as full well: the samples at
+        or above 90 % of that level (the plateau and its knee) are dropped. <= 0 skips the test.
     lo, hi : ndarray, shape (3,)
         Bounds of (lnA, slope, gamma) for a pixel's own fit to be trusted.
     prior, prior_var : ndarray, shape (3,)
@@ -538,6 +546,10 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
     ws = (np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
           np.empty((3, 4)), np.empty((3, 2)))
     theta = np.empty(3)
+    alt = np.empty(3)
+    cov_alt = np.zeros((3, 3))
+    vq = np.empty(M, dtype=np.bool_)
+    outq = np.empty(M, dtype=np.bool_)
     trial = np.empty(3)
     best = np.empty(3)
     cov = np.zeros((3, 3))
@@ -568,9 +580,9 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
                         if (vp[j] and top - level[j, p] <= 3 * np.sqrt(bp[j] + sp[j] * max(yp[j], 0.0))
                                 and (tgroup[i] == tgroup[j] or egroup[i] == egroup[j])):
                             plateau = True
-                if plateau:
+                if plateau:  # the plateau and its knee: within 10 % below the top level
                     for i in range(M):
-                        if vp[i] and top - level[i, p] <= 3 * np.sqrt(bp[i] + sp[i] * max(yp[i], 0.0)):
+                        if vp[i] and level[i, p] >= _KNEE * top:
                             vp[i] = False
                             outl[i] = True
                             n -= 1
@@ -596,6 +608,38 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
             converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z, offset, P, theta, max_iter, tol,
                                                          ln_a_range, outlier_sigma, max_outliers, P + min_dof, outl,
                                                          cov, ws, trial, best)
+            if not _acceptable(chi2, n - dropped - P, outlier_sigma) and np.isfinite(prior[0]):
+                # Coincident outliers can mask each other (the fit bends to them); against the population
+                # law they stand out. Drop those, refit the pixel's own model, keep it if it is acceptable.
+                for i in range(M):
+                    vq[i] = v0[i]
+                    outq[i] = False
+                _population_offsets(Z, offset, P, prior, off1)
+                _start(yp, vq, bp, sp, Z1, off1, 1, alt, ws)
+                _robust(yp, vq, bp, sp, Z1, off1, 1, alt, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
+                        1 + min_dof, outq, cov_alt, ws, trial, best)
+                _start(yp, vq, bp, sp, Z, offset, P, alt, ws)
+                nq = 0
+                for i in range(M):
+                    nq += vq[i]
+                c2, pos2, d2 = np.nan, False, 0
+                if nq >= P + min_dof:
+                    conv2, c2, pos2, d2 = _robust(yp, vq, bp, sp, Z, offset, P, alt, max_iter, tol, ln_a_range,
+                                                  outlier_sigma, max_outliers, P + min_dof, outq, cov_alt, ws, trial,
+                                                  best)
+                k = 0
+                for i in range(M):
+                    k += outq[i]
+                if pos2 and k <= max_outliers and _acceptable(c2, nq - d2 - P, outlier_sigma):
+                    for i in range(M):
+                        vp[i], outl[i] = vq[i], outq[i]
+                    for a in range(3):
+                        theta[a] = alt[a]
+                        for b in range(3):
+                            cov[a, b] = cov_alt[a, b]
+                    converged, chi2, positive, dropped = conv2, c2, pos2, k
+                else:
+                    _model(Z, offset, theta, P, ws[0])
             trusted = converged and positive
             for a in range(P):
                 trusted = trusted and lo[a] <= theta[a] <= hi[a]
@@ -617,8 +661,7 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
                 if v0[i]:  # forget the outliers of the untrusted fit, keep the full-well samples out
                     outl[i] = False
                 vp[i] = v0[i]
-            for i in range(M):
-                off1[i] = offset[i] + Z[i, 1] * prior[0] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
+            _population_offsets(Z, offset, P, prior, off1)
             _start(yp, vp, bp, sp, Z1, off1, 1, theta, ws)
             converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z1, off1, 1, theta, max_iter, tol,
                                                          ln_a_range, outlier_sigma, max_outliers, 1 + min_dof, outl,

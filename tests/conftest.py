@@ -8,8 +8,8 @@ import yaml
 from astropy.io import fits
 
 from cmoscal.config import load_params
-from cmoscal.stages import STAGES
 from cmoscal.simulate import simulate_campaign
+from cmoscal.stages import STAGES
 
 
 def write_params(path, **values):

@@ -7,8 +7,8 @@ from conftest import write_params
 
 from cmoscal.compute import row_bands, run_tiles
 from cmoscal.config import default_params, load_params
-from cmoscal.stages import STAGES
 from cmoscal.simulate import simulate_campaign
+from cmoscal.stages import STAGES
 
 
 def compute_params(**compute):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cmoscal.darkfit import compare_forms, covariance_matrix, design, fit_dark, fit_loglinear, predict, \
-    predict_variance
+from cmoscal.darkfit import compare_forms, covariance_matrix, design, fit_dark, fit_loglinear, predict, predict_variance
 from cmoscal.kernels import FIT_FLAGS
+from cmoscal.noise import Noise
 
 T = np.repeat([-10.0, -5, 0, 5, 10, 15, 20, 25], 5)
 t = np.tile([1.0, 5, 10, 30, 60], 8)
@@ -19,10 +19,9 @@ def simulate(npix, rng, lnA_mean=np.log(0.05), form="exponential", slope=0.1, ga
     params = np.stack([rng.normal(lnA_mean, 0.3, npix), rng.normal(slope, slope * 0.05, npix),
                        rng.normal(gamma, 0.02, npix)])
     truth = predict(params[:, None, :], temperatures[:, None], exptimes[:, None], tmin, form)
-    base = np.full(truth.shape, RV / N)
-    shot = np.full(truth.shape, 1 / (GAIN * N))
-    signal = truth + rng.normal(size=truth.shape) * np.sqrt(base + shot * truth)
-    return params, truth, signal, base, shot
+    noise = Noise(np.full(truth.shape, N), np.full(npix, RV), 1 / GAIN)
+    signal = truth + rng.normal(size=truth.shape) * np.sqrt((RV + truth / GAIN) / N)
+    return params, truth, signal, noise
 
 
 def robust_std(x):
@@ -31,8 +30,8 @@ def robust_std(x):
 
 def test_weighted_fit_recovers_parameters_with_honest_errors():
     rng = np.random.default_rng(5)
-    params, _, signal, base, shot = simulate(20000, rng)
-    fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, T, t, -10.0)
+    params, _, signal, noise = simulate(20000, rng)
+    fit = fit_dark(signal, noise, T, t, -10.0)
     assert np.mean(fit.flags == FIT_FLAGS["CONVERGED"]) > 0.99
     cov = covariance_matrix(fit.cov)
     for i in range(3):
@@ -47,14 +46,14 @@ def test_kernel_reaches_the_reweighting_fixed_point_of_an_independent_solver():
     from scipy.optimize import least_squares
 
     rng = np.random.default_rng(15)
-    _, _, signal, base, shot = simulate(40, rng)
-    fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, T, t, -10.0)
+    _, _, signal, noise = simulate(40, rng)
+    fit = fit_dark(signal, noise, T, t, -10.0)
     Z = design(T, t, -10.0, "exponential")
     cov = covariance_matrix(fit.cov)
     for p in range(signal.shape[1]):
         theta = np.array([np.log(0.05), 0.1, 1.0])
         for _ in range(30):
-            sigma = np.sqrt(base[:, p] + shot[:, p] * np.exp(Z @ theta))
+            sigma = np.sqrt((RV + np.exp(Z @ theta) / GAIN) / N)
             theta = least_squares(lambda q: (signal[:, p] - np.exp(Z @ q)) / sigma, theta, xtol=1e-14,
                                   ftol=1e-14).x
         step = (fit.params[:, p] - theta) / np.sqrt(np.diag(cov[..., p]))
@@ -63,8 +62,8 @@ def test_kernel_reaches_the_reweighting_fixed_point_of_an_independent_solver():
 
 def test_weighted_fit_beats_log_space_at_held_out_points():
     rng = np.random.default_rng(6)
-    params, _, signal, base, shot = simulate(5000, rng)
-    fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, T, t, -10.0)
+    params, _, signal, noise = simulate(5000, rng)
+    fit = fit_dark(signal, noise, T, t, -10.0)
     z = design(T, t, -10.0, "exponential")
     log_fit = fit_loglinear(signal, np.ones(signal.shape), z, np.zeros(len(T))).T
     for T0, t0 in ((12.5, 20.0), (-7.5, 2.0), (22.5, 45.0)):
@@ -78,8 +77,8 @@ def test_weighted_fit_beats_log_space_at_held_out_points():
 
 def test_one_d_model_fixes_gamma():
     rng = np.random.default_rng(7)
-    params, _, signal, base, shot = simulate(2000, rng, gamma=1.0)
-    fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, T, t, -10.0, fit_gamma=False)
+    params, _, signal, noise = simulate(2000, rng, gamma=1.0)
+    fit = fit_dark(signal, noise, T, t, -10.0, fit_gamma=False)
     assert np.all(fit.params[2] == 1) and np.all(covariance_matrix(fit.cov)[2] == 0)
     assert abs(np.median(fit.params[1] - params[1])) < 0.002
 
@@ -90,19 +89,19 @@ def test_forms_are_told_apart_only_when_the_data_can():
     times = np.tile([1.0, 5, 10, 30, 60], 7)
     params = np.stack([np.full(3000, np.log(0.01)), rng.normal(0.65, 0.01, 3000), np.ones(3000)])
     truth = predict(params, temps[:, None], times[:, None], -20.0, "arrhenius")
-    base, shot = np.full(truth.shape, 0.3), np.full(truth.shape, 0.1)
-    signal = truth + rng.normal(size=truth.shape) * np.sqrt(base + shot * truth)
+    noise = Noise(np.ones(truth.shape), np.full(3000, 0.3), 0.1)
+    signal = truth + rng.normal(size=truth.shape) * np.sqrt(0.3 + 0.1 * truth)
     chi2 = {}
     for form in ("exponential", "arrhenius"):
-        fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, temps, times, -20.0, form)
+        fit = fit_dark(signal, noise, temps, times, -20.0, form)
         chi2[form] = fit.chi2r * (fit.nvalid - 3)
     wide = compare_forms(chi2)
     assert wide["better"] == "arrhenius" and wide["z"] > 3
     # over 5 degC both laws describe exponential data equally well: no significant difference
     narrow_T = np.repeat([0.0, 2.5, 5.0], 5)
     narrow_t = np.tile([1.0, 5, 10, 30, 60], 3)
-    _, _, signal, base, shot = simulate(3000, rng, temperatures=narrow_T, exptimes=narrow_t, tmin=0.0)
-    chi2 = {form: fit_dark(signal, np.ones(signal.shape, bool), base, shot, narrow_T, narrow_t, 0.0, form).chi2r
+    _, _, signal, noise = simulate(3000, rng, temperatures=narrow_T, exptimes=narrow_t, tmin=0.0)
+    chi2 = {form: fit_dark(signal, noise, narrow_T, narrow_t, 0.0, form).chi2r
             for form in ("exponential", "arrhenius")}
     narrow = compare_forms(chi2)
     assert narrow["better"] == "" and "no significant difference" in narrow["verdict"]
@@ -110,11 +109,11 @@ def test_forms_are_told_apart_only_when_the_data_can():
 
 def test_pixels_without_enough_samples_get_population_values_and_a_flag():
     rng = np.random.default_rng(9)
-    _, _, signal, base, shot = simulate(10, rng)
+    _, _, signal, noise = simulate(10, rng)
     valid = np.ones(signal.shape, bool)
     valid[3:, 0] = False  # pixel 0 keeps 3 samples: no own 3-parameter fit with min_dof 1
     valid[:, 1] = False  # pixel 1 has none
-    fit = fit_dark(signal, valid, base, shot, T, t, -10.0, min_dof=1, prior=(0.1, 1.0, 1e-4, 1e-4))
+    fit = fit_dark(signal, noise, T, t, -10.0, usable=valid, min_dof=1, prior=(0.1, 1.0, 1e-4, 1e-4))
     assert fit.flags[0] & FIT_FLAGS["FALLBACK"] and fit.flags[0] & FIT_FLAGS["FEW_SAMPLES"]
     assert fit.params[1, 0] == 0.1 and fit.params[2, 0] == 1.0 and np.isfinite(fit.params[0, 0])
     assert np.all(np.isnan(fit.params[:, 1])) and fit.flags[1] & FIT_FLAGS["NO_SAMPLES"]
@@ -123,27 +122,26 @@ def test_pixels_without_enough_samples_get_population_values_and_a_flag():
 
 def test_an_invalid_nan_sample_does_not_poison_the_fit():
     rng = np.random.default_rng(10)
-    _, _, signal, base, shot = simulate(200, rng)
+    _, _, signal, noise = simulate(200, rng)
     valid = np.ones(signal.shape, bool)
     valid[7] = False
-    clean = fit_dark(signal, valid, base, shot, T, t, -10.0)
+    clean = fit_dark(signal, noise, T, t, -10.0, usable=valid)
     poisoned = signal.copy()
     poisoned[7] = np.nan
-    fit = fit_dark(poisoned, valid, base, shot, T, t, -10.0)
+    fit = fit_dark(poisoned, noise, T, t, -10.0, usable=valid)
     np.testing.assert_array_equal(fit.params, clean.params)
     assert np.all(fit.flags == FIT_FLAGS["CONVERGED"])
 
 
 def test_cosmic_rays_in_one_frame_masters_are_dropped():
     rng = np.random.default_rng(11)
-    params, _, signal, base, shot = simulate(3000, rng)
+    params, _, signal, noise = simulate(3000, rng)
     hit = signal.copy()
     struck = rng.integers(0, len(T), 3000)
     hit[struck, np.arange(3000)] += 10 ** rng.uniform(1.5, 3, 3000)  # 30..1000 DN
-    valid = np.ones(signal.shape, bool)
-    clean = fit_dark(signal, valid, base, shot, T, t, -10.0, **ROBUST)
-    robust = fit_dark(hit, valid, base, shot, T, t, -10.0, **ROBUST)
-    naive = fit_dark(hit, valid, base, shot, T, t, -10.0)
+    clean = fit_dark(signal, noise, T, t, -10.0, **ROBUST)
+    robust = fit_dark(hit, noise, T, t, -10.0, **ROBUST)
+    naive = fit_dark(hit, noise, T, t, -10.0)
     assert np.mean(robust.dropped[struck, np.arange(3000)]) > 0.97
     assert np.mean((robust.flags & FIT_FLAGS["OUTLIERS"]) > 0) > 0.97
     truth = predict(params, 12.5, 45.0, -10.0, "exponential")
@@ -154,12 +152,11 @@ def test_cosmic_rays_in_one_frame_masters_are_dropped():
 
 def test_samples_on_a_full_well_plateau_are_dropped():
     rng = np.random.default_rng(12)
-    params, truth, signal, base, shot = simulate(500, rng, lnA_mean=np.log(20.0))  # very hot pixels
-    bias = 60.0
-    well = 2800.0
+    params, truth, signal, noise = simulate(500, rng, lnA_mean=np.log(20.0))  # very hot pixels
+    bias, well = 60.0, 2800.0
     level = np.minimum(signal + bias, well)
-    fit = fit_dark(level - bias, np.ones(signal.shape, bool), base, shot, T, t, -10.0, level=level,
-                   full_well=0.25 * 4095, **ROBUST)
+    noise.bias = (np.full(500, bias), np.zeros(500), np.zeros((3, 500)))  # the bias removed: 60 DN, exactly known
+    fit = fit_dark(level - bias, noise, T, t, -10.0, full_well=0.25 * 4095, **ROBUST)
     capped = truth + bias > well + 100
     assert np.all(fit.dropped[capped]) and np.all(fit.flags & FIT_FLAGS["FULL_WELL"])
     assert abs(np.median(fit.params[1] - params[1])) < 0.005  # B still right, not negative
@@ -168,10 +165,10 @@ def test_samples_on_a_full_well_plateau_are_dropped():
 def test_out_of_bounds_fits_fall_back_and_predictions_stay_finite():
     rng = np.random.default_rng(13)
     temps, times = np.repeat([0.0, 5.0], 5), np.tile([10.0, 30, 60, 120, 300], 2)
-    _, _, signal, base, shot = simulate(3000, rng, lnA_mean=np.log(1e-4), temperatures=temps, exptimes=times,
+    _, _, signal, noise = simulate(3000, rng, lnA_mean=np.log(1e-4), temperatures=temps, exptimes=times,
                                         tmin=0.0)  # pure noise at two temperatures
     bounds = {"slope": (-0.1, 0.5), "gamma": (0.0, 3.0), "lnA": (-60.0, np.log(40950))}
-    fit = fit_dark(signal, np.ones(signal.shape, bool), base, shot, temps, times, 0.0, bounds=bounds,
+    fit = fit_dark(signal, noise, temps, times, 0.0, bounds=bounds,
                    prior=(0.1, 1.0, 1e-4, 1e-4), **ROBUST)
     own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     assert np.all((fit.params[1][own] >= -0.1) & (fit.params[1][own] <= 0.5))

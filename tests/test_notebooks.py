@@ -3,8 +3,8 @@
 import nbformat
 import pytest
 
-from cmoscal.stages import STAGES
 from cmoscal.report import notebook_for
+from cmoscal.stages import STAGES
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

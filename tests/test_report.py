@@ -8,9 +8,9 @@ from astropy.io import fits
 from conftest import read_truth, write_params
 
 from cmoscal.config import load_params
-from cmoscal.stages import STAGES
 from cmoscal.report import ReportError, run_report
 from cmoscal.simulate import simulate_campaign
+from cmoscal.stages import STAGES
 
 
 @pytest.fixture(scope="module")

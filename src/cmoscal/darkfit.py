@@ -23,8 +23,10 @@ import numpy as np
 
 from .inventory import chain_groups
 from .kernels import COVARIANCE_PLANES, fit_pixels
+from .noise import Noise
 
 __all__ = ["BOLTZMANN_EV", "DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear",
+           "linear_variance",
            "predict", "predict_variance", "temperature_feature"]
 
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
@@ -87,8 +89,8 @@ class DarkFit:
     dropped: np.ndarray
 
 
-def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: float, form: str = "exponential",
-             fit_gamma: bool = True, *, max_iterations: int = 50, min_dof: int = 1, bias_cov=None, level=None,
+def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str = "exponential",
+             fit_gamma: bool = True, *, usable=None, max_iterations: int = 50, min_dof: int = 1,
              full_well: float = 0.0, outlier_sigma: float = np.inf, max_outliers: int = 0, bounds=None,
              prior=(np.nan, np.nan, 0.0, 0.0)) -> DarkFit:
     """Fit the dark model to every pixel by noise-weighted, robust Levenberg-Marquardt.
@@ -97,12 +99,8 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
     ----------
     signal : ndarray, shape (M, npix)
         Master dark signal [DN] (bias removed).
-    valid : ndarray of bool, shape (M, npix)
-        Samples to use (finite, not saturated).
-    base_var : ndarray, shape (M, npix)
-        Signal-independent variance of each master [DN^2] (read noise / n + bias).
-    shot_scale : ndarray, shape (M, npix)
-        Shot-noise variance per DN of signal (1 / (g n)); the weights use the model signal.
+    noise : Noise
+        The noise model of the samples (and the bias model removed, if any).
     temperature, exptime : ndarray, shape (M,)
         Master temperatures [degC] and exposures [s].
     tmin : float
@@ -110,17 +108,14 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
     form : {"exponential", "arrhenius"}, default "exponential"
     fit_gamma : bool, default True
         2d model; False fixes gamma = 1 (1d model, A in DN/s).
+    usable : ndarray of bool, shape (M, npix), optional
+        Samples a fit may use (not saturated); default all with frames. Non-finite samples never count.
     max_iterations : int, default 50
         Most Levenberg-Marquardt iterations per fit.
     min_dof : int, default 1
         A pixel's own fit needs (parameters + min_dof) valid samples, else FALLBACK.
-    bias_cov : ndarray, shape (3, npix), optional
-        var(a), var(b), cov(a, b) of a bias model a + b*T removed from every master; its
-        error is common to all masters of a pixel and is propagated into the covariance.
-    level : ndarray, shape (M, npix), optional
-        Total level (signal + bias) [DN], for the full-well plateau test.
     full_well : float, default 0
-        Level [DN] above which a plateau is full well (0: no test).
+        Level [DN] above which a plateau is full well (0: no test; needs ``noise.bias``).
     outlier_sigma, max_outliers : float, int
         Robust fit: samples beyond outlier_sigma are dropped one at a time (at most max_outliers).
     bounds : dict, optional
@@ -142,16 +137,19 @@ def fit_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin: fl
     hi = np.array([bounds.get(k, (-np.inf, np.inf))[1] for k in ("lnA", "slope", "gamma")], dtype=np.float64)
     lo[0], hi[0] = max(lo[0], _LN_A_LOW), min(hi[0], -_LN_A_LOW)
     M, npix = signal.shape
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    empty = np.zeros((0, 0), np.float32)
+    f32 = lambda a, shape: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32)  # noqa: E731
+    zeros = np.zeros(npix, np.float32)
+    a, b, cov = noise.bias if noise.bias is not None else (zeros, zeros, np.zeros((3, npix), np.float32))
     out = (np.empty((3, npix)), np.empty((6, npix)), np.empty(npix), np.empty(npix, np.int16),
            np.empty(npix, np.uint8), np.empty((M, npix), bool))
-    fit_pixels(f32(signal), np.ascontiguousarray(valid, dtype=bool), f32(np.broadcast_to(base_var, (M, npix))),
-               f32(np.broadcast_to(shot_scale, (M, npix))), empty if level is None else f32(level),
+    fit_pixels(f32(signal, (M, npix)), np.ascontiguousarray(np.broadcast_to(noise.nframes, (M, npix)), dtype=np.int16),
+               np.ones((M, npix), bool) if usable is None else np.ascontiguousarray(usable, dtype=bool),
+               f32(noise.read_var, (npix,)), float(noise.inv_gain), f32(a, (npix,)), f32(b, (npix,)),
+               f32(cov, (3, npix)), zeros if noise.extra_var is None else f32(noise.extra_var, (npix,)), temperature,
                chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, min_dof,
-               max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well, lo, hi,
-               np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),
-               np.stack([np.ones(M), temperature], axis=1), empty if bias_cov is None else f32(bias_cov), *out)
+               max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well if noise.bias is not None else 0.0,
+               lo, hi, np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),
+               noise.bias is not None, *out)
     params, cov, chi2, nvalid, flags, dropped = out
     dof = nvalid - np.where(flags & 2, 1, P)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -231,10 +229,15 @@ def predict(params, temperature, exptime, tmin: float, form: str):
     return np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
 
 
+def linear_variance(planes, z):
+    """Variance of z . (lnA, slope, gamma) of every pixel from its covariance ``planes`` (6, ...)."""
+    total = 0.0
+    for plane, (i, j) in zip(planes, COVARIANCE_PLANES):
+        total = total + (1.0 if i == j else 2.0) * z[i] * z[j] * plane.astype(np.float64)
+    return total
+
+
 def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
-    """Variance [DN^2] of :func:`predict` at one (T, t) from the covariance ``cov`` (3, 3, ...) or planes (6, ...)."""
-    if cov.shape[0] == 6:
-        cov = covariance_matrix(cov)
+    """Variance [DN^2] of :func:`predict` at one (T, t) from the covariance planes ``cov`` (6, ...)."""
     z = design(temperature, exptime, tmin, form)
-    quad = np.einsum("i,ij...,j->...", z, cov, z)
-    return predict(params, temperature, exptime, tmin, form) ** 2 * quad
+    return predict(params, temperature, exptime, tmin, form) ** 2 * linear_variance(cov, z)

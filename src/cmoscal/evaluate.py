@@ -8,15 +8,13 @@ parameters and M masters); on held-out masters (leave-one-group-out) about 1.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
-from .kernels import residual_maps
+from .kernels import block_mean, residual_maps
 
-__all__ = ["downsample", "leave_one_out_bias", "leave_one_out_dark", "residual_stats"]
+__all__ = ["downsample", "held_out_dark", "leave_one_out_bias", "residual_stats"]
 
 
 PREVIEW_PIXELS = 384  # longest side of the preview maps kept for figures
@@ -28,22 +26,20 @@ def downsample(image: np.ndarray, max_pixels: int = PREVIEW_PIXELS) -> np.ndarra
     factor = int(np.ceil(max(image.shape) / max_pixels))
     if factor <= 1:
         return image
-    ny, nx = (s // factor * factor for s in image.shape)
-    blocks = image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks stay NaN
-        return np.nanmean(blocks, axis=(1, 3))
+    out = np.empty((image.shape[0] // factor, image.shape[1] // factor), np.float32)
+    block_mean(image, factor, out)
+    return out
 
 
-def _summary(values: np.ndarray, prefix: str) -> dict:
-    v = values[np.isfinite(values)]
-    if not v.size:
-        return {f"{prefix}_mean": np.nan, f"{prefix}_median": np.nan, f"{prefix}_std": np.nan}
-    return {f"{prefix}_mean": float(v.mean()), f"{prefix}_median": float(np.median(v)), f"{prefix}_std": float(v.std())}
+def _median(values: np.ndarray) -> float:
+    """Median of the finite values of a 1-in-4 pixel sample on large frames (all of a small one)."""
+    v = values[:: 4 if values.size > 1 << 20 else 1]
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else np.nan
 
 
-def residual_stats(synthetic, master, expected_var, prediction_var, good, snr_min: float):
-    """Compare a synthetic frame with a master.
+def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, snr_min: float):
+    """Compare a synthetic frame with a master, over normal and over hot pixels.
 
     Parameters
     ----------
@@ -51,8 +47,8 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, snr_mi
         Frames [DN].
     expected_var, prediction_var : ndarray
         Expected variance of the master (noise model) and of the prediction [DN^2].
-    good : ndarray of bool
-        Pixels the summary uses.
+    good, hot : ndarray of bool
+        Pixels the summary uses; the hot pixels whose residual / noise is reported apart.
     snr_min : float
         MAPE only where |master| > snr_min * expected noise.
 
@@ -62,56 +58,60 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, snr_mi
         |synthetic - master| [DN].
     mape : ndarray
         100 |synthetic - master| / |master| [%], NaN where the signal is not significant.
+    z : ndarray
+        (synthetic - master) / expected noise over ``good`` (NaN elsewhere).
     stats : dict
-        mae_mean/median/std, mape_mean/median/std, mape_share (share of good pixels with a MAPE),
-        resid_noise (RMS of residual / expected noise), resid_noise_expected (its in-sample
-        expectation sqrt(1 - leverage)), npix.
+        mae_mean/median/std and mape_mean/median/std over good pixels (medians of a 1-in-4 sample
+        on large sensors), mape_share (share of good pixels with a MAPE), resid_noise (RMS of residual /
+        expected noise), resid_noise_expected (its in-sample expectation sqrt(1 - leverage)),
+        resid_noise_hot, npix.
     """
     shape = np.shape(master)
-    f32 = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)  # noqa: E731
-    mae, mape = np.empty(int(np.prod(shape)), np.float32), np.empty(int(np.prod(shape)), np.float32)
-    use = np.ascontiguousarray(np.broadcast_to(good, shape)).reshape(-1)
-    n, sz2, slev, nsig = residual_maps(f32(master), f32(synthetic), f32(expected_var), f32(prediction_var), use,
-                                       float(snr_min), mae, mape)
-    stats = {**_summary(mae[use], "mae"), **_summary(mape[use], "mape"),
-             "mape_share": nsig / n if n else np.nan, "resid_noise": float(np.sqrt(sz2 / n)) if n else np.nan,
-             "resid_noise_expected": float(np.sqrt(slev / n)) if n else np.nan, "npix": int(n)}
-    return mae.reshape(shape), mape.reshape(shape), stats
+    flat = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)
+    mask = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=bool).reshape(-1)
+    size = int(np.prod(shape))
+    mae, mape, z = (np.empty(size, np.float32) for _ in range(3))
+    use = mask(good)
+    sums = residual_maps(flat(master), flat(synthetic), flat(expected_var), flat(prediction_var), use, mask(hot),
+                         float(snr_min), mae, mape, z)
+    (n, sz2, slev, nsig, sa, saa, sp, spp), hot_sums = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        stats = {"mae_mean": sa / n, "mae_median": _median(mae[use]), "mae_std": np.sqrt(max(saa / n - (sa / n) ** 2, 0)),
+                 "mape_mean": sp / nsig, "mape_median": _median(mape[use]),
+                 "mape_std": np.sqrt(max(spp / nsig - (sp / nsig) ** 2, 0)) if nsig else np.nan,
+                 "mape_share": nsig / n, "resid_noise": np.sqrt(sz2 / n),
+                 "resid_noise_expected": np.sqrt(slev / n), "resid_noise_hot": np.sqrt(hot_sums[1] / hot_sums[0]),
+                 "npix": int(n)}
+    return mae.reshape(shape), mape.reshape(shape), z.reshape(shape), {k: float(v) for k, v in stats.items()}
 
 
-def leave_one_out_dark(signal, valid, base_var, shot_scale, temperature, exptime, tmin, form, fit_gamma,
-                       fit_options: dict):
-    """Refit without each master in turn and predict it.
+def held_out_dark(g, signal, usable, noise, temperature, exptime, tmin, form, fit_gamma, fit_options: dict):
+    """Refit without master ``g`` and predict it (a task: a thread or a dask worker).
 
-    Arguments as :func:`cmoscal.darkfit.fit_dark` (arrays of shape (M, npix)); ``fit_options``
-    are its keyword arguments. A group is only predicted when the others still span two
-    temperatures (and, for a 2d model, two exposures); otherwise its row is NaN.
+    Arguments as :func:`cmoscal.darkfit.fit_dark` (``signal`` of shape (M, npix), its ``noise``
+    model); ``fit_options`` are its keyword arguments. A group is only predicted when the others
+    still span two temperatures (and, for a 2d model, two exposures); otherwise the result is NaN.
 
     Returns
     -------
-    z : ndarray, shape (M, npix)
+    z : ndarray, shape (npix,)
         (master - prediction) / sqrt(master noise + prediction variance); NaN where unusable.
-    abs_error : ndarray, shape (M, npix)
+    abs_error : ndarray, shape (npix,)
         |master - prediction| [DN].
     """
-    M = len(temperature)
-    z = np.full(signal.shape, np.nan)
-    abs_error = np.full(signal.shape, np.nan)
-    for g in range(M):
-        keep = np.arange(M) != g
-        if len(np.unique(np.round(temperature[keep], 1))) < 2 or (
-                fit_gamma and len(np.unique(np.round(exptime[keep], 6))) < 2):
-            continue
-        held = valid.copy()
-        held[g] = False
-        fit = fit_dark(signal, held, base_var, shot_scale, temperature, exptime, tmin, form, fit_gamma, **fit_options)
-        pred = predict(fit.params, temperature[g], exptime[g], tmin, form)
-        var = base_var[g] + shot_scale[g] * pred + predict_variance(fit.params, fit.cov, temperature[g], exptime[g],
-                                                                   tmin, form)
-        resid = np.where(valid[g], signal[g] - pred, np.nan)
-        z[g] = resid / np.sqrt(var)
-        abs_error[g] = np.abs(resid)
-    return z, abs_error
+    keep = np.arange(len(temperature)) != g
+    nan = np.full(signal.shape[1], np.nan)
+    if len(np.unique(np.round(temperature[keep], 1))) < 2 or (
+            fit_gamma and len(np.unique(np.round(exptime[keep], 6))) < 2):
+        return nan, nan
+    held = usable.copy()
+    held[g] = False
+    fit = fit_dark(signal, noise, temperature, exptime, tmin, form, fit_gamma, usable=held, **fit_options)
+    pred = predict(fit.params, temperature[g], exptime[g], tmin, form)
+    var = noise.variance(g, pred, temperature[g]) + predict_variance(fit.params, fit.cov, temperature[g], exptime[g],
+                                                                    tmin, form)
+    resid = np.where(usable[g] & (noise.nframes[g] > 0), signal[g] - pred, np.nan)
+    return resid / np.sqrt(var), np.abs(resid)
 
 
 def leave_one_out_bias(temperature, masters, weights, rv):

@@ -18,7 +18,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +233,7 @@ def provenance(header: fits.Header, *, bunit: str, description: str, inputs=(), 
     header["BUNIT"] = bunit
     header["DESCRIP"] = description[:68]
     header["CREATOR"] = (f"cmoscal {__version__}", "software that wrote this file")
-    header["DATE"] = (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC creation time")
+    header["DATE"] = (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC creation time")
     for key, value in keywords.items():
         header[key.upper()] = value
     for item in inputs:

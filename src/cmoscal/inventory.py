@@ -285,6 +285,8 @@ def _saturation(table: Table, refs: dict, scale: float, params: dict) -> tuple[f
     if params["saturation"] != "auto":
         return float(params["saturation"]), []
     ok = table["status"] == "ok"
+    if not ok.any():
+        return np.inf, []
     stated = [v for v in table["saturate"][ok] if np.isfinite(v)]
     if stated:
         return float(Counter(stated).most_common(1)[0][0]) / scale, []
@@ -473,7 +475,7 @@ def build_inventory(params: dict) -> Table:
     messages += more + _exposure_warnings(table) + _rejection_summary(table, clues)
     table.meta.update(scale_factor=scale, saturation=saturation, warnings=messages, problems=problems, notes=notes)
     table.remove_column("saturate")
-    for message in messages + problems:
+    for message in messages:
         warnings.warn(message, CampaignWarning, stacklevel=2)
     return table
 

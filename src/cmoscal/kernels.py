@@ -8,11 +8,13 @@ and cached on disk (``cache=True``); ``make env`` pays the compile (:func:`warm_
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
-__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "combine_stack", "decode_be16", "fit_pixels", "mark_frame",
-           "residual_maps", "warm_up"]
+__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_pixels",
+           "mark_frame", "predict_dark", "residual_maps", "sorting_network", "subtract_bias", "warm_up"]
 
 #: flags returned per pixel by :func:`fit_pixels`
 FIT_FLAGS = {"CONVERGED": 1, "FALLBACK": 2, "FEW_SAMPLES": 4, "NO_SAMPLES": 8, "FULL_WELL": 16, "OUTLIERS": 32}
@@ -66,6 +68,17 @@ def decode_be16(raw, out, bscale, bzero, inv_scale, saturation, blank, has_blank
 
 
 @njit(cache=True, nogil=True)
+def subtract_bias(stack, a, b, temperatures):
+    """stack[i] -= a + b * temperatures[i], in place (saturated +inf and invalid NaN samples stay so)."""
+    for i in range(stack.shape[0]):
+        T = np.float32(temperatures[i])
+        frame = stack[i]
+        for r in range(frame.shape[0]):
+            for x in range(frame.shape[1]):
+                frame[r, x] -= a[r, x] + b[r, x] * T
+
+
+@njit(cache=True, nogil=True)
 def mark_frame(values, saturation):
     """Mark saturated samples of a frame in DN (1-D float32, in place) as +inf.
 
@@ -87,31 +100,60 @@ def mark_frame(values, saturation):
 
 
 # --- masters ------------------------------------------------------------------------------------
-@njit(cache=True)
-def _sort(values, n):
-    """Insertion sort of ``values[:n]`` in place (n is a few to a few tens)."""
-    for i in range(1, n):
-        v = values[i]
-        j = i - 1
-        while j >= 0 and values[j] > v:
-            values[j + 1] = values[j]
-            j -= 1
-        values[j + 1] = v
-
-
-@njit(cache=True)
-def _median_sorted(values, n):
-    return values[(n - 1) // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+@functools.lru_cache(maxsize=64)
+def sorting_network(n: int) -> np.ndarray:
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for ``n`` inputs, shape (C, 2)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            j = k % p
+            while j <= n - 1 - k:
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+                j += 2 * k
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 @njit(cache=True, nogil=True)
-def combine_stack(stack, floor_var, inv_gain, clip_sigma, median, master, variance, nused, nsat, nclip):
+def _compare(lo, hi):
+    """One comparator over a whole row: ``lo`` gets the smaller, ``hi`` the larger value of each pixel."""
+    for x in range(lo.size):
+        u = lo[x]
+        v = hi[x]
+        lo[x] = min(u, v)
+        hi[x] = max(u, v)
+
+
+@njit(cache=True, nogil=True)
+def _sort_rows(rows, pairs):
+    """Sort ``rows`` (N, X) along axis 0 with a sorting network: branch-free, vectorized over pixels."""
+    for c in range(pairs.shape[0]):
+        _compare(rows[pairs[c, 0]], rows[pairs[c, 1]])
+
+
+@njit(cache=True)
+def _middle(rows, k, out):
+    """Median of the first k[x] sorted values of each pixel x (NaN where k is 0)."""
+    for x in range(out.size):
+        n = k[x]
+        out[x] = np.nan if n == 0 else 0.5 * (rows[(n - 1) // 2, x] + rows[n // 2, x])
+
+
+@njit(cache=True, nogil=True)
+def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master, variance, nused, nsat, nclip):
     """Combine a stack of frames pixel by pixel.
 
     Parameters
     ----------
     stack : ndarray, shape (N, R, X), float32
         Frames [DN]; NaN marks an invalid sample, +inf a saturated one (both left out).
+    pairs : ndarray, shape (C, 2)
+        :func:`sorting_network` of N.
     floor_var, inv_gain : float
         The group's noise model, sigma^2 = floor_var + max(level, 0) * inv_gain [DN^2]: the
         clipping scale is never below it. inv_gain < 0: unknown (two samples are then kept).
@@ -125,74 +167,80 @@ def combine_stack(stack, floor_var, inv_gain, clip_sigma, median, master, varian
         Combined frame and its variance from the scatter of the samples used (NaN below 2).
     nused, nsat, nclip : ndarray, shape (R, X) (out)
         Samples used, saturated samples (uint8, at most 255) and samples clipped.
+
+    Every loop runs along a row of pixels (a sorting network instead of per-pixel sorts), so
+    the work vectorizes and streams through memory.
     """
     N, R, X = stack.shape
-    values = np.empty(N)
-    work = np.empty(N)
+    rows = np.empty((N, X), np.float32)
+    dev = np.empty((N, X), np.float32)
+    k = np.empty(X, np.int32)
+    sat = np.empty(X, np.int32)
+    center = np.empty(X, np.float32)
+    mad = np.empty(X, np.float32)
+    lo = np.empty(X, np.float32)
+    hi = np.empty(X, np.float32)
+    total = np.empty(X, np.float32)
+    count = np.empty(X, np.int32)
     for r in range(R):
+        k[:] = 0
+        sat[:] = 0
+        for i in range(N):
+            src = stack[i, r]
+            dst = rows[i]
+            for x in range(X):
+                v = src[x]
+                bad = not (v < np.inf)  # NaN or +inf
+                sat[x] += np.int32(v == np.inf)
+                k[x] += np.int32(not bad)
+                dst[x] = np.float32(np.inf) if bad else v
+        _sort_rows(rows, pairs)
+        _middle(rows, k, center)
+        for i in range(N):
+            src = rows[i]
+            dst = dev[i]
+            for x in range(X):
+                dst[x] = abs(src[x] - center[x]) if i < k[x] else np.float32(np.inf)
+        _sort_rows(dev, pairs)
+        _middle(dev, k, mad)
         for x in range(X):
-            k = 0
-            s = 0
-            for i in range(N):
-                v = stack[i, r, x]
-                if np.isnan(v):
-                    continue
-                if np.isinf(v):
-                    s += 1
-                    continue
-                values[k] = v
-                k += 1
-            nsat[r, x] = min(s, 255)
-            nclip[r, x] = 0
-            if k == 0:
-                master[r, x] = np.nan
-                variance[r, x] = np.nan
-                nused[r, x] = 0
+            n = k[x]
+            lo[x] = -np.inf
+            hi[x] = np.inf
+            if median or n < 2:
                 continue
-            _sort(values, k)
-            center = _median_sorted(values, k)
-            if k == 1:
-                master[r, x] = values[0]
-                variance[r, x] = np.nan
-                nused[r, x] = 1
-                continue
-            if median or k >= 3:
-                if median:
-                    lo, hi = 0, k
-                else:
-                    for i in range(k):
-                        work[i] = abs(values[i] - center)
-                    _sort(work, k)
-                    scale = max(1.4826 * _median_sorted(work, k),
-                                np.sqrt(floor_var + max(center, 0.0) * max(inv_gain, 0.0)))
-                    lo = 0
-                    while center - values[lo] > clip_sigma * scale:
-                        lo += 1
-                    hi = k
-                    while values[hi - 1] - center > clip_sigma * scale:
-                        hi -= 1
-            else:  # two samples: drop the higher when they differ by far more than the noise model allows
-                lo = 0
-                hi = 2
-                if inv_gain >= 0:
-                    sigma = np.sqrt(floor_var + max(values[0], 0.0) * inv_gain)
-                    if values[1] - values[0] > clip_sigma * np.sqrt(2.0) * sigma:
-                        hi = 1
-            m = hi - lo
-            mean = 0.0
-            for i in range(lo, hi):
-                mean += values[i]
-            mean /= m
-            ss = 0.0
-            for i in range(lo, hi):
-                ss += (values[i] - mean) ** 2
-            master[r, x] = center if median else mean
-            if m < 2:
-                variance[r, x] = np.nan
-            else:
-                variance[r, x] = ss / (m - 1) / m * (_MEDIAN_EFFICIENCY if median else 1.0)
+            if n >= 3:
+                scale = max(1.4826 * mad[x], np.sqrt(floor_var + max(center[x], 0.0) * max(inv_gain, 0.0)))
+                lo[x] = center[x] - clip_sigma * scale
+                hi[x] = center[x] + clip_sigma * scale
+            elif inv_gain >= 0:  # two samples
+                sigma = np.sqrt(floor_var + max(rows[0, x], 0.0) * inv_gain)
+                if rows[1, x] - rows[0, x] > clip_sigma * np.sqrt(2.0) * sigma:
+                    hi[x] = rows[0, x]
+        total[:] = 0
+        count[:] = 0
+        for i in range(N):
+            src = rows[i]
+            for x in range(X):
+                keep = (i < k[x]) & (src[x] >= lo[x]) & (src[x] <= hi[x])
+                total[x] += src[x] if keep else np.float32(0.0)
+                count[x] += np.int32(keep)
+        for x in range(X):
+            total[x] = total[x] / count[x] if count[x] > 0 else np.nan
+        mad[:] = 0
+        for i in range(N):
+            src = rows[i]
+            for x in range(X):
+                keep = (i < k[x]) & (src[x] >= lo[x]) & (src[x] <= hi[x])
+                d = src[x] - total[x]
+                mad[x] += d * d if keep else np.float32(0.0)
+        for x in range(X):
+            m = count[x]
+            master[r, x] = center[x] if median else total[x]
+            variance[r, x] = np.nan if m < 2 else mad[x] / (m - 1) / m * (_MEDIAN_EFFICIENCY if median else 1.0)
             nused[r, x] = m
-            nclip[r, x] = k - m
+            nsat[r, x] = min(sat[x], 255)
+            nclip[r, x] = k[x] - m
 
 
 # --- the dark fit -------------------------------------------------------------------------------
@@ -206,39 +254,51 @@ def _model(Z, offset, theta, P, out):
 
 
 @njit(cache=True)
-def _solve(A, b, P, x, work):
-    """Solve the P x P system A x = b (Gaussian elimination, partial pivoting); False if singular."""
-    for i in range(P):
-        for j in range(P):
-            work[i, j] = A[i, j]
-        work[i, P] = b[i]
-    for c in range(P):
-        p = c
-        for r in range(c + 1, P):
-            if abs(work[r, c]) > abs(work[p, c]):
-                p = r
-        if not (abs(work[p, c]) > 0.0) or not np.isfinite(work[p, c]):
+def _inverse(A, P, out):
+    """Inverse of the symmetric P x P matrix A (P <= 3) by cofactors; False if it is singular."""
+    if P == 1:
+        if not (A[0, 0] != 0.0 and np.isfinite(A[0, 0])):
             return False
-        if p != c:
-            for j in range(P + 1):
-                t = work[c, j]
-                work[c, j] = work[p, j]
-                work[p, j] = t
-        for r in range(c + 1, P):
-            f = work[r, c] / work[c, c]
-            for j in range(c, P + 1):
-                work[r, j] -= f * work[c, j]
-    for i in range(P - 1, -1, -1):
-        s = work[i, P]
-        for j in range(i + 1, P):
-            s -= work[i, j] * x[j]
-        x[i] = s / work[i, i]
+        out[0, 0] = 1.0 / A[0, 0]
+        return True
+    if P == 2:
+        det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
+        if not (det != 0.0 and np.isfinite(det)):
+            return False
+        out[0, 0], out[1, 1] = A[1, 1] / det, A[0, 0] / det
+        out[0, 1] = out[1, 0] = -A[0, 1] / det
+        return True
+    c00 = A[1, 1] * A[2, 2] - A[1, 2] * A[2, 1]
+    c01 = A[1, 2] * A[2, 0] - A[1, 0] * A[2, 2]
+    c02 = A[1, 0] * A[2, 1] - A[1, 1] * A[2, 0]
+    det = A[0, 0] * c00 + A[0, 1] * c01 + A[0, 2] * c02
+    if not (det != 0.0 and np.isfinite(det)):
+        return False
+    out[0, 0] = c00 / det
+    out[0, 1] = out[1, 0] = c01 / det
+    out[0, 2] = out[2, 0] = c02 / det
+    out[1, 1] = (A[0, 0] * A[2, 2] - A[0, 2] * A[2, 0]) / det
+    out[1, 2] = out[2, 1] = (A[0, 2] * A[1, 0] - A[0, 0] * A[1, 2]) / det
+    out[2, 2] = (A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]) / det
     return True
 
 
 @njit(cache=True)
-def _normal(y, valid, base, shot, Z, P, m, H, g):
-    """Weights from the model ``m``; fill the normal matrix H and gradient g; return chi-square."""
+def _solve(A, b, P, x, work):
+    """Solve the symmetric P x P system A x = b (P <= 3); False if singular. ``work`` is (3, >= 3)."""
+    if not _inverse(A, P, work):
+        return False
+    for a in range(P):
+        x[a] = 0.0
+        for c in range(P):
+            x[a] += work[a, c] * b[c]
+    return True
+
+
+@njit(cache=True)
+def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
+    """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
+    return chi-square."""
     for a in range(P):
         g[a] = 0.0
         for b in range(P):
@@ -248,6 +308,7 @@ def _normal(y, valid, base, shot, Z, P, m, H, g):
         if not valid[i]:
             continue
         w = 1.0 / (base[i] + shot[i] * m[i])
+        weights[i] = w
         r = y[i] - m[i]
         chi2 += w * r * r
         wm = w * m[i]
@@ -275,23 +336,30 @@ def _regularize(H, P, out, lam):
 
 @njit(cache=True)
 def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws):
-    """Reweighted Levenberg-Marquardt from ``theta`` (updated in place); True when converged.
+    """Reweighted Levenberg-Marquardt from ``theta`` (updated in place).
 
-    Every step takes its weights from the current model. A pixel stops when its step would
-    lower chi-square by less than ``tol`` (a step of ~sqrt(tol) sigma), or when the damping
-    cannot find a better point.
+    Every step takes its weights from the current model. A pixel stops when its next step would
+    lower chi-square by less than ``tol`` (a step of ~sqrt(tol) sigma), or when the damping cannot
+    find a better point. Returns (converged, chi-square): the chi-square is that of the current
+    ``theta``, whose model, weights and normal matrix are then in ``ws`` (NaN when they are not,
+    after ``max_iter`` steps).
     """
-    m, mt, H, A, g, step, trial, work, K = ws
+    m, mt, H, A, g, step, trial, work, K, weights = ws
     lam = 1e-3
     _model(Z, offset, theta, P, m)
     for _ in range(max_iter):
-        chi2 = _normal(y, valid, base, shot, Z, P, m, H, g)
+        chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
         _regularize(H, P, A, lam)
         if not _solve(A, g, P, step, work):
             lam *= 10.0
             if lam > 1e10:
-                return True
+                return True, chi2
             continue
+        gain = 0.0
+        for a in range(P):
+            gain += step[a] * g[a]
+        if gain < tol:
+            return True, chi2
         for a in range(P):
             trial[a] = theta[a] + step[a]
         trial[0] = min(max(trial[0], ln_a_range[0]), ln_a_range[1])
@@ -299,29 +367,24 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
         chi2_trial = 0.0
         for i in range(y.shape[0]):
             if valid[i]:
-                chi2_trial += (y[i] - mt[i]) ** 2 / (base[i] + shot[i] * m[i])
-        gain = 0.0
-        for a in range(P):
-            gain += step[a] * g[a]
+                chi2_trial += (y[i] - mt[i]) ** 2 * weights[i]
         if chi2_trial <= chi2:
             for a in range(P):
                 theta[a] = trial[a]
             for i in range(y.shape[0]):
                 m[i] = mt[i]
             lam *= 0.1
-            if gain < tol:
-                return True
         else:
             lam *= 10.0
             if lam > 1e10:
-                return True
-    return False
+                return True, chi2
+    return False, np.nan
 
 
 @njit(cache=True)
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
-    m, mt, H, A, g, step, trial, work, K = ws
+    m, mt, H, A, g, step, trial, work, K, weights = ws
     for a in range(P):
         g[a] = 0.0
         for b in range(P):
@@ -360,42 +423,37 @@ def _start(y, valid, base, shot, Z, offset, P, theta, ws):
 
 
 @njit(cache=True)
-def _covariance(y, valid, base, shot, Z, P, cov, ws):
+def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
     """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws[0]``;
-    False if the covariance is not positive."""
-    m, mt, H, A, g, step, trial, work, K = ws
-    chi2 = _normal(y, valid, base, shot, Z, P, m, H, g)
+    False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
+    current and is rebuilt first."""
+    m, mt, H, A, g, step, trial, work, K, weights = ws
+    if not chi2 == chi2:
+        chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
     _regularize(H, P, A, 0.0)
-    ok = True
-    for c in range(P):
-        for a in range(P):
-            g[a] = 1.0 if a == c else 0.0
-        if not _solve(A, g, P, step, work):
-            ok = False
-            break
-        for a in range(P):
-            cov[a, c] = step[a]
+    ok = _inverse(A, P, cov)
     for a in range(P):
         ok = ok and np.isfinite(cov[a, a]) and cov[a, a] > 0
     return chi2, ok
 
 
 @njit(cache=True)
-def _worst(y, valid, base, shot, Z, P, cov, m, positive):
-    """Largest studentized residual |r| / (sigma sqrt(1 - h)) of the current fit (h: the sample's leverage)."""
-    worst = 0.0
+def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
+    """Whether a studentized residual r^2 w / (1 - h) of the current fit exceeds ``limit``
+    (h: the sample's leverage; ``weights`` w = 1/variance from the last normal-equation pass)."""
     for i in range(y.shape[0]):
         if not valid[i]:
             continue
-        var = base[i] + shot[i] * m[i]
         h = 0.0
         if positive:
             for a in range(P):
                 for b in range(P):
                     h += Z[i, a] * cov[a, b] * Z[i, b]
-            h *= m[i] * m[i] / var
-        worst = max(worst, abs(y[i] - m[i]) / np.sqrt(var * max(1.0 - h, 1e-6)))
-    return worst
+            h *= m[i] * m[i] * weights[i]
+        r = y[i] - m[i]
+        if r * r * weights[i] > limit * max(1.0 - h, 1e-6):
+            return True
+    return False
 
 
 @njit(cache=True)
@@ -410,14 +468,14 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
     the covariance and ``ws[0]`` the model at ``theta``; dropped samples are set in ``outliers``.
     """
     m = ws[0]
-    converged = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
-    chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws)
+    converged, chi2 = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
+    chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws, chi2)
     dropped = 0
     n = 0
     for i in range(y.shape[0]):
         n += valid[i]
     while dropped < max_outliers and n - 1 >= min_valid:
-        if _worst(y, valid, base, shot, Z, P, cov, m, positive) <= outlier_sigma:
+        if not _beyond(y, valid, Z, P, cov, m, ws[9], positive, outlier_sigma * outlier_sigma):
             break
         candidate, lowest = -1, np.inf
         for i in range(y.shape[0]):
@@ -425,11 +483,12 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
                 continue
             valid[i] = False
             _start(y, valid, base, shot, Z, offset, P, trial, ws)
-            _lm(y, valid, base, shot, Z, offset, P, trial, max_iter, tol, ln_a_range, ws)
-            c = 0.0
-            for k in range(y.shape[0]):
-                if valid[k]:
-                    c += (y[k] - m[k]) ** 2 / (base[k] + shot[k] * m[k])
+            c = _lm(y, valid, base, shot, Z, offset, P, trial, max_iter, tol, ln_a_range, ws)[1]
+            if not c == c:
+                c = 0.0
+                for k in range(y.shape[0]):
+                    if valid[k]:
+                        c += (y[k] - m[k]) ** 2 / (base[k] + shot[k] * m[k])
             valid[i] = True
             if c < lowest:
                 candidate, lowest = i, c
@@ -444,8 +503,8 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
         n -= 1
         for a in range(P):
             theta[a] = best[a]
-        converged = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
-        chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws)
+        converged, chi2 = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
+        chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws, chi2)
     return converged, chi2, positive, dropped
 
 
@@ -491,20 +550,28 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
 
 
 @njit(cache=True, nogil=True)
-def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma,
-               max_outliers, full_well, lo, hi, prior, prior_var, D, bias_cov, theta_out, cov_out, chi2_out,
-               nvalid_out, flags_out, outliers_out):
+def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
+               egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
+               prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):
     """Fit ``DC = exp(offset + Z theta)`` to every pixel by noise-weighted, reweighted Levenberg-Marquardt.
 
     Parameters
     ----------
-    y, valid, base, shot : ndarray, shape (M, npix)
-        Master dark signal [DN], usable samples, signal-independent variance [DN^2] and shot-noise
-        variance per DN of signal; the weights use the model signal.
-    level : ndarray, shape (M, npix) or (0, 0)
-        Total level of each sample (signal + bias) [DN] for the full-well test; empty to skip it.
-    tgroup, egroup : ndarray of int, shape (M,)
-        Temperature and exposure group of each master (for the full-well plateau).
+    y : ndarray, shape (M, npix), float32
+        Master dark signal [DN] (bias removed).
+    nframes : ndarray, shape (M, npix), int16
+        Frames per master sample; with ``usable`` (M, npix) bool (not saturated) it decides
+        which samples are valid (also finite).
+    read_var : ndarray, shape (npix,), float32
+        Read variance of one frame [DN^2]. The noise model of a sample of n frames and signal S
+        is (read_var + S * inv_gain) / n + the variance of the bias removed from it, which is
+        var(a + b T) from ``bias_cov`` (3, npix: var a, var b, cov ab) plus ``extra_var`` (npix).
+    inv_gain : float
+        1 / gain [DN/e-]; the weights use the model signal.
+    bias_a, bias_b : ndarray, shape (npix,), float32
+        The bias model removed, to rebuild each sample's total level for the full-well test.
+    temperature, tgroup, egroup : ndarray, shape (M,)
+        Master temperatures [degC]; temperature and exposure group of each master.
     Z : ndarray, shape (M, 3)
         Regressors [1, x(T), ln t]; the first P are fitted.
     offset : ndarray, shape (M,)
@@ -522,13 +589,13 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
         or above 90 % of that level (the plateau and its knee) are dropped. <= 0 skips the test.
     lo, hi : ndarray, shape (3,)
         Bounds of (lnA, slope, gamma) for a pixel's own fit to be trusted.
-    prior, prior_var : ndarray, shape (3,)
+    prior, prior_var : ndarray, shape (2,)
         Population (slope, gamma) and their variances used where a pixel's own fit is not
         trusted: then only lnA is fitted (flag FALLBACK), and the population spread enters
         its covariance.
-    D : ndarray, shape (M, 2)
-        ``[1, T]`` of each master; with ``bias_cov`` (3, npix: var a, var b, cov ab) the error
-        of the subtracted bias model is propagated into the covariance (empty: not done).
+    propagate : bool
+        Propagate the error of the bias model (common to all masters of a pixel) into the
+        covariance.
     theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out : ndarray (out)
         (3, npix) lnA, slope, gamma (NaN without samples); (6, npix) covariance planes
         :data:`COVARIANCE_PLANES`; chi-square; valid samples used; :data:`FIT_FLAGS`;
@@ -544,7 +611,7 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
     off1 = np.empty(M)
     Z1 = np.ones((M, 1))
     ws = (np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
-          np.empty((3, 4)), np.empty((3, 2)))
+          np.empty((3, 4)), np.empty((3, 2)), np.empty(M))
     theta = np.empty(3)
     alt = np.empty(3)
     cov_alt = np.zeros((3, 3))
@@ -555,34 +622,41 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
     cov = np.zeros((3, 3))
     cab = np.empty((2, 2))
     ln_a_range = np.array([lo[0], hi[0]])
-    propagate = bias_cov.shape[0] == 3
+    level = np.empty(M)
+    D = np.empty((M, 2))
+    for i in range(M):
+        D[i, 0], D[i, 1] = 1.0, temperature[i]
     for p in range(npix):
         n = 0
+        va, vb, vab, extra = bias_cov[0, p], bias_cov[1, p], bias_cov[2, p], extra_var[p]
         for i in range(M):
+            T = temperature[i]
+            frames = max(nframes[i, p], 1)
             yp[i] = y[i, p]
-            vp[i] = valid[i, p] and np.isfinite(yp[i])
-            bp[i] = base[i, p]
-            sp[i] = shot[i, p]
+            vp[i] = usable[i, p] and nframes[i, p] > 0 and np.isfinite(yp[i])
+            bp[i] = read_var[p] / frames + va + T * T * vb + 2 * T * vab + extra
+            sp[i] = inv_gain / frames
+            level[i] = yp[i] + bias_a[p] + bias_b[p] * T
             outl[i] = False
             n += vp[i]
         flags = 0
-        if n > 0 and full_well > 0 and level.shape[0] == M:
+        if n > 0 and full_well > 0:
             top = -np.inf
             for i in range(M):
-                if vp[i] and level[i, p] > top:
-                    top = level[i, p]
+                if vp[i] and level[i] > top:
+                    top = level[i]
             if top >= full_well:
                 plateau = False
                 for i in range(M):
-                    if not vp[i] or top - level[i, p] > 3 * np.sqrt(bp[i] + sp[i] * max(yp[i], 0.0)):
+                    if not vp[i] or top - level[i] > 3 * np.sqrt(bp[i] + sp[i] * max(yp[i], 0.0)):
                         continue
                     for j in range(i + 1, M):
-                        if (vp[j] and top - level[j, p] <= 3 * np.sqrt(bp[j] + sp[j] * max(yp[j], 0.0))
+                        if (vp[j] and top - level[j] <= 3 * np.sqrt(bp[j] + sp[j] * max(yp[j], 0.0))
                                 and (tgroup[i] == tgroup[j] or egroup[i] == egroup[j])):
                             plateau = True
                 if plateau:  # the plateau and its knee: within 10 % below the top level
                     for i in range(M):
-                        if vp[i] and level[i, p] >= _KNEE * top:
+                        if vp[i] and level[i] >= _KNEE * top:
                             vp[i] = False
                             outl[i] = True
                             n -= 1
@@ -710,33 +784,68 @@ def fit_pixels(y, valid, base, shot, level, tgroup, egroup, Z, offset, P, min_do
         flags_out[p] = flags
 
 
-# --- evaluation ---------------------------------------------------------------------------------
+# --- prediction and evaluation --------------------------------------------------------------------
 @njit(cache=True, nogil=True)
-def residual_maps(master, prediction, variance, prediction_var, use, snr_min, mae, mape):
-    """Residual maps of one group and its sums, in one pass.
+def predict_dark(dark, cov, x, ln_t, signal, variance):
+    """Dark signal exp(lnA + slope x + gamma ln t) of every pixel and its variance, in one pass.
+
+    ``dark`` (3, ny, nx) holds lnA, slope, gamma; ``cov`` (6, ny, nx) the covariance planes
+    :data:`COVARIANCE_PLANES`; ``x`` the temperature regressor and ``ln_t`` the log exposure of
+    the request. Writes ``signal`` and ``variance`` (ny, nx) float32: NaN where the model is.
+    """
+    z = (1.0, x, ln_t)
+    for r in range(signal.shape[0]):
+        for c in range(signal.shape[1]):
+            e = dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c]
+            s = np.exp(min(e, _MAX_EXPONENT))
+            q = 0.0
+            for k in range(6):
+                i, j = COVARIANCE_PLANES[k]
+                q += (1.0 if i == j else 2.0) * z[i] * z[j] * cov[k, r, c]
+            signal[r, c] = s
+            variance[r, c] = s * s * q
+
+
+@njit(cache=True, nogil=True)
+def block_mean(image, factor, out):
+    """NaN-aware mean of ``factor`` x ``factor`` blocks of ``image`` into ``out`` (NaN where a block has none)."""
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            total = 0.0
+            n = 0
+            for rr in range(r * factor, (r + 1) * factor):
+                for cc in range(c * factor, (c + 1) * factor):
+                    v = image[rr, cc]
+                    if v == v:
+                        total += v
+                        n += 1
+            out[r, c] = total / n if n else np.nan
+
+
+@njit(cache=True, nogil=True)
+def residual_maps(master, prediction, variance, prediction_var, good, hot, snr_min, mae, mape, z):
+    """Residual maps of one group and its sums over two pixel sets, in one pass.
 
     Parameters
     ----------
     master, prediction, variance, prediction_var : ndarray, 1-D
         Master [DN], synthetic frame [DN], expected variance of the master and of the
         prediction [DN^2].
-    use : ndarray of bool, 1-D
-        Pixels the sums cover.
+    good, hot : ndarray of bool, 1-D
+        The two pixel sets summed (normal pixels; hot pixels).
     snr_min : float
         MAPE only where |master| > snr_min * sigma.
-    mae, mape : ndarray of float32, 1-D (out)
-        |prediction - master| [DN] and 100 |prediction - master| / |master| [%] (NaN where not significant).
+    mae, mape, z : ndarray of float32, 1-D (out)
+        |prediction - master| [DN], 100 |prediction - master| / |master| [%] (NaN where not
+        significant) and (prediction - master) / sigma over ``good`` (NaN elsewhere).
 
     Returns
     -------
-    n, sum_z2, sum_leverage, n_significant : float
-        Pixels used, sum of (residual / sigma)^2, sum of (1 - var_pred / var) clipped to [0, 1],
-        pixels with a MAPE.
+    ndarray, shape (2, 8)
+        Per set: pixels, sum of z^2, sum of (1 - var_pred / var) clipped to [0, 1], pixels with a
+        MAPE, sums of MAE and MAE^2, sums of MAPE and MAPE^2.
     """
-    n = 0.0
-    sz2 = 0.0
-    slev = 0.0
-    nsig = 0.0
+    sums = np.zeros((2, 8))
     for i in range(master.size):
         r = prediction[i] - master[i]
         a = abs(r)
@@ -744,12 +853,20 @@ def residual_maps(master, prediction, variance, prediction_var, use, snr_min, ma
         s = np.sqrt(variance[i])
         significant = abs(master[i]) > snr_min * s
         mape[i] = 100.0 * a / abs(master[i]) if significant else np.nan
-        if use[i] and np.isfinite(r) and s > 0:
-            n += 1.0
-            sz2 += (r / s) ** 2
-            slev += 1.0 - min(max(prediction_var[i] / variance[i], 0.0), 1.0)
-            nsig += significant
-    return n, sz2, slev, nsig
+        usable = np.isfinite(r) and s > 0
+        z[i] = r / s if usable and good[i] else np.nan
+        for k in range(2):
+            if usable and (good[i] if k == 0 else hot[i]):
+                sums[k, 0] += 1.0
+                sums[k, 1] += (r / s) ** 2
+                sums[k, 2] += 1.0 - min(max(prediction_var[i] / variance[i], 0.0), 1.0)
+                sums[k, 3] += significant
+                sums[k, 4] += a
+                sums[k, 5] += a * a
+                if significant:
+                    sums[k, 6] += mape[i]
+                    sums[k, 7] += mape[i] * mape[i]
+    return sums
 
 
 def warm_up() -> None:
@@ -758,24 +875,28 @@ def warm_up() -> None:
     frame = np.zeros(4, np.float32)
     decode_be16(raw, frame, 1.0, 32768.0, 1 / 16, 4095.0, 0, False)
     mark_frame(frame, 4095.0)
+    subtract_bias(np.ones((2, 2, 2), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), np.float32),
+                  np.zeros(2))
     stack = np.ones((3, 2, 2), np.float32)
     out = [np.empty((2, 2), t) for t in (np.float32, np.float32, np.int16, np.uint8, np.int16)]
     for median in (False, True):
-        combine_stack(stack, 1.0, 0.5, 4.0, median, *out)
+        combine_stack(stack, sorting_network(3), 1.0, 0.5, 4.0, median, *out)
     M, npix = 6, 2
     T = np.repeat([0.0, 10.0], 3)
     Z = np.stack([np.ones(M), T, np.log(np.tile([1.0, 5, 20], 2))], axis=1)
     y = np.exp(Z @ np.array([0.0, 0.1, 1.0]))[:, None].repeat(npix, 1).astype(np.float32)
-    ones = np.ones((M, npix), np.float32)
-    for level, bias_cov in ((ones, np.ones((3, npix), np.float32)), (np.zeros((0, 0), np.float32),
-                                                                     np.zeros((0, 0), np.float32))):
-        fit_pixels(y, np.ones((M, npix), bool), ones, ones, level, np.repeat([0, 1], 3), np.tile([0, 1, 2], 2), Z,
-                   np.zeros(M), 3, 1, 50, 1e-3, 5.0, 1, 100.0, np.array([-60.0, -0.1, 0.0]),
-                   np.array([60.0, 0.5, 3.0]), np.array([0.1, 1.0]), np.array([0.01, 0.01]),
-                   np.stack([np.ones(M), T], 1), bias_cov, np.empty((3, npix)), np.empty((6, npix)),
-                   np.empty(npix), np.empty(npix, np.int16), np.empty(npix, np.uint8), np.empty((M, npix), bool))
+    pixel = np.ones(npix, np.float32)
+    fit_pixels(y, np.ones((M, npix), np.int16), np.ones((M, npix), bool), pixel, 0.5, pixel, pixel,
+               np.ones((3, npix), np.float32), pixel, T, np.repeat([0, 1], 3), np.tile([0, 1, 2], 2), Z, np.zeros(M),
+               3, 1, 50, 1e-3, 5.0, 1, 100.0, np.array([-20.0, -0.1, 0.0]), np.array([20.0, 0.5, 3.0]),
+               np.array([0.1, 1.0]), np.array([0.01, 0.01]), True, np.empty((3, npix)), np.empty((6, npix)),
+               np.empty(npix), np.empty(npix, np.int16), np.empty(npix, np.uint8), np.empty((M, npix), bool))
     a = np.ones(4, np.float32)
-    residual_maps(a, a, a, a, np.ones(4, bool), 10.0, np.empty(4, np.float32), np.empty(4, np.float32))
+    yes = np.ones(4, bool)
+    residual_maps(a, a, a, a, yes, yes, 10.0, *(np.empty(4, np.float32) for _ in range(3)))
+    image = np.ones((4, 4), np.float32)
+    block_mean(image, 2, np.empty((2, 2), np.float32))
+    predict_dark(np.ones((3, 2, 2)), np.ones((6, 2, 2)), 1.0, 1.0, *(np.empty((2, 2), np.float32) for _ in range(2)))
 
 
 if __name__ == "__main__":

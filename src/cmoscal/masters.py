@@ -9,7 +9,9 @@ samples are left out of the combine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +19,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .bias import bias_at
 from .compute import sample_rows, tile_budget
 from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
-from .kernels import combine_stack
+from .kernels import combine_stack, sorting_network, subtract_bias
 
 __all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "load_masters", "make_master",
            "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
@@ -121,7 +122,8 @@ def combine(stack: np.ndarray, method: str = "mean", clip_sigma: float = 4.0, no
     shape = stack.shape[1:]
     out = (np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(shape, np.int16),
            np.empty(shape, np.uint8), np.empty(shape, np.int16))
-    combine_stack(stack, float(noise[0]), float(noise[1]), float(clip_sigma), method == "median", *out)
+    combine_stack(stack, sorting_network(len(stack)), float(noise[0]), float(noise[1]), float(clip_sigma),
+                  method == "median", *out)
     return out
 
 
@@ -141,21 +143,32 @@ def gain_sums(signal, variance, nframes, read_var) -> tuple[float, float]:
     return float(np.sum(s[keep] * e[keep])), float(np.sum(s[keep] ** 2))
 
 
-def _bias_rows(source, temperatures, rows) -> np.ndarray:
-    """Bias [DN] to remove from each frame, for ``rows``.
+@functools.lru_cache(maxsize=4)
+def _product(path: str, mtime: int) -> np.ndarray:
+    """A whole product image, read once per process (the bias maps every dark group uses)."""
+    return read_image(path)
+
+
+def _cached(path) -> np.ndarray:
+    return _product(str(path), os.stat(path).st_mtime_ns)
+
+
+def _remove_bias(stack, source, temperatures, rows) -> None:
+    """Remove from each frame of ``stack`` (``rows`` of the sensor) its bias, in place.
 
     ``source`` is ("model", a_map, b_map): the bias model at each frame's temperature, or
     ("nearest", master_files, master_temperatures): the master bias nearest in temperature.
     """
     kind, *args = source
-    temperatures = np.asarray(temperatures, dtype=np.float32)
     if kind == "model":
-        a, b = (read_image(path, 0, rows) for path in args)
-        return bias_at(a, b, temperatures[:, None, None])
+        a, b = (_cached(path)[rows] for path in args)
+        subtract_bias(stack, np.ascontiguousarray(a), np.ascontiguousarray(b),
+                      np.asarray(temperatures, dtype=np.float64))
+        return
     paths, master_temperatures = args
-    index = np.abs(np.asarray(master_temperatures)[None, :] - temperatures[:, None]).argmin(axis=1)
-    masters = {i: read_image(paths[i], 0, rows) for i in set(index)}
-    return np.stack([masters[i] for i in index])
+    index = np.abs(np.asarray(master_temperatures)[None, :] - np.asarray(temperatures)[:, None]).argmin(axis=1)
+    for frame, i in zip(stack, index):
+        frame -= _cached(paths[i])[rows]
 
 
 def make_master(refs, names, temperatures, exptime, kind, path, params, scale, saturation, bias_source=None,
@@ -179,7 +192,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     scale, saturation : float
         raw / scale = DN; saturation [DN].
     bias_source : tuple, optional
-        Bias to remove from each frame (darks), see :func:`_bias_rows`.
+        Bias to remove from each frame (darks), see :func:`_remove_bias`.
     read_noise_map : Path, optional
         Read noise [DN], for the gain sums of dark groups.
 
@@ -187,13 +200,14 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     -------
     dict
         path, frames (name, status, reason, saturated and NaN fractions per frame), nbytes read,
-        noise (the group's clipping noise model), gain sums, clipped samples.
+        noise (the group's clipping noise model), gain sums (over the fixed sample rows), clipped samples.
     """
     ny, nx = refs[0].shape
     npix = ny * nx
     typical_read_var = None
+    rows = sample_rows(ny)
     if read_noise_map is not None:
-        read_var = read_image(read_noise_map).astype(np.float64) ** 2
+        read_var = _cached(read_noise_map)[rows].astype(np.float64) ** 2  # on the fixed sample rows
         typical_read_var = float(np.nanmedian(read_var))
     one_pass = len(refs) * npix * 4 * 2 <= tile_budget(params)
     if one_pass:
@@ -221,7 +235,6 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             reasons.append(reason)
         counts = np.array(counts)
     good = [i for i, r in enumerate(reasons) if not r]
-    rows = sample_rows(ny)
     frames = [(names[i], "rejected" if r else "used", r, counts[i][0] / npix, counts[i][2] / npix)
               for i, r in enumerate(reasons)]
     if not good:
@@ -231,13 +244,13 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     if one_pass:
         stack = stack[good] if len(good) < len(refs) else stack
         if bias_source is not None:
-            stack -= _bias_rows(bias_source, use_T, slice(None))
+            _remove_bias(stack, bias_source, use_T, slice(None))
         noise = group_noise(stack[:, rows], typical_read_var)
         parts = [combine(stack, params["combine"], params["clip_sigma"], noise)]
     else:
         sample = np.concatenate([read_stack(use_refs, slice(y, y + 1), scale, saturation)[0] for y in rows], axis=1)
         if bias_source is not None:
-            sample -= _bias_rows(bias_source, use_T, rows)
+            _remove_bias(sample, bias_source, use_T, rows)
         noise = group_noise(sample, typical_read_var)
         band_rows = max(1, int(tile_budget(params) // (len(good) * nx * 4 * 3)))
         parts = []
@@ -246,12 +259,12 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             band, _, n = read_stack(use_refs, band_slice, scale, saturation)
             nbytes += n
             if bias_source is not None:
-                band -= _bias_rows(bias_source, use_T, band_slice)
+                _remove_bias(band, bias_source, use_T, band_slice)
             parts.append(combine(band, params["combine"], params["clip_sigma"], noise))
-    combined = [np.concatenate(p) for p in zip(*parts)]
+    combined = parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
     gain = (0.0, 0.0)
-    if read_noise_map is not None:
-        gain = gain_sums(combined[0], combined[1], combined[2], read_var)
+    if read_noise_map is not None:  # a campaign-wide number: the fixed sample rows measure it
+        gain = gain_sums(combined[0][rows], combined[1][rows], combined[2][rows], read_var)
     inputs = [names[i] for i in good]
     rejected = [f"{names[i]}: {r}" for i, r in enumerate(reasons) if r]
     subtracted = ""

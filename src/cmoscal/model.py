@@ -22,13 +22,14 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
-from .darkfit import KELVIN, predict, predict_variance
+from .darkfit import KELVIN, temperature_feature
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, write_atomic, write_hdus
 from .hotpix import dq_table
+from .kernels import predict_dark
 from .products import MODEL_FILE
 
-__all__ = ["CalibrationModel", "MODEL_FILE", "equations", "to_raw16", "write_synthetic"]
+__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "to_raw16", "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
@@ -162,13 +163,20 @@ class CalibrationModel:
         self._checked(temperature, exptime)
         return self._dark(temperature, exptime)
 
+    def prediction(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
+        """Dark signal [DN] and its variance [DN^2] at (T, t), unchecked, in one compiled pass."""
+        signal, variance = (np.empty(self.dq.shape, np.float32) for _ in range(2))
+        x = float(temperature_feature(temperature, self.tmin, self.form))
+        predict_dark(np.ascontiguousarray(self.dark, dtype=np.float64),
+                     np.ascontiguousarray(self.dark_cov, dtype=np.float64), x, float(np.log(exptime)), signal, variance)
+        return signal, variance
+
     def _dark(self, temperature, exptime) -> np.ndarray:
-        return predict(self.dark, temperature, exptime, self.tmin, self.form).astype(np.float32)
+        return self.prediction(temperature, exptime)[0]
 
     def dark_variance(self, temperature: float, exptime: float) -> np.ndarray:
         """Variance [DN^2] of :meth:`dark_signal` from the parameter covariance."""
-        return predict_variance(self.dark, self.dark_cov, temperature, exptime, self.tmin,
-                                self.form).astype(np.float32)
+        return self.prediction(temperature, exptime)[1]
 
     def dark_frame(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic full dark frame, bias + dark signal [DN]."""
@@ -223,7 +231,7 @@ class CalibrationModel:
         return write_atomic(fits.HDUList(hdus), path, checksum=True)
 
     @classmethod
-    def read(cls, path: str | Path) -> "CalibrationModel":
+    def read(cls, path: str | Path) -> CalibrationModel:
         """Load a model file written by :meth:`write` (an output_dir or the file itself).
 
         Raises
@@ -302,7 +310,7 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
     if exptime is None:
         data, variance, kind = bias, bias_var, "bias"
     else:
-        data, variance = model._dark(temperature, exptime), model.dark_variance(temperature, exptime)
+        data, variance = model.prediction(temperature, exptime)
         kind = "dark signal"
         if not signal_only:
             data, variance, kind = data + bias, variance + bias_var, "dark"

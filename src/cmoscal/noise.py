@@ -9,9 +9,11 @@ scatter is unknown.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["master_noise", "read_variance"]
+__all__ = ["Noise", "read_variance"]
 
 
 def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.ndarray:
@@ -36,24 +38,43 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
         return (np.sum(dof * per_frame, axis=0) / np.sum(dof, axis=0)).astype(np.float32)
 
 
-def master_noise(read_var, nframes, inv_gain: float, bias_var=0.0):
-    """Signal-independent variance and shot-noise scale of master samples.
+@dataclass
+class Noise:
+    """The noise model of master dark samples, compact: sigma^2 = (read_var + S inv_gain) / n + bias variance.
 
-    Parameters
+    Attributes
     ----------
-    read_var : ndarray
+    nframes : ndarray, shape (M, npix)
+        Frames per master sample.
+    read_var : ndarray, shape (npix,)
         Read variance of one frame [DN^2].
-    nframes : ndarray
-        Frames per master sample (0 counts as 1: such samples are invalid anyway).
     inv_gain : float
-        1 / gain [DN/e-].
-    bias_var : float or ndarray
-        Variance of the bias removed from each master [DN^2].
-
-    Returns
-    -------
-    base_var, shot_scale : ndarray
-        A master of signal S has variance ``base_var + shot_scale * S``.
+        1 / gain [DN/e-] (0: no shot noise known).
+    bias : tuple of ndarray, optional
+        (a, b, cov) of the bias model a + b T removed from every master [DN, DN/degC, (3, npix)]:
+        its variance enters each sample and, being common to all masters of a pixel, is
+        propagated into the parameter covariance.
+    extra_var : ndarray, shape (npix,), optional
+        Variance of another bias removed from every sample (e.g. the nearest master bias).
     """
-    n = np.maximum(nframes, 1)
-    return read_var / n + bias_var, inv_gain / n
+
+    nframes: np.ndarray
+    read_var: np.ndarray
+    inv_gain: float
+    bias: tuple | None = None
+    extra_var: np.ndarray | None = None
+
+    def columns(self, pixels):
+        """The same noise model for a subset of pixels (flat indices)."""
+        bias = None if self.bias is None else (self.bias[0][pixels], self.bias[1][pixels], self.bias[2][:, pixels])
+        extra = None if self.extra_var is None else self.extra_var[pixels]
+        return Noise(self.nframes[:, pixels], self.read_var[pixels], self.inv_gain, bias, extra)
+
+    def variance(self, g, signal, temperature):
+        """Expected variance [DN^2] of master ``g`` of signal ``signal`` at ``temperature``."""
+        n = np.maximum(self.nframes[g], 1)
+        var = (self.read_var + np.clip(signal, 0, None) * self.inv_gain) / n
+        if self.bias is not None:
+            cov = self.bias[2]
+            var = var + cov[0] + temperature ** 2 * cov[1] + 2 * temperature * cov[2]
+        return var + (0.0 if self.extra_var is None else self.extra_var)

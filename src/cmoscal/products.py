@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
@@ -122,7 +122,7 @@ def hold(output_dir, what: str = ""):
     token = uuid.uuid4().hex
     info = dict(token=token, pid=os.getpid(), host=socket.gethostname(),
                 what=what or " ".join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv)),
-                started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+                started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
     previous = os.environ.get(_ENV)
@@ -220,7 +220,7 @@ def stage(name: str):
                         raise FileNotFoundError(f"{name} reads the products of {dep}: run the {dep} stage first")
                 book["seq"] = book.get("seq", 0) + 1
                 entry = dict(seq=book["seq"], status="running", cmoscal=__version__,
-                             started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             started=datetime.now(UTC).isoformat(timespec="seconds"),
                              upstream={dep: stages[dep]["seq"] for dep in DEPENDS[name]}, warnings=[])
                 stages[name] = entry
                 _save(output_dir, book)

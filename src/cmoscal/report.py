@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -103,7 +103,7 @@ def _link_latest(report_dir: Path, run_id: str) -> None:
 
 
 def _run_folder(report_dir: Path) -> Path:
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir, suffix = report_dir / run_id, 1
     while run_dir.exists():
         run_dir, suffix = report_dir / f"{run_id}-{suffix}", suffix + 1
@@ -146,7 +146,7 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
     used.write_text(yaml.safe_dump(params, sort_keys=False))
     manifest = dict(campaign=params["campaign"], run_id=run_dir.name, software=software_versions(),
                     platform=platform.platform(), params_file=str(Path(params_file).resolve()), stages=stages,
-                    started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    started=datetime.now(UTC).isoformat(timespec="seconds"))
     results, said = [], set()
     with hold(params["output_dir"], f"cmoscal report {params_file}"), tempfile.TemporaryDirectory() as sockets, \
             ThreadPoolExecutor(max_workers=1) as exporter:
@@ -175,7 +175,7 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
         inventory = Path(params["output_dir"]) / "inventory.ecsv"
         if inventory.exists():
             shutil.copy2(inventory, run_dir / "inventory.ecsv")
-        manifest.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), results=results,
+        manifest.update(finished=datetime.now(UTC).isoformat(timespec="seconds"), results=results,
                         ledger=ledger(params["output_dir"]))
         (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         write_index(run_dir, params, results, manifest)

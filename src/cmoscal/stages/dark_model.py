@@ -16,9 +16,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..bias import bias_variance_at
 from ..compute import row_bands, run_tiles, sample_rows
-from ..darkfit import compare_forms, covariance_matrix, fit_dark, predict
+from ..darkfit import compare_forms, fit_dark, predict
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import write_hdus, write_table
 from ..hotpix import DQ_BITS, FIT_DQ
@@ -26,7 +25,7 @@ from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
 from ..masters import load_masters, master_index
 from ..model import CalibrationModel
-from ..noise import master_noise
+from ..noise import Noise
 from ..products import MODEL_FILE, note, out, require, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
@@ -64,20 +63,19 @@ def _dimension(params: dict, exptimes) -> bool:
 
 
 def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
-    """Master darks of ``rows`` flattened to (M, npix), with their noise terms and levels."""
+    """Master darks of ``rows`` flattened to (M, npix), with their noise model (:class:`~cmoscal.darkfit.Noise`)."""
     darks = load_masters(index, rows, extensions=("NFRAMES", "NSATUR"))
     bias = bias_stage.load(params, rows)
-    rv = bias["read_noise"].astype(np.float64) ** 2
+    read_var = bias["read_noise"].astype(np.float32).reshape(-1) ** 2
+    M = len(darks)
+    flat = lambda x: x.reshape(M, -1)  # noqa: E731
     if params["dark_bias"] == "model":
-        bias_var = np.stack([bias_variance_at(bias["cov"], T) for T in darks.temperature])
+        noise = Noise(flat(darks.nframes), read_var, inv_gain,
+                      bias=(bias["a"].reshape(-1), bias["b"].reshape(-1), bias["cov"].reshape(3, -1)))
     else:
-        bias_var = rv / bias["header"]["NBIASMED"]
-    base, shot = master_noise(rv, darks.nframes, inv_gain, bias_var)
-    level = darks.data + bias["a"] + bias["b"] * darks.temperature[:, None, None].astype(np.float32)
-    flat = lambda x: np.broadcast_to(x, darks.data.shape).reshape(len(darks), -1)  # noqa: E731
-    return dict(darks=darks, bias=bias, shape=darks.data.shape[1:], signal=flat(darks.data), valid=flat(darks.valid),
-                base_var=flat(base), shot=flat(shot), level=flat(level),
-                bias_cov=bias["cov"].reshape(3, -1) if params["dark_bias"] == "model" else None)
+        noise = Noise(flat(darks.nframes), read_var, inv_gain, extra_var=read_var / bias["header"]["NBIASMED"])
+    return dict(darks=darks, shape=darks.data.shape[1:], signal=flat(darks.data), usable=flat(darks.nsaturated == 0),
+                noise=noise)
 
 
 def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
@@ -91,17 +89,16 @@ def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 
                 prior=prior)
 
 
-def _fit(inputs, form, fit_gamma, options, tmin, propagate=False):
+def _fit(inputs, form, fit_gamma, options, tmin):
     darks = inputs["darks"]
-    return fit_dark(inputs["signal"], inputs["valid"], inputs["base_var"], inputs["shot"], darks.temperature,
-                    darks.exptime, tmin, form, fit_gamma, level=inputs["level"],
-                    bias_cov=inputs["bias_cov"] if propagate else None, **options)
+    return fit_dark(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit_gamma,
+                    usable=inputs["usable"], **options)
 
 
 def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma) -> tuple:
     """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
     inputs = fit_inputs(params, index, rows, inv_gain)
-    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin, propagate=True)
+    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin)
     shape = inputs["shape"]
     bias_sat = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NSATUR",))
     saturated = (inputs["darks"].nsaturated.sum(0) + bias_sat.nsaturated.sum(0)) > 0
@@ -128,24 +125,30 @@ def sample_inputs(params: dict, index, inv_gain: float) -> dict:
         rows = np.sort(rng.choice(ny, min(ny, 4 * -(-n // nx)), replace=False))
         pixels = np.sort(rng.choice(len(rows) * nx, n, replace=False))
     inputs = fit_inputs(params, index, rows, inv_gain)
-    for key in ("signal", "valid", "base_var", "shot", "level"):
-        inputs[key] = inputs[key][:, pixels]
-    if inputs["bias_cov"] is not None:
-        inputs["bias_cov"] = inputs["bias_cov"][:, pixels]
-    return dict(inputs, rows=rows, pixels=pixels)
+    return dict(inputs, signal=inputs["signal"][:, pixels], usable=inputs["usable"][:, pixels],
+                noise=inputs["noise"].columns(pixels), rows=rows, pixels=pixels)
+
+
+def _sample_tile(params, index, rows, inv_gain, options, tmin, fit_gamma):
+    """Fit a few rows (a task): the flags and parameters of their pixels."""
+    fit = _fit(fit_inputs(params, index, rows, inv_gain), params["dark_form"], fit_gamma, options, tmin)
+    return fit.flags, fit.params
 
 
 def _population(params, index, inv_gain, options, tmin, fit_gamma) -> tuple:
-    """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows)."""
-    ny = index[0][1]["NAXIS2"]
-    inputs = fit_inputs(params, index, sample_rows(ny), inv_gain)
-    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin)
-    own = (fit.flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
+    """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows).
+
+    Returns the prior (slope, gamma, var slope, var gamma) and the share of trusted pixels.
+    """
+    rows = sample_rows(index[0][1]["NAXIS2"])
+    tasks = [(params, index, part, inv_gain, options, tmin, fit_gamma) for part in np.array_split(rows, 4)]
+    flags, theta = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, params)))
+    own = (flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     if not own.any():
         raise CampaignError("no pixel's dark fit is determined: the darks carry no measurable dark signal "
                             "(or the exposures/temperatures do not constrain the model)")
-    center = [float(np.median(fit.params[k][own])) for k in (1, 2)]
-    spread = [float((1.4826 * np.median(np.abs(fit.params[k][own] - c))) ** 2) for k, c in zip((1, 2), center)]
+    center = [float(np.median(theta[k][own])) for k in (1, 2)]
+    spread = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip((1, 2), center)]
     return (center[0], center[1] if fit_gamma else 1.0, spread[0], spread[1] if fit_gamma else 0.0), float(own.mean())
 
 
@@ -239,7 +242,7 @@ def run(params: dict) -> dict:
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
     write_maps(params, model)
     model.write(out(params, MODEL_FILE))
-    note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=int(len(dropped[0])),
+    note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
     return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,
                 prior=prior)
@@ -269,8 +272,7 @@ def _record_dropped(params, index, dropped, shape) -> Table:
 def write_maps(params: dict, model: CalibrationModel) -> None:
     """The parameter maps of the dark model, one FITS file each."""
     header = model.header()
-    cov = covariance_matrix(model.dark_cov)
-    sigma = np.sqrt(np.stack([cov[i, i] for i in range(3)]))
+    sigma = np.sqrt(model.dark_cov[:3])  # planes 00 11 22: the variances
     A = np.exp(model.dark[0])
     a_unit = "DN/s^gamma" if model.fit_gamma else "DN/s"
     slope_name, slope_unit = ("B", "1/degC") if model.form == "exponential" else ("Ea", "eV")

@@ -16,16 +16,16 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..bias import bias_at, bias_variance_at
+from ..bias import bias_at
 from ..compute import run_tiles
 from ..errors import OutOfRangeWarning
-from ..evaluate import downsample, leave_one_out_bias, leave_one_out_dark, residual_stats
+from ..evaluate import downsample, held_out_dark, leave_one_out_bias, residual_stats
 from ..fitsio import cube_writer, provenance, write_table
 from ..hotpix import DQ_BITS
 from ..inventory import frame_label
 from ..masters import load_masters, master_index
 from ..model import CalibrationModel
-from ..noise import master_noise
+from ..noise import Noise
 from ..products import MODEL_FILE, out, require, stage
 from . import dark_model as dark_model_stage
 from . import inventory as inventory_stage
@@ -60,17 +60,13 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
         synth, var_pred = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
         var = rv / np.maximum(masters.nframes[0], 1)
     else:
-        synth, var_pred = model._dark(T, t), model.dark_variance(T, t)
-        bias_var = bias_variance_at(model.bias_cov, T) if params["dark_bias"] == "model" else 0.0
-        base, shot = master_noise(rv, masters.nframes[0], inv_gain, bias_var)
-        var = base + shot * np.clip(synth, 0, None)
-    mae, mape, stats = residual_stats(synth, master, var, var_pred, good, params["snr_min"])
+        synth, var_pred = model.prediction(T, t)
+        bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
+        var = Noise(masters.nframes, rv, inv_gain, bias).variance(0, synth, T)
     hot = ((model.dq & DQ_BITS["HOT"][0]) > 0) & valid
-    stats["resid_noise_hot"] = residual_stats(synth, master, var, var_pred, hot, params["snr_min"])[2]["resid_noise"]
+    mae, mape, z, stats = residual_stats(synth, master, var, var_pred, good, hot, params["snr_min"])
     row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)
     factor = int(np.ceil(max(master.shape) / PREVIEW))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(good, (synth - master) / np.sqrt(var), np.nan)
     previews = tuple(downsample(x, PREVIEW) for x in (master, synth, mae, mape)) + (downsample(z, PREVIEW) * factor,)
     return row, previews, (mae, mape) if params["save_eval_fits"] else None
 
@@ -133,22 +129,23 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
     ny, nx = model.dq.shape
     row_index = np.arange(ny)[rows]
     sample_y, sample_x = row_index[pixels // nx], pixels % nx
-    valid = inputs["valid"].copy()
+    usable = inputs["usable"].copy()
     dropped = dropped_samples(params)
     position = {(int(y), int(x)): k for k, (y, x) in enumerate(zip(sample_y, sample_x))}
     names = [frame_label("dark", T, t) for T, t in zip(darks.temperature, darks.exptime)]
     for master, y, x in zip(dropped["MASTER"], dropped["Y"], dropped["X"]):
         k = position.get((int(y), int(x)))
         if k is not None:
-            valid[names.index(master), k] = False
+            usable[names.index(master), k] = False
     options = dark_model_stage.fit_options(params, float(model.meta["SATURATE"]), len(darks) - 1,
                                            prior=model.prior)
-    z, err = leave_one_out_dark(inputs["signal"], valid, inputs["base_var"], inputs["shot"], darks.temperature,
-                                darks.exptime, model.tmin, model.form, model.fit_gamma,
-                                dict(options, level=inputs["level"]))
+    common = (inputs["signal"], usable, inputs["noise"], darks.temperature, darks.exptime, model.tmin, model.form,
+              model.fit_gamma, options)
+    z, err = (np.stack(k) for k in zip(*run_tiles(held_out_dark, [(g, *common) for g in range(len(darks))], params,
+                                                  "leave-one-out")))
     bias_m = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NFRAMES", "NSATUR"))
-    flat = lambda x: x.reshape(len(x), -1)[:, pixels]  # noqa: E731
-    sample = lambda image: image[rows].reshape(-1)[pixels]  # noqa: E731
+    flat = lambda x: x.reshape(len(x), -1)[:, pixels]
+    sample = lambda image: image[rows].reshape(-1)[pixels]
     zb, errb = leave_one_out_bias(bias_m.temperature, flat(bias_m.data),
                                   flat(np.where(bias_m.valid, bias_m.nframes, 0)),
                                   sample(model.read_noise.astype(np.float64)) ** 2)
@@ -166,7 +163,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
                                    mae=float(np.nanmean(errors)) if np.isfinite(errors).any() else np.nan,
                                    npix=int(np.isfinite(zz[i][g]).sum())))
     table = Table(rows=table_rows)
-    table.meta["pixels"] = int(len(pixels))
+    table.meta["pixels"] = len(pixels)
     inventory = inventory_stage.load(params)
     table.meta["notes"] = [n for n in inventory.meta.get("notes", []) if "leave-one-out" in n]
     return table

@@ -12,7 +12,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..darkfit import covariance_matrix, design
+from ..darkfit import design, linear_variance
 from ..errors import CampaignError
 from ..fitsio import write_hdus, write_table
 from ..hotpix import DQ_BITS, classify_pixels, dq_table, log_rate_significance
@@ -30,8 +30,7 @@ def log_rates(model: CalibrationModel, temperature: float):
     t_ref = float(np.sqrt(model.exprange[0] * model.exprange[1]))
     z = design(temperature, t_ref, model.tmin, model.form)
     ln_rate = model.dark[0] + z[1] * model.dark[1] + z[2] * model.dark[2] - np.log(t_ref)
-    cov = covariance_matrix(model.dark_cov)
-    return ln_rate, np.einsum("i,ij...,j->...", z, cov, z)
+    return ln_rate, linear_variance(model.dark_cov, z)
 
 
 @stage("hot_pixels")

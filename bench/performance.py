@@ -1,55 +1,67 @@
 """Performance on the reference campaign R2k (2048x2048, 8 T x (10 biases + 5 t x 5 darks) = 280 frames).
 
-Measures, in one run: the I/O floor (every raw frame read once), time and peak memory of each
-stage (each in its own process) and of the whole report, the throughput of the batched dark
-fit, the same fit done by a per-pixel loop of log-space least squares and by per-pixel
-scipy curve_fit on a sample of pixels (extrapolated), and peak memory when the number of
-frames doubles (on a 1024x1024 campaign). Results go to bench/results.md.
+Measures, in one run: the read floor (every raw frame read once; from disk where the page cache
+can be dropped) and the write floor (as many bytes written and synced), the time and peak memory
+of each stage (each in its own process, after a sync so earlier writes do not throttle it), the
+whole ``cmoscal run`` and ``cmoscal report`` with their ratio to the floors, the bytes read per
+raw byte, the throughput of the compiled dark fit against a per-pixel loop of log-space lstsq
+and per-pixel scipy curve_fit (on a sample of pixels, extrapolated), and peak memory when the
+number of frames doubles (1024x1024). Results go to bench/results.md.
 
-Usage: python bench/performance.py [--shape 2048x2048] [--skip-report]
+Usage: python bench/performance.py [--shape 2048x2048] [--skip-report] [--skip-memory]
 """
 
 import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import yaml
-from astropy.io import fits
 
-from cmoscal.compute import sample_rows
 from cmoscal.config import load_params
 from cmoscal.darkfit import design, fit_dark, fit_loglinear
-from cmoscal.fitsio import read_image
+from cmoscal.fitsio import frames_in, read_stack
 from cmoscal.inventory import find_fits
-from cmoscal.pipeline import STAGES, _fit_inputs
-from cmoscal.simulate import simulate_campaign
+from cmoscal.masters import master_index
+from cmoscal.products import ledger
+from cmoscal.stages import STAGES
+from cmoscal.stages.dark_model import fit_inputs, fit_options, gain
+from cmoscal.stages.inventory import load as load_inventory
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
+CMOSCAL = str(Path(sys.executable).parent / "cmoscal")
 
 
 def run(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Run a command; return (seconds, peak resident memory of it and its children in GB)."""
+    """Sync, then run a command; return (seconds, its peak resident memory in GB).
+
+    The memory is measured by GNU time: a child forked from this process would count this
+    process's pages in its own maximum until it execs.
+    """
+    os.sync()
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.run(["/usr/bin/time", "-f", "%M", *command], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    if status:
-        sys.exit(f"failed: {' '.join(command)}\n{process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1e6  # ru_maxrss is in kB on Linux
+    if result.returncode:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
+    return seconds, int(result.stderr.strip().splitlines()[-1]) / 1e6  # kB
 
 
 def campaign(name: str, shape, frames: int, bias_frames: int) -> Path:
     root = CACHE / name
-    if not (root / "truth.fits").exists():
+    if not (root / "truth.fits").exists():  # in a process of its own, so this one stays small
         print(f"simulating {name} (once) ...", flush=True)
-        simulate_campaign(root, shape=shape, frames=frames, bias_frames=bias_frames, seed=1)
+        subprocess.run([CMOSCAL, "simulate", str(root), "--shape", f"{shape[0]}x{shape[1]}", "--frames", str(frames),
+                        "--bias-frames", str(bias_frames), "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
     (root / "params.yml").write_text(yaml.safe_dump(dict(campaign=name, raw_dir="raw", output_dir="products",
-                                                         report_dir="reports")))
+                                                         report_dir="reports", progress=False)))
     return root
 
 
@@ -63,42 +75,62 @@ def drop_page_cache() -> bool:
         return False
 
 
-def io_floor(root: Path) -> tuple[float, float]:
-    files = find_fits(root / "raw")
+def read_floor(root: Path) -> tuple[float, float]:
+    """Seconds to read and decode every raw frame once, and the raw size in GB."""
+    refs = [ref for path, _ in find_fits(root / "raw") for ref in frames_in(path)[1]]
     start = time.perf_counter()
-    for path in files:
-        read_image(path, 16)
-    return time.perf_counter() - start, sum(p.stat().st_size for p in files) / 1e9
+    for ref in refs:
+        read_stack([ref], slice(None), 16, 4095)
+    return time.perf_counter() - start, sum(r.nbytes for r in refs) / 1e9
 
 
-def stages(root: Path) -> dict:
-    cmoscal = str(Path(sys.executable).parent / "cmoscal")
-    return {name: run([cmoscal, "run", "params.yml", "--stages", name], root) for name in STAGES}
+def write_floor(nbytes: float, folder: Path) -> float:
+    """Seconds to write ``nbytes`` in 64 MB blocks and sync them."""
+    block = np.random.default_rng(0).integers(0, 255, 64 << 20, dtype=np.uint8)
+    with tempfile.NamedTemporaryFile(dir=folder) as f:
+        start = time.perf_counter()
+        for _ in range(int(np.ceil(nbytes / block.nbytes))):
+            f.write(block.data)
+        f.flush()
+        os.fsync(f.fileno())
+        return time.perf_counter() - start
+
+
+def written_bytes(root: Path) -> float:
+    return sum(p.stat().st_size for p in (root / "products").rglob("*") if p.is_file()) / 1e9
 
 
 def fit_speeds(root: Path, rows: int = 128, loop_pixels: int = 2000, curve_fit_pixels: int = 200) -> dict:
-    """Batched fit vs per-pixel loops, on the same band of real master darks."""
+    """Compiled fit (one thread) vs per-pixel loops, on the same band of real master darks."""
     from scipy.optimize import curve_fit
 
     params = load_params(root / "params.yml", root=root)
-    ny = fits.getheader(next((root / "products" / "dark_masters").glob("*.fits")))["NAXIS2"]
-    inv_gain = _fit_inputs(params, sample_rows(ny))["inv_gain"]
-    inputs = _fit_inputs(params, slice(0, rows), inv_gain)
-    T, t = inputs["darks"].temperature, inputs["darks"].exptime
-    y, valid, base, shot = inputs["signal"], inputs["valid"], inputs["base_var"], inputs["shot"]
+    index = master_index(root / "products" / "dark_masters")
+    inputs = fit_inputs(params, index, slice(0, rows), gain(params, index, load_inventory(params))[0])
+    darks, noise = inputs["darks"], inputs["noise"]
+    T, t, y, usable = darks.temperature, darks.exptime, inputs["signal"], inputs["usable"]
+    tmin = float(T.min())
+    options = fit_options(params, 4095.0, len(T))
     npix = y.shape[1]
+    fit_dark(y[:, :64], noise.columns(np.arange(64)), T, t, tmin, usable=usable[:, :64], **options)  # compiled
     start = time.perf_counter()
-    fit_dark(y, valid, base, shot, T, t, inputs["tmin"], bias_cov=inputs["bias_cov"])
-    batched = (time.perf_counter() - start) / npix
+    fit_dark(y, noise, T, t, tmin, usable=usable, **options)
+    compiled = (time.perf_counter() - start) / npix
+    halves = np.array_split(np.arange(npix), 2)
+    with ThreadPoolExecutor(2) as pool:  # as the stage runs it: tiles on both cores
+        start = time.perf_counter()
+        list(pool.map(lambda p: fit_dark(y[:, p], noise.columns(p), T, t, tmin, usable=usable[:, p], **options),
+                      halves))
+        threaded = (time.perf_counter() - start) / npix
 
-    Z = design(T, t, inputs["tmin"], "exponential")
+    Z = design(T, t, tmin, "exponential")
     start = time.perf_counter()
-    fit_loglinear(y, valid.astype(float), Z, np.zeros(len(Z)))
+    fit_loglinear(y, usable.astype(float), Z, np.zeros(len(Z)))
     batched_log = (time.perf_counter() - start) / npix
 
     start = time.perf_counter()
     for p in range(loop_pixels):
-        ok = valid[:, p] & (y[:, p] > 0)
+        ok = usable[:, p] & (y[:, p] > 0)
         np.linalg.lstsq(Z[ok], np.log(y[ok, p]), rcond=None)
     loop = (time.perf_counter() - start) / loop_pixels
 
@@ -107,20 +139,21 @@ def fit_speeds(root: Path, rows: int = 128, loop_pixels: int = 2000, curve_fit_p
 
     start = time.perf_counter()
     for p in range(curve_fit_pixels):
-        ok = valid[:, p]
-        sigma = np.sqrt(base[ok, p] + shot[ok, p] * np.clip(y[ok, p], 0, None))
+        ok = usable[:, p]
+        sigma = np.sqrt((noise.read_var[p] + np.clip(y[ok, p], 0, None) * noise.inv_gain) / noise.nframes[ok, p])
         try:
             curve_fit(model, Z[ok, 1:].T, y[ok, p], p0=(0.0, 0.1, 1.0), sigma=sigma, maxfev=2000)
         except RuntimeError:
             pass
     curve = (time.perf_counter() - start) / curve_fit_pixels
-    return dict(batched=batched, batched_log=batched_log, loop=loop, curve_fit=curve, npix=npix)
+    return dict(compiled=compiled, threaded=threaded, batched_log=batched_log, loop=loop, curve_fit=curve, npix=npix)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="2048x2048")
     parser.add_argument("--skip-report", action="store_true", help="do not time the whole report")
+    parser.add_argument("--skip-memory", action="store_true", help="do not run the frames-doubling test")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split("x"))
     lines = [f"# cmoscal benchmark ({args.shape}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})", ""]
@@ -130,50 +163,66 @@ def main():
         lines.append(text)
 
     root = campaign(f"r{shape[0]}", shape, frames=5, bias_frames=10)
-    floors = {}
+    reads = {}
     if drop_page_cache():
-        floors["from disk"], size = io_floor(root)
-        say(f"I/O floor, from disk: read {size:.2f} GB of raw frames once in {floors['from disk']:.1f} s "
-            f"({size / floors['from disk']:.2f} GB/s)")
-    floors["page cache warm"], size = io_floor(root)
-    say(f"I/O floor, page cache warm: {floors['page cache warm']:.1f} s ({size / floors['page cache warm']:.2f} "
-        "GB/s); the runs below start warm")
+        reads["from disk"], size = read_floor(root)
+    reads["page cache"], size = read_floor(root)
+    for name, seconds in reads.items():
+        say(f"read floor ({name}): {size:.2f} GB of raw frames read and decoded once in {seconds:.1f} s "
+            f"({size / seconds:.2f} GB/s)")
+    subprocess.run([CMOSCAL, "run", "params.yml"], cwd=root, check=True, capture_output=True)  # products to size
+    out_size = written_bytes(root)
+    write = write_floor(out_size * 1e9, root)
+    say(f"write floor: the {out_size:.2f} GB of products written and synced in {write:.1f} s")
+    floor = reads["page cache"] + write
+    say(f"read + write floor (page cache warm, the runs below start warm): {floor:.1f} s")
     say("")
     say("| stage | time [s] | peak memory [GB] |")
     say("|---|---|---|")
     total = 0.0
-    for name, (sec, mem) in stages(root).items():
+    for name in STAGES:
+        sec, mem = run([CMOSCAL, "run", "params.yml", "--stages", name], root)
         total += sec
         say(f"| {name} | {sec:.1f} | {mem:.2f} |")
-    say(f"| all stages (cmoscal run) | {total:.1f} | |")
+    facts = {name: entry.get("facts", {}) for name, entry in ledger(root / "products")["stages"].items()}
+    sec, mem = run([CMOSCAL, "run", "params.yml"], root)
+    say(f"| **cmoscal run** (all stages, one process) | **{sec:.1f}** | {mem:.2f} |")
+    results = dict(run=sec, floor=floor)
     if not args.skip_report:
-        sec, mem = run([str(Path(sys.executable).parent / "cmoscal"), "report", "params.yml"], root)
-        say(f"| whole report (cmoscal report, 8 notebooks) | {sec:.1f} | {mem:.2f} |")
-        say("")
-        for name, floor in floors.items():
-            say(f"whole report / I/O floor ({name}) = {sec / floor:.1f} (target <= 3)")
+        sec, mem = run([CMOSCAL, "report", "params.yml"], root)
+        results["report"] = sec
+        say(f"| **cmoscal report** (8 notebooks, HTML) | **{sec:.1f}** | {mem:.2f} |")
+    say("")
+    say(f"cmoscal run = {results['run'] / floor:.1f}x the read + write floor (target <= 30 s)")
+    if "report" in results:
+        say(f"cmoscal report = {results['report'] / floor:.1f}x the floor; report overhead over run "
+            f"{results['report'] - results['run']:.1f} s (targets <= 45 s, <= 10 s)")
+    read = sum(facts.get(s, {}).get("bytes_read", 0) for s in ("bias", "dark_masters"))
+    raw = sum(facts.get(s, {}).get("raw_bytes", 0) for s in ("bias", "dark_masters"))
+    say(f"raw bytes read by the masters: {read / 1e9:.2f} GB for {raw / 1e9:.2f} GB of frames "
+        f"({read / raw:.3f} per raw byte); the inventory reads headers and 8 rows of 8 frames")
     speed = fit_speeds(root)
     say("")
-    say(f"batched 2d dark fit: {1 / speed['batched']:,.0f} pixels/s on one thread "
-        f"({speed['batched'] * 1e6:.2f} us/pixel, {speed['npix']} pixels)")
-    for name, key, target in (("per-pixel loop of log-space lstsq", "loop", 50),
-                              ("per-pixel scipy curve_fit", "curve_fit", 500)):
-        ratio = speed[key] / speed["batched"]
+    say(f"compiled dark fit (robust fit included, {speed['npix']} pixels of real masters): "
+        f"{speed['compiled'] * 1e6:.2f} us/pixel on one thread, {speed['threaded'] * 1e6:.2f} us/pixel on the "
+        f"{os.cpu_count()} cores as the stage runs it")
+    for name, key, target in (("per-pixel loop of log-space lstsq", "loop", 10),
+                              ("per-pixel scipy curve_fit", "curve_fit", 100)):
         full = speed[key] * shape[0] * shape[1]
-        say(f"{name}: {speed[key] * 1e6:.1f} us/pixel ({full / 60:.1f} min for the frame): batched is "
-            f"{ratio:.0f}x faster (target >= {target}x)")
-    say(f"like for like, the same log-space estimator batched: {1 / speed['batched_log']:,.0f} pixels/s, "
-        f"{speed['loop'] / speed['batched_log']:.0f}x faster than its per-pixel loop")
-    say("")
-    say("peak memory when the frames double (1024x1024, masters + dark model stages):")
-    for frames, bias_frames in ((5, 10), (10, 20)):
-        small = campaign(f"r1024_{frames}", (1024, 1024), frames, bias_frames)
-        run([str(Path(sys.executable).parent / "cmoscal"), "run", "params.yml", "--stages", "inventory"], small)
-        peaks = [run([str(Path(sys.executable).parent / "cmoscal"), "run", "params.yml", "--stages", s], small)[1]
-                 for s in ("bias", "dark_masters", "dark_model")]
-        n = 8 * (bias_frames + 5 * frames)
-        say(f"- {n} frames: peak {max(peaks):.2f} GB (bias {peaks[0]:.2f}, dark_masters {peaks[1]:.2f}, "
-            f"dark_model {peaks[2]:.2f})")
+        say(f"{name}: {speed[key] * 1e6:.1f} us/pixel ({full / 60:.1f} min for the frame): the compiled fit is "
+            f"{speed[key] / speed['compiled']:.0f}x faster per thread, {speed[key] / speed['threaded']:.0f}x as "
+            f"run (target >= {target}x)")
+    say(f"like for like, batched log-space lstsq in NumPy: {1 / speed['batched_log']:,.0f} pixels/s, "
+        f"{speed['loop'] / speed['batched_log']:.0f}x its per-pixel loop")
+    if not args.skip_memory:
+        say("")
+        say("peak memory when the frames double (1024x1024, each stage in its own process):")
+        for frames, bias_frames in ((5, 10), (10, 20)):
+            small = campaign(f"r1024_{frames}", (1024, 1024), frames, bias_frames)
+            peaks = {s: run([CMOSCAL, "run", "params.yml", "--stages", s], small)[1] for s in STAGES}
+            n = 8 * (bias_frames + 5 * frames)
+            say(f"- {n} frames: peak {max(peaks.values()):.2f} GB ("
+                + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + ")")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print(f"written to {HERE / 'results.md'}")
 

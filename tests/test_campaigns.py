@@ -111,7 +111,7 @@ def test_one_frame_per_group_with_cosmic_rays_is_as_good_as_without(tmp_path):
     for name, cosmics in (("clean", 0.0), ("cosmic", 40.0)):
         root = tmp_path / name
         simulate_campaign(root, cosmics=cosmics, **layout)
-        params, results = calibrate(root)
+        _params, results = calibrate(root)
         truth = read_truth(root)
         model = models[name] = results["hot_pixels"]["model"]
         normal = ~truth["hot"]
@@ -143,7 +143,7 @@ def test_full_well_pixels_are_flagged_and_keep_a_sensible_model(tmp_path):
 def test_two_temperatures_give_n_a_checks_and_no_absurd_numbers(tmp_path):
     simulate_campaign(tmp_path, shape=(48, 48), temperatures=(-10, -5), exptimes=(10, 30, 60, 150, 300), frames=1,
                       bias_frames=6, seed=36)
-    params, results = calibrate(tmp_path)
+    _params, results = calibrate(tmp_path)
     checks = {c["check"]: c for c in results["summary"]}
     for name in ("bias residual / noise", "bias leave-one-out / noise"):
         assert checks[name]["status"] == "n/a" and checks[name]["reason"]
@@ -172,7 +172,7 @@ def test_a_campaign_that_cannot_be_calibrated_stops_after_the_inventory(tmp_path
 def test_undetermined_pixels_get_population_values_never_inf(tmp_path):
     simulate_campaign(tmp_path, shape=(48, 48), temperatures=(0, 10), exptimes=(1, 2), frames=1, bias_frames=4,
                       seed=38)  # almost no dark signal: most pixels cannot determine B and gamma
-    params, results = calibrate(tmp_path, stages=("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"))
+    _params, _results = calibrate(tmp_path, stages=("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"))
     model = CalibrationModel.read(tmp_path / "out")
     fallback = (model.dq & DQ_BITS["FALLBACK"][0]) > 0
     assert fallback.any()

@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["progress_enabled", "row_bands", "run_tiles", "sample_rows", "tile_budget", "workers"]
+__all__ = ["progress_enabled", "row_bands", "run_tiles", "sample_rows", "scratch", "tile_budget", "workers"]
+
+_local = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A reusable working array of this thread (fresh large allocations cost the kernel page zeroing).
+
+    The contents are undefined; a later call with the same ``name`` in the same thread may return
+    the same memory, so use it before asking again.
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    pool = _local.__dict__.setdefault("pool", {})
+    buffer = pool.get(name)
+    if buffer is None or buffer.size < size:
+        buffer = pool[name] = np.empty(size, np.uint8)
+    return buffer[:size].view(dtype).reshape(shape)
 
 SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale)
 

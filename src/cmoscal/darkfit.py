@@ -137,7 +137,10 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     hi = np.array([bounds.get(k, (-np.inf, np.inf))[1] for k in ("lnA", "slope", "gamma")], dtype=np.float64)
     lo[0], hi[0] = max(lo[0], _LN_A_LOW), min(hi[0], -_LN_A_LOW)
     M, npix = signal.shape
-    f32 = lambda a, shape: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32)  # noqa: E731
+
+    def f32(a, shape):
+        return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32)
+
     zeros = np.zeros(npix, np.float32)
     a, b, cov = noise.bias if noise.bias is not None else (zeros, zeros, np.zeros((3, npix), np.float32))
     out = (np.empty((3, npix)), np.empty((6, npix)), np.empty(npix), np.empty(npix, np.int16),

@@ -67,16 +67,19 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, s
         resid_noise_hot, npix.
     """
     shape = np.shape(master)
-    flat = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32).reshape(-1)
-    mask = lambda a: np.ascontiguousarray(np.broadcast_to(a, shape), dtype=bool).reshape(-1)
+
+    def flat(a, dtype=np.float32):
+        return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(-1)
+
     size = int(np.prod(shape))
     mae, mape, z = (np.empty(size, np.float32) for _ in range(3))
-    use = mask(good)
-    sums = residual_maps(flat(master), flat(synthetic), flat(expected_var), flat(prediction_var), use, mask(hot),
+    use = flat(good, bool)
+    sums = residual_maps(flat(master), flat(synthetic), flat(expected_var), flat(prediction_var), use, flat(hot, bool),
                          float(snr_min), mae, mape, z)
     (n, sz2, slev, nsig, sa, saa, sp, spp), hot_sums = sums
     with np.errstate(invalid="ignore", divide="ignore"):
-        stats = {"mae_mean": sa / n, "mae_median": _median(mae[use]), "mae_std": np.sqrt(max(saa / n - (sa / n) ** 2, 0)),
+        stats = {"mae_mean": sa / n, "mae_median": _median(mae[use]),
+                 "mae_std": np.sqrt(max(saa / n - (sa / n) ** 2, 0)),
                  "mape_mean": sp / nsig, "mape_median": _median(mape[use]),
                  "mape_std": np.sqrt(max(spp / nsig - (sp / nsig) ** 2, 0)) if nsig else np.nan,
                  "mape_share": nsig / n, "resid_noise": np.sqrt(sz2 / n),

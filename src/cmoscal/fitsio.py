@@ -25,6 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
+from .compute import scratch
 from .kernels import decode_be16, mark_frame
 
 __all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "provenance", "read_image", "read_product",
@@ -140,7 +141,7 @@ def read_rows(ref: FrameRef, rows: slice = slice(None)) -> np.ndarray:
         return np.asarray(hdu.section[index], dtype=np.float64)
 
 
-def read_stack(refs, rows: slice, scale: float, saturation: float):
+def read_stack(refs, rows: slice, scale: float, saturation: float, out: np.ndarray | None = None):
     """Read frames into one stack in DN, marking saturated samples.
 
     Parameters
@@ -152,6 +153,8 @@ def read_stack(refs, rows: slice, scale: float, saturation: float):
         raw / scale = DN.
     saturation : float
         DN; samples at or above become +inf (NaN stays NaN: an invalid sample).
+    out : ndarray, optional
+        Where to put the stack (N, R, X) float32; default a new array.
 
     Returns
     -------
@@ -163,13 +166,17 @@ def read_stack(refs, rows: slice, scale: float, saturation: float):
     """
     start, stop, _ = rows.indices(refs[0].shape[0])
     nx = refs[0].shape[1]
-    stack = np.empty((len(refs), stop - start, nx), np.float32)
+    stack = np.empty((len(refs), stop - start, nx), np.float32) if out is None else out
     counts = np.zeros((len(refs), 3), np.int64)
     nbytes = 0
     for i, ref in enumerate(refs):
         flat = stack[i].reshape(-1)
         if ref.offset >= 0 and ref.bitpix == 16:
-            raw = np.fromfile(ref.path, dtype=np.uint16, count=flat.size, offset=ref.offset + start * nx * 2)
+            raw = scratch("raw", (flat.size,), np.uint16)
+            with open(ref.path, "rb", buffering=0) as f:
+                f.seek(ref.offset + start * nx * 2)
+                if f.readinto(raw) != raw.nbytes:
+                    raise OSError(f"{ref.path}: file ends before its pixels do (truncated?)")
             counts[i] = decode_be16(raw, flat, ref.bscale, ref.bzero, 1.0 / scale, saturation,
                                     0 if ref.blank is None else ref.blank, ref.blank is not None)
             nbytes += raw.nbytes

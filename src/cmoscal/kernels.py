@@ -344,7 +344,7 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
     ``theta``, whose model, weights and normal matrix are then in ``ws`` (NaN when they are not,
     after ``max_iter`` steps).
     """
-    m, mt, H, A, g, step, trial, work, K, weights = ws
+    m, mt, H, A, g, step, trial, work, _, weights = ws
     lam = 1e-3
     _model(Z, offset, theta, P, m)
     for _ in range(max_iter):
@@ -384,7 +384,7 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 @njit(cache=True)
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
-    m, mt, H, A, g, step, trial, work, K, weights = ws
+    H, A, g, work = ws[2], ws[3], ws[4], ws[7]
     for a in range(P):
         g[a] = 0.0
         for b in range(P):
@@ -427,7 +427,7 @@ def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
     """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws[0]``;
     False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
     current and is rebuilt first."""
-    m, mt, H, A, g, step, trial, work, K, weights = ws
+    m, H, A, g, weights = ws[0], ws[2], ws[3], ws[4], ws[9]
     if not chi2 == chi2:
         chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
     _regularize(H, P, A, 0.0)

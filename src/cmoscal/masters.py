@@ -19,7 +19,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .compute import sample_rows, tile_budget
+from .compute import sample_rows, scratch, tile_budget
 from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
@@ -211,7 +211,8 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
         typical_read_var = float(np.nanmedian(read_var))
     one_pass = len(refs) * npix * 4 * 2 <= tile_budget(params)
     if one_pass:
-        stack, counts, nbytes = read_stack(refs, slice(None), scale, saturation)
+        stack, counts, nbytes = read_stack(refs, slice(None), scale, saturation,
+                                           scratch("stack", (len(refs), ny, nx), np.float32))
         reasons = [frame_problem(c, npix, params) for c in counts]
         prints = {}
         for i, reason in enumerate(reasons):
@@ -300,7 +301,10 @@ def write_master(path, combined, *, kind: str, temperatures, exptime: float, inp
                NOISEVAR=(noise[0], "DN2, clipping noise floor"),
                NOISEIG=(noise[1], "DN/e-, clipping noise 1/gain"),
                GAINSE=(gain[0], "sum(signal*excess var)"),
-               GAINSS=(gain[1], "sum(signal^2); 1/g=GAINSE/GAINSS"))
+               GAINSS=(gain[1], "sum(signal^2); 1/g=GAINSE/GAINSS"),
+               MEDIAN=(float(np.nanmedian(master[:: max(1, master.shape[0] // 64)])), "DN, median of 64 rows"),
+               NSATPIX=(int(np.count_nonzero(nsat)), "pixels with a saturated input sample"),
+               NCLIPPIX=(int(np.count_nonzero(nclip)), "pixels with a clipped input sample"))
     for line in rejected:
         header.add_history(f"rejected: {line}")
     if subtracted:
@@ -370,12 +374,12 @@ def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
 
 
 def summarize_masters(folder: str | Path) -> Table:
-    """One row per master: temperature, exposure, frames used and rejected, median, saturated and clipped pixels."""
+    """One row per master (from the headers): temperature, exposure, frames used and rejected, median,
+    saturated and clipped pixels."""
     rows = []
     for path, header in master_index(folder):
-        rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"], header.get("NREJECT", 0),
-                     float(np.nanmedian(read_image(path))), int(np.count_nonzero(read_product(path, "NSATUR"))),
-                     int(np.count_nonzero(read_product(path, "NCLIP")))))
+        rows.append((path.name, header["TEMP"], header["EXPTIME"], header["NCOMBINE"], header["NREJECT"],
+                     header["MEDIAN"], header["NSATPIX"], header["NCLIPPIX"]))
     return Table(rows=rows, names=("master", "temperature", "exptime", "frames", "rejected", "median",
                                    "saturated_pixels", "clipped_pixels"),
                  units=(None, "deg_C", "s", None, None, "DN", None, None))

@@ -123,13 +123,18 @@ def image_grid(images: dict, ncols: int = 3, size: float = 3.6, cmap: str = "vir
     return fig
 
 
+_HISTOGRAM_VALUES = 1 << 20  # values drawn per histogram (a regular sample of larger maps)
+
+
 def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
-    """Histograms side by side: ``values`` maps a title to ``(array, unit)``; median marked."""
+    """Histograms side by side: ``values`` maps a title to ``(array, unit)``; median marked (large maps
+    are sampled regularly down to about a million values)."""
     n = len(values)
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
     for ax, (title, (data, unit)) in zip(axes.flat, values.items()):
-        v = np.asarray(data, dtype=float).ravel()
+        v = np.asarray(data).ravel()
+        v = v[:: max(1, v.size // _HISTOGRAM_VALUES)].astype(float)  # a fixed 1-in-k sample: the same picture
         v = v[np.isfinite(v)]
         if not v.size:
             ax.set_title(f"{title}: no finite values", fontsize=10)
@@ -219,7 +224,7 @@ def significance_histogram(significance: np.ndarray, populations: list, threshol
     """How far each pixel's log dark rate lies above the population, at both ends of the range."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", squeeze=False)
     for ax, z, population in zip(axes.flat, significance, populations):
-        v = z[np.isfinite(z)]
+        v = z[np.isfinite(z)]  # every pixel: the tail is what matters here
         ax.hist(np.clip(v, -10, 60), bins=140, color="0.35", log=True)
         for name, color in (("warm_sigma", "C1"), ("hot_sigma", "C3")):
             ax.axvline(thresholds[name], color=color, label=f"{name.split('_')[0]} > {thresholds[name]:g} sigma")
@@ -307,8 +312,8 @@ def evaluation_summary(summary: Table):
         label = "bias" if kind == "bias" else f"dark {t:g} s"
         T = np.asarray(summary["temperature"][sel])[order]
         for ax, col in zip(axes, ("mae", "mape")):
-            ax.errorbar(T, np.asarray(summary[f"{col}_mean"][sel])[order], np.asarray(summary[f"{col}_std"][sel])[order],
-                        fmt="o-", color=f"C{k % 10}", capsize=3, ms=4, label=label)
+            mean, std = (np.asarray(summary[f"{col}_{x}"][sel])[order] for x in ("mean", "std"))
+            ax.errorbar(T, mean, std, fmt="o-", color=f"C{k % 10}", capsize=3, ms=4, label=label)
         axes[2].plot(T, np.asarray(summary["resid_noise"][sel])[order], "o-", color=f"C{k % 10}", ms=4, label=label)
     axes[2].axhline(1, color="k", lw=0.8, ls="--")
     axes[2].plot(summary["temperature"], summary["resid_noise_expected"], "k_", ms=10,

@@ -74,10 +74,22 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
+def _clear(kernel) -> None:
+    """Empty the shared kernel's namespace, so one page's arrays do not stay in memory for the next."""
+    client = kernel.blocking_client()
+    client.start_channels()
+    try:
+        client.execute_interactive("get_ipython().run_line_magic('reset', '-f')\nimport gc\n_ = gc.collect()",
+                                   timeout=60, silent=True, store_history=False)
+    finally:
+        client.stop_channels()
+
+
 def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    _clear(kernel)
     source = notebook_for(stage)
     target = run_dir / source.name
     start = time.perf_counter()

@@ -42,7 +42,7 @@ def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full
     the pixels are very hot (x300) and reach a full well of 60-90 % of the ADC range.
     """
     rng = np.random.default_rng(seed)
-    ny, nx = shape
+    nx = shape[1]
     hot = rng.random(shape) < 1e-3
     hot_factor = 10 ** rng.uniform(1, 3, shape)
     well = rng.random(shape) < full_well_share

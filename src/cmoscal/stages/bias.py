@@ -76,7 +76,7 @@ def _bias_tile(index, rows, prior) -> tuple:
 
 def _population_slope(index, ny: int) -> tuple[float, float]:
     """Median and robust variance of the bias slope over fixed sample rows (for pixels that need it)."""
-    a, b, cov, rms, fallback, rv = _bias_tile(index, sample_rows(ny), None)
+    _, b, _, _, fallback, _ = _bias_tile(index, sample_rows(ny), None)
     own = np.isfinite(b) & ~fallback
     if not own.any():
         return 0.0, 0.0
@@ -135,7 +135,10 @@ def run(params: dict) -> dict:
 def load(params: dict, rows=slice(None)) -> dict:
     """Rows of the bias model maps: a, b, cov, read_noise, fallback, and the header of bias_a_map."""
     folder = out(params, "bias_model")
-    get = lambda name: read_image(require(folder / f"{name}.fits", "bias"), 0, rows)
+
+    def get(name):
+        return read_image(require(folder / f"{name}.fits", "bias"), 0, rows)
+
     return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=read_product(folder / "bias_covariance.fits", 0, rows),
                 read_noise=get("read_noise_map"), fallback=read_product(folder / "bias_fallback_map.fits", 0, rows),
                 header=fits.getheader(folder / "bias_a_map.fits"), paths=dict(

@@ -68,7 +68,10 @@ def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
     bias = bias_stage.load(params, rows)
     read_var = bias["read_noise"].astype(np.float32).reshape(-1) ** 2
     M = len(darks)
-    flat = lambda x: x.reshape(M, -1)  # noqa: E731
+
+    def flat(stack):
+        return stack.reshape(M, -1)
+
     if params["dark_bias"] == "model":
         noise = Noise(flat(darks.nframes), read_var, inv_gain,
                       bias=(bias["a"].reshape(-1), bias["b"].reshape(-1), bias["cov"].reshape(3, -1)))

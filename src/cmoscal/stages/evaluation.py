@@ -144,8 +144,13 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
     z, err = (np.stack(k) for k in zip(*run_tiles(held_out_dark, [(g, *common) for g in range(len(darks))], params,
                                                   "leave-one-out")))
     bias_m = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NFRAMES", "NSATUR"))
-    flat = lambda x: x.reshape(len(x), -1)[:, pixels]
-    sample = lambda image: image[rows].reshape(-1)[pixels]
+
+    def flat(stack):
+        return stack.reshape(len(stack), -1)[:, pixels]
+
+    def sample(image):
+        return image[rows].reshape(-1)[pixels]
+
     zb, errb = leave_one_out_bias(bias_m.temperature, flat(bias_m.data),
                                   flat(np.where(bias_m.valid, bias_m.nframes, 0)),
                                   sample(model.read_noise.astype(np.float64)) ** 2)

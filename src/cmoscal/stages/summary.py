@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from ..fitsio import read_table, write_table
+from ..fitsio import read_product, read_table, write_table
 from ..hotpix import DQ_BITS
-from ..model import CalibrationModel
 from ..products import MODEL_FILE, out, require, stage, stage_states
 from . import bias as bias_stage
 from . import inventory as inventory_stage
@@ -48,7 +47,7 @@ def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
     summary = read_table(require(out(params, "evaluation", "summary.ecsv"), "evaluation"))
     loo = read_table(out(params, "evaluation", "loo.ecsv"))
-    model = CalibrationModel.read(out(params, MODEL_FILE))
+    dq = read_product(require(out(params, MODEL_FILE), "hot_pixels"), "DQ")
     limits = params["checks"]
     rows = []
     for kind in ("bias", "dark"):
@@ -66,7 +65,7 @@ def run(params: dict) -> Table:
             "no group can be left out with two temperatures (and exposures) remaining")
         rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
                            np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason))
-    flagged = float(np.mean((model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0))
+    flagged = float(np.mean((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0))
     rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
                        limits["hot_fraction_max"]))
     files = files_accounted(params)

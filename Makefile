@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 CAMPAIGN ?= demo
 PARAMS ?= params/$(CAMPAIGN).yml
 STAGES ?=
-DEMO_RAW := data/demo/raw
+# the last folder the demo simulation writes: its absence means the demo data is missing or older
+DEMO_DATA := data/demo/held_out
 
 .PHONY: env report demo-data test bench lab clean
 
@@ -21,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo-data: env
-	@if [ "$(PARAMS)" = params/demo.yml ] && [ ! -d $(DEMO_RAW) ]; then \
+	@if [ "$(PARAMS)" = params/demo.yml ] && [ ! -d $(DEMO_DATA) ]; then \
 	  echo "simulating the demo campaign into data/demo"; \
-	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files; fi
+	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files --held-out; fi
 
 report: env demo-data
 	$(BIN)/cmoscal report $(PARAMS) $(if $(STAGES),--stages $(STAGES))
@@ -33,6 +34,7 @@ test: env
 
 bench: env
 	$(BIN)/python bench/accuracy.py
+	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/performance.py
 
 lab: env

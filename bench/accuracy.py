@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 from astropy.io import fits
-from cmoscal.pipeline import STAGES
 
 from cmoscal.config import load_params
 from cmoscal.darkfit import design, fit_loglinear, predict
@@ -26,6 +25,7 @@ from cmoscal.hotpix import DQ_BITS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
 from cmoscal.simulate import dark_truth, simulate_campaign
+from cmoscal.stages import STAGES
 
 HELD_OUT = ((-7.5, 2.0), (2.5, 20.0), (12.5, 45.0), (17.5, 15.0), (22.5, 3.0))
 

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
+from astropy.nddata import CCDData
 from conftest import write_params
 
 from cmoscal.cli import EXIT_CHECKS, main
@@ -33,7 +35,10 @@ def test_synth_bias_into_a_directory_prints_mean_and_std(campaign, tmp_path, cap
     data = fits.getdata(path)
     assert f"mean {data.mean():.3f} DN, std {data.std():.3f} DN" in out
     assert fits.getheader(path)["TEMP"] == 12.0 and fits.getheader(path)["BUNIT"] == "DN"
-    assert fits.getdata(path, "VARIANCE").shape == data.shape and not fits.getheader(path)["EXTRAPOL"]
+    assert not fits.getheader(path)["EXTRAPOL"]
+    ccd = CCDData.read(path)  # with its uncertainty, as the tools users know open it
+    assert ccd.unit == u.Unit("DN") and ccd.uncertainty.array.shape == data.shape
+    assert np.all(ccd.uncertainty.array > 0)
 
 
 def test_synth_dark_variants(campaign, tmp_path):
@@ -46,6 +51,7 @@ def test_synth_dark_variants(campaign, tmp_path):
     raw = fits.getdata(tmp_path / "raw.fits")
     assert full.dtype.name == "float32" and 55 < np.median(full - signal) < 65  # the simulated bias level
     assert raw.dtype == np.uint16 and np.all(raw % 16 == 0)
+    assert CCDData.read(tmp_path / "raw.fits").unit == u.adu
     assert np.allclose(raw / 16, np.clip(np.rint(full), 0, 4095))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 from astropy.stats import sigma_clip
 
 from cmoscal.config import default_params
-from cmoscal.masters import combine, frame_problem, gain_sums, group_noise
+from cmoscal.masters import combine, frame_problem, gain_sums, group_noise, inverse_gain
 from cmoscal.noise import read_variance
 
 
@@ -97,8 +97,8 @@ def test_noise_model_recovers_read_noise_and_gain():
     bias_var[0] = np.nan
     rv = read_variance(bias_var, nframes)
     assert abs(np.sqrt(rv.mean()) - rn) < 0.02
-    signal = np.stack([np.full(shape, s) for s in (5.0, 20.0, 80.0)])
-    var = (rn**2 + signal / gain) * rng.chisquare(n - 1, signal.shape) / (n - 1) / n
-    sums = [gain_sums(signal[k], var[k], np.full(shape, n), rv) for k in range(3)]
-    inv = sum(s[0] for s in sums) / sum(s[1] for s in sums)
-    assert abs(1 / inv - gain) / gain < 0.03
+    signal = np.stack([np.full(shape, s) for s in (5.0, 20.0, 80.0, 200.0)])
+    jitter = (0.015 * signal) ** 2  # frames of a group differ by their temperature jitter: a signal^2 term
+    var = (rn**2 + signal / gain + jitter) * rng.chisquare(n - 1, signal.shape) / (n - 1) / n
+    sums = sum(gain_sums(signal[k], var[k], np.full(shape, n), rv) for k in range(len(signal)))
+    assert abs(1 / inverse_gain(sums) - gain) / gain < 0.03

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from conftest import read_truth, write_params
 
 from cmoscal.config import load_params
@@ -17,9 +18,9 @@ from cmoscal.stages import STAGES
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     simulate_campaign(root / "data", shape=(32, 32), temperatures=(-5, 5, 15, 25), exptimes=(2, 10, 40), frames=3,
-                      bias_frames=4, bad_files=True, seed=11)
-    path = write_params(root / "tiny.yml", campaign="tiny", raw_dir="data/raw", loo_pixels=0,
-                        checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
+                      bias_frames=4, bad_files=True, held_out=True, seed=11)
+    path = write_params(root / "tiny.yml", campaign="tiny", raw_dir="data/raw", science_dir="data/held_out",
+                        loo_pixels=0, checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
     params = load_params(path, root=root)
     run_dir, checks = run_report(path, params, list(STAGES), root=root)
     return dict(root=root, path=path, params=params, run_dir=run_dir, checks=checks)
@@ -46,6 +47,9 @@ def test_every_stage_runs_and_is_archived(tiny):
         assert package in manifest["software"]
     for stage in STAGES:
         assert f'href="{run_dir.name}' not in index and f"_{stage}.html" in index
+    frames = Table.read(tiny["root"] / "products" / "tiny" / "calibrated" / "frames.ecsv")
+    assert len(frames) > 10 and set(frames["status"]) == {"calibrated"}
+    assert (run_dir / "09_calibration.html").read_text().count("<img ") == 2  # both figures drawn
 
 
 def test_report_products_recover_truth(tiny):

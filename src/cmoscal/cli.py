@@ -1,4 +1,4 @@
-"""The ``cmoscal`` command: simulate, run, report, evaluate, synth-bias, synth-dark.
+"""The ``cmoscal`` command: simulate, run, report, evaluate, calibrate, synth-bias, synth-dark.
 
 Exit status: 0 success; 1 an error (bad input, a failed stage, the output folder in use),
 printed as one line ``cmoscal: error: ...`` without a traceback; 2 a usage error; 3 the run
@@ -63,7 +63,7 @@ def _simulate(args) -> None:
     simulate_campaign(args.outdir, shape=args.shape, temperatures=args.temps, exptimes=args.exptimes,
                       frames=args.frames, bias_frames=args.bias_frames, law=args.law, bad_files=args.bad_files,
                       odd_files=args.odd_files, real_folder=args.real_folder, cosmics=args.cosmics,
-                      full_well=args.full_well, age=args.age, seed=args.seed)
+                      full_well=args.full_well, age=args.age, held_out=args.held_out, seed=args.seed)
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
@@ -100,17 +100,17 @@ def _run(args) -> None:
 
     params = _load(args)
     stages = _stages(args.stages)
-    result = None
+    results = {}
     with hold(params["output_dir"], f"cmoscal run {args.params}"):
         for i, name in enumerate(stages, 1):
             print(f"[{i}/{len(stages)}] {name} ...", flush=True)
             start = time.perf_counter()
-            result = STAGES[name](params)
+            results[name] = STAGES[name](params)
             print(f"[{i}/{len(stages)}] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"products in {params['output_dir']}")
     _stale_note(params)
-    if stages[-1] == "summary":
-        _verdict(result)
+    if "summary" in results:
+        _verdict(results["summary"])
 
 
 def _report(args) -> None:
@@ -136,6 +136,37 @@ def _evaluate(args) -> None:
         max_lines=-1, max_width=-1)
     checks["check", "value", "limit", "status", "reason"].pprint(max_lines=-1, max_width=-1)
     _verdict(checks)
+
+
+def _calibrate(args) -> None:
+    from .config import default_params
+    from .inventory import find_fits
+    from .model import MODEL_FILE, CalibrationModel
+    from .stages.calibration import calibrate_files
+
+    params = _load(args) if args.params else default_params()
+    model = Path(args.model)
+    model = model / MODEL_FILE if model.is_dir() else model
+    output = Path(args.output).resolve()
+    files = []
+    for item in map(Path, args.inputs):
+        if item.is_dir():
+            if output == item.resolve() or item.resolve() in output.parents:
+                raise UserError(f"--output {args.output} is inside the input folder {item}: choose another folder")
+            files += [(path, item) for path, skip in find_fits(item) if not skip]
+        elif item.exists():
+            files.append((item, None))
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    CalibrationModel.read(model)  # a one-line error when it is not a model
+    table = calibrate_files(files, model, output, params, args.electrons)
+    table["input", "status", "temperature", "exptime", "mean", "std", "noise"].pprint(max_lines=-1, max_width=-1)
+    refused = table[table["status"] == "refused"]
+    for row in refused:
+        print(f"cmoscal: error: {row['input']}: {row['reason']}", file=sys.stderr)
+    print(f"{len(table) - len(refused)} frame(s) calibrated into {output}")
+    if len(refused):
+        raise UserError(f"{len(refused)} of {len(table)} frame(s) refused (reasons above)")
 
 
 def _synth(args) -> None:
@@ -180,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cosmics", type=float, default=0.0, help="cosmic-ray hits per megapixel per second")
     p.add_argument("--full-well", type=float, default=0.0, help="share of pixels reaching full well")
     p.add_argument("--age", type=float, default=0.0, help="years of ageing: new hot pixels, shifted bias")
+    p.add_argument("--held-out", action="store_true", help="also dark frames between the calibrated (T, t), "
+                   "in OUTDIR/held_out, to calibrate as science frames")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sensor (default 0)")
     p.set_defaults(func=_simulate)
 
@@ -192,6 +225,15 @@ def _parser() -> argparse.ArgumentParser:
         if name != "evaluate":
             p.add_argument("--stages", nargs="+", metavar="STAGE", help="stages to run (default: all, in order)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("calibrate", help="calibrate science frames with a model (bias and dark at their own T, t)")
+    p.add_argument("inputs", nargs="+", metavar="FRAME_OR_DIR", help="raw FITS frames or folders of them")
+    p.add_argument("--model", required=True, help="output_dir of a campaign, or its calibration_model.fits")
+    p.add_argument("--output", required=True, help="folder for the calibrated frames (<name>_cal.fits)")
+    p.add_argument("--electrons", action="store_true", help="calibrated image and uncertainty in electrons")
+    p.add_argument("--params", help="campaign parameter file: header keywords, units, mask bits, compute")
+    p.add_argument("--root", default=".", help="directory relative paths refer to (default: current)")
+    p.set_defaults(func=_calibrate)
 
     for name, text in (("synth-bias", "synthetic bias frame at a temperature"),
                        ("synth-dark", "synthetic dark frame at a temperature and exposure")):

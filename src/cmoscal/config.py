@@ -144,6 +144,14 @@ _CHECKS = {
     "generate_set": lambda v: None if isinstance(v, bool) else "must be true or false",
     "save_eval_fits": lambda v: None if isinstance(v, bool) else "must be true or false",
     "max_extrapolation": _number(0),
+    "science_dir": _text(optional=True),
+    "calibration_mask": _patterns,
+    "instrument.instrume": _text(optional=True),
+    "instrument.telescop": _text(optional=True),
+    "instrument.detector": _text(optional=True),
+    "instrument.author": _text(optional=True),
+    "instrument.pedigree": _choice("GROUND", "INFLIGHT", "SIMULATION"),
+    "instrument.useafter": _text(optional=True),
     "max_exposure_factor": _number(1),
     "snr_min": _number(0),
     "loo_pixels": _number(0, integer=True),
@@ -182,9 +190,15 @@ def validate_params(params: dict) -> list[str]:
         reason = check(flat[key])
         if reason:
             problems.append(f"{key}: {reason} (got {flat[key]!r})")
-    raw_dir = flat.get("raw_dir")
-    if isinstance(raw_dir, str) and raw_dir.strip() and not Path(raw_dir).is_dir():
-        problems.append(f"raw_dir: {raw_dir} is not a directory")
+    for key in ("raw_dir", "science_dir"):
+        folder = flat.get(key)
+        if isinstance(folder, str) and folder.strip() and not Path(folder).is_dir():
+            problems.append(f"{key}: {folder} is not a directory")
+    from .hotpix import DQ_BITS
+
+    unknown = [b for b in flat.get("calibration_mask") or [] if b not in DQ_BITS]
+    if unknown:
+        problems.append(f"calibration_mask: unknown DQ bit(s) {', '.join(unknown)}")
     if not problems and params["warm_sigma"] >= params["hot_sigma"]:
         problems.append("warm_sigma: must be smaller than hot_sigma")
     return problems
@@ -234,7 +248,7 @@ def load_params(path: str | Path, root: str | Path = ".", overrides: dict | None
     for key, default in (("output_dir", "products"), ("report_dir", "reports")):
         if params.get(key) is None and isinstance(params.get("campaign"), str):
             params[key] = f"{default}/{params['campaign']}"
-    for key in ("raw_dir", "output_dir", "report_dir"):
+    for key in ("raw_dir", "output_dir", "report_dir", "science_dir"):
         if isinstance(params.get(key), str):
             params[key] = str((root / params[key]).resolve())
     problems = validate_params(params)

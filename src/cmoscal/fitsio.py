@@ -29,7 +29,7 @@ from .compute import scratch
 from .kernels import decode_be16, mark_frame
 
 __all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "provenance", "read_image", "read_product",
-           "read_rows", "read_stack", "read_table", "write_atomic", "write_hdus", "write_table"]
+           "read_rows", "read_stack", "read_table", "reference", "write_atomic", "write_hdus", "write_table"]
 
 _BITPIX = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
@@ -248,6 +248,31 @@ def provenance(header: fits.Header, *, bunit: str, description: str, inputs=(), 
     return header
 
 
+def reference(params: dict, inventory_meta: dict, reftype: str) -> dict:
+    """Reference-file keywords of a model product: REFTYPE, PEDIGREE, USEAFTER, AUTHOR, INSTRUME, TELESCOP, DETECTOR.
+
+    The ``instrument`` parameters win; unset ones come from the calibration frames (their
+    identity and dates in the inventory's metadata) or say UNKNOWN.
+    """
+    import getpass
+
+    given = params["instrument"]
+    found = inventory_meta.get("identity", {})
+    dates = [d[:10] for d in inventory_meta.get("dates", [])]
+    pedigree = given["pedigree"] + (f" {dates[0]} {dates[-1]}" if dates and given["pedigree"] != "SIMULATION" else "")
+    keys = {"REFTYPE": (reftype, "kind of reference file"), "PEDIGREE": (pedigree, "origin of the calibration data"),
+            "USEAFTER": (given["useafter"] or (inventory_meta.get("dates") or ["2000-01-01T00:00:00"])[0],
+                         "use for data taken after this date"),
+            "AUTHOR": (given["author"] or getpass.getuser(), "who made this file")}
+    for key in ("INSTRUME", "TELESCOP", "DETECTOR"):
+        keys[key] = given[key.lower()] or found.get(key) or "UNKNOWN"
+    return keys
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask is process-wide, so never toggled while threads write
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
@@ -255,9 +280,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; products are as readable as any file
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are as readable as any file
     try:
         yield tmp
         os.replace(tmp, path)

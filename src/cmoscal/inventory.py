@@ -29,8 +29,8 @@ from astropy.table import Table
 from .errors import CampaignWarning
 from .fitsio import FrameRef, frames_in, read_rows
 
-__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage", "find_fits", "frame_label",
-           "frame_refs", "group_summary", "natural_key"]
+__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage", "find_fits", "frame_exposure",
+           "frame_label", "frame_refs", "frame_temperature", "group_summary", "natural_key"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 _COMPRESSED = (".fz", ".gz")
@@ -39,6 +39,7 @@ _KELVIN_ABOVE = 150.0  # a "degC" reading above this is a kelvin reading
 _UNITS = (("us", 1e-6, r"\b(us|usec|microsec\w*|µs)\b"), ("ms", 1e-3, r"\b(ms|msec|millisec\w*)\b"),
           ("s", 1.0, r"\b(s|sec|secs|seconds?)\b"))
 _SCALE_ROWS, _SCALE_FRAMES = 8, 8  # rows of frames read to recognise the raw scale
+_IDENTITY = ("INSTRUME", "TELESCOP", "DETECTOR")
 
 
 def celsius(temperature: float) -> str:
@@ -108,7 +109,7 @@ def _number(header: fits.Header, keys):
     return None, ""
 
 
-def _temperature(header: fits.Header, keys):
+def frame_temperature(header: fits.Header, keys):
     """Sensor temperature [degC], the keyword, and a note when it was converted from kelvin."""
     value, key = _number(header, keys)
     if value is None:
@@ -119,7 +120,7 @@ def _temperature(header: fits.Header, keys):
     return value, key, ""
 
 
-def _exposure(header: fits.Header, keys, unit: str):
+def frame_exposure(header: fits.Header, keys, unit: str):
     """Exposure [s], the keyword and the unit it was read in (from its comment, else ``unit``)."""
     value, key = _number(header, keys)
     if value is None:
@@ -176,6 +177,8 @@ def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]
     if not refs:
         return [dict(row, status="skipped", reason="no image data")]
     clues[row["path"]] = {k: header[k] for k in header if re.search("TEMP|EXP", k) and k != "SET-TEMP"}
+    clues[row["path"]]["identity"] = tuple(str(header.get(k, "")).strip() for k in _IDENTITY)
+    clues[row["path"]]["date"] = str(header.get("DATE-OBS", "")).strip()
     ref = refs[0]
     row.update(hdu=ref.hdu, shape=f"{ref.shape[0]}x{ref.shape[1]}", offset=ref.offset, bitpix=ref.bitpix,
                bscale=ref.bscale, bzero=ref.bzero, blank=-1 if ref.blank is None else ref.blank,
@@ -183,8 +186,8 @@ def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]
     level, _ = _number(header, ["SATURATE", "DATAMAX"])
     egain, _ = _number(header, params["gain_keys"])
     row.update(saturate=np.nan if level is None else level, egain=np.nan if egain is None else egain)
-    temperature, _, note = _temperature(header, params["temperature_keys"])
-    exposure, _, unit = _exposure(header, params["exposure_keys"], params["exposure_unit"])
+    temperature, _, note = frame_temperature(header, params["temperature_keys"])
+    exposure, _, unit = frame_exposure(header, params["exposure_keys"], params["exposure_unit"])
     kind = _frame_type(header, relative, exposure if exposure is not None else np.inf, params)
     row.update(type=kind, note="; ".join(n for n in (note, f"exposure in {unit}" if unit not in ("", "s") else "")
                                          if n))
@@ -420,8 +423,9 @@ def _rejection_summary(table: Table, clues: dict) -> list[str]:
     examples = {}
     for path in rejected["path"]:
         for key, value in clues.get(path, {}).items():
-            keys[key] += 1
-            examples.setdefault(key, value)
+            if key not in ("identity", "date"):
+                keys[key] += 1
+                examples.setdefault(key, value)
     found = ", ".join(f"{k}={examples[k]!r}" for k, _ in keys.most_common(6))
     return [f"{len(rejected)} of {int(np.sum(considered))} calibration files rejected: {text}. "
             f"Temperature/exposure-like keywords in their headers: {found or 'none'}"]
@@ -436,7 +440,8 @@ def build_inventory(params: dict) -> Table:
     are (offset, bitpix, bscale, bzero, blank).
     ``table.meta`` holds raw_dir, the campaign's shape and readout configuration, the
     resolved scale_factor and saturation [DN], warnings, problems and notes (see
-    :func:`coverage`). Campaign warnings are also raised as :class:`CampaignWarning`.
+    :func:`coverage`), the frames' instrument identity (INSTRUME, TELESCOP, DETECTOR) and the
+    first and last DATE-OBS of the frames used. Campaign warnings are also raised as :class:`CampaignWarning`.
     """
     raw_dir = Path(params["raw_dir"])
     files = find_fits(raw_dir, params["include"], params["exclude"])
@@ -473,7 +478,12 @@ def build_inventory(params: dict) -> Table:
         table[name] = table[name].astype(str)
     problems, notes = coverage(table, params)
     messages += more + _exposure_warnings(table) + _rejection_summary(table, clues)
-    table.meta.update(scale_factor=scale, saturation=saturation, warnings=messages, problems=problems, notes=notes)
+    used = [clues[p] for p in set(table["path"][table["status"] == "ok"]) if p in clues]
+    identity = Counter(c["identity"] for c in used).most_common(1)
+    dates = sorted(c["date"] for c in used if c["date"])
+    table.meta.update(scale_factor=scale, saturation=saturation, warnings=messages, problems=problems, notes=notes,
+                      identity=dict(zip(_IDENTITY, identity[0][0] if identity else ("", "", ""))),
+                      dates=[dates[0], dates[-1]] if dates else [])
     table.remove_column("saturate")
     for message in messages:
         warnings.warn(message, CampaignWarning, stacklevel=2)

@@ -24,7 +24,8 @@ from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 
-__all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "load_masters", "make_master",
+__all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "inverse_gain", "load_masters",
+           "make_master",
            "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
 
 _EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
@@ -127,20 +128,35 @@ def combine(stack: np.ndarray, method: str = "mean", clip_sigma: float = 4.0, no
     return out
 
 
-def gain_sums(signal, variance, nframes, read_var) -> tuple[float, float]:
-    """Sums of the least-squares line through the origin of excess scatter against signal.
+def gain_sums(signal, variance, nframes, read_var) -> np.ndarray:
+    """Sums of the photon-transfer fit excess = signal / gain + c * signal^2 over one group's pixels.
 
     The per-frame variance of a master (variance * frames) exceeds the read variance by
-    signal / gain. Pixels of one-frame masters, with non-finite values or above the 99th
-    percentile (hot pixels) are left out. 1/gain = sum(s e) / sum(s s) over all groups.
+    signal / gain, plus a term growing as signal^2 (the frames' dark differs with their
+    temperature jitter; pixel response differences): the quadratic term keeps it out of the
+    gain. Pixels of one-frame masters, with non-finite values or above the 99th percentile (hot
+    pixels) are left out. Returns (sum s^2, sum s^3, sum s^4, sum s e, sum s^2 e); summed over
+    groups, they give 1/gain by :func:`inverse_gain`.
     """
     excess = variance.astype(np.float64) * nframes - read_var
     ok = (nframes > 1) & np.isfinite(excess) & np.isfinite(signal) & (signal > 0)
     if not ok.any():
-        return 0.0, 0.0
+        return np.zeros(5)
     s, e = signal[ok].astype(np.float64), excess[ok]
     keep = s <= np.percentile(s, 99)
-    return float(np.sum(s[keep] * e[keep])), float(np.sum(s[keep] ** 2))
+    s, e = s[keep], e[keep]
+    return np.array([np.sum(s ** 2), np.sum(s ** 3), np.sum(s ** 4), np.sum(s * e), np.sum(s * s * e)])
+
+
+def inverse_gain(sums) -> float:
+    """1/gain [DN/e-] from the summed :func:`gain_sums` (0 when the darks do not measure it)."""
+    s2, s3, s4, se, s2e = sums
+    det = s2 * s4 - s3 * s3
+    if s2 <= 0 or det <= 1e-9 * s2 * s4:  # one signal level: no room for the quadratic term
+        value = se / s2 if s2 > 0 else 0.0
+    else:
+        value = (s4 * se - s3 * s2e) / det
+    return float(max(value, 0.0))
 
 
 @functools.lru_cache(maxsize=4)
@@ -239,7 +255,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     frames = [(names[i], "rejected" if r else "used", r, counts[i][0] / npix, counts[i][2] / npix)
               for i, r in enumerate(reasons)]
     if not good:
-        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=(0.0, 0.0), clipped=0)
+        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=np.zeros(5), clipped=0)
     use_refs = [refs[i] for i in good]
     use_T = [temperatures[i] for i in good]
     if one_pass:
@@ -263,7 +279,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
                 _remove_bias(band, bias_source, use_T, band_slice)
             parts.append(combine(band, params["combine"], params["clip_sigma"], noise))
     combined = parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
-    gain = (0.0, 0.0)
+    gain = np.zeros(5)
     if read_noise_map is not None:  # a campaign-wide number: the fixed sample rows measure it
         gain = gain_sums(combined[0][rows], combined[1][rows], combined[2][rows], read_var)
     inputs = [names[i] for i in good]
@@ -285,7 +301,7 @@ def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: 
 
 
 def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, params: dict, scale: float,
-                 saturation: float, noise, rejected=(), subtracted: str = "", gain=(0.0, 0.0)) -> Path:
+                 saturation: float, noise, rejected=(), subtracted: str = "", gain=np.zeros(5)) -> Path:
     """Write one master (the output of :func:`combine`) with its provenance."""
     master, variance, nframes, nsat, nclip = combined
     header = fits.Header()
@@ -300,8 +316,7 @@ def write_master(path, combined, *, kind: str, temperatures, exptime: float, inp
                SCALEFAC=(scale, "raw / SCALEFAC = DN"), SATURATE=(saturation, "DN"),
                NOISEVAR=(noise[0], "DN2, clipping noise floor"),
                NOISEIG=(noise[1], "DN/e-, clipping noise 1/gain"),
-               GAINSE=(gain[0], "sum(signal*excess var)"),
-               GAINSS=(gain[1], "sum(signal^2); 1/g=GAINSE/GAINSS"),
+               **{f"GAINS{k}": (float(v), "photon transfer sums, see gain_sums") for k, v in enumerate(gain)},
                MEDIAN=(float(np.nanmedian(master[:: max(1, master.shape[0] // 64)])), "DN, median of 64 rows"),
                NSATPIX=(int(np.count_nonzero(nsat)), "pixels with a saturated input sample"),
                NCLIPPIX=(int(np.count_nonzero(nclip)), "pixels with a clipped input sample"))

@@ -34,7 +34,9 @@ __all__ = ["MODEL_FILE", "CalibrationModel", "equations", "to_raw16", "write_syn
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "TREFHOT": "degC, reference of hot_rate_min",
-         "MODELID": "identifier of this model (inputs and parameters)"}
+         "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
+         "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
+         "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}
 _PRIOR = ("POPSLOPE", "POPGAMMA", "POPVSLOP", "POPVGAMM")
 _PRIOR_TEXT = ("B or Ea of FALLBACK pixels", "gamma of FALLBACK pixels", "population var of POPSLOPE",
                "population var of POPGAMMA")
@@ -282,7 +284,8 @@ def to_raw16(frame_dn: np.ndarray, scale_factor: float = 16, saturation: float =
 
 def write_synthetic(model: CalibrationModel, path: str | Path, temperature: float, exptime: float | None = None,
                     signal_only: bool = False, raw16: bool = False, history=()) -> np.ndarray:
-    """Synthesize a frame and write it with a VARIANCE extension; return the frame.
+    """Synthesize a frame and write it with its uncertainty (UNCERT, a standard deviation with UTYPE, as
+    ``CCDData.read`` expects); return the frame.
 
     Parameters
     ----------
@@ -315,15 +318,20 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
         if not signal_only:
             data, variance, kind = data + bias, variance + bias_var, "dark"
     scale = model.meta.get("SCALEFAC", 16)
+    sigma = np.sqrt(np.asarray(variance, dtype=np.float64))
     if raw16:
-        data = to_raw16(data, scale, model.meta.get("SATURATE", 4095))
+        data, sigma = to_raw16(data, scale, model.meta.get("SATURATE", 4095)), sigma * scale
     header = model.header()
     header["IMAGETYP"] = f"SYNTHETIC_{kind.upper().replace(' ', '_')}"
-    provenance(header, bunit=f"DN x {scale:g} (raw 16-bit)" if raw16 else "DN",
+    if raw16:
+        header.add_comment(f"raw 16-bit convention: adu = DN x {scale:g}, quantized and clipped")
+    provenance(header, bunit="adu" if raw16 else "DN",
                description=f"synthetic {kind} from the cmoscal calibration model", inputs=history,
                TEMP=(float(temperature), "degC"), EXPTIME=(float(exptime or 0.0), "s"),
                EXTRAPOL=(bool(messages), "requested outside the calibrated ranges"))
     for message in messages:
         header.add_history(f"warning: {message}")
-    write_hdus(path, data, header, [("VARIANCE", np.asarray(variance, dtype=np.float32), "DN2")])
+    uncertainty = fits.ImageHDU(sigma.astype(np.float32), name="UNCERT")
+    uncertainty.header["BUNIT"], uncertainty.header["UTYPE"] = header["BUNIT"], "StdDevUncertainty"
+    write_hdus(path, data, header, [("UNCERT", uncertainty, "")])
     return data

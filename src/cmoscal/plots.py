@@ -23,10 +23,9 @@ from .evaluate import downsample
 from .hotpix import DQ_BITS
 from .inventory import chain_groups
 
-__all__ = ["as_jpeg", "dark_curves", "dropped_per_master", "evaluation_summary", "flag_map", "group_mosaics",
-           "histograms",
-           "image_grid", "inventory_overview", "loo_figure", "master_levels", "mosaic", "show_table",
-           "significance_histogram", "start_notebook"]
+__all__ = ["as_jpeg", "calibrated_frames", "dark_curves", "dropped_per_master", "evaluation_summary", "flag_map",
+           "group_mosaics", "histograms", "image_grid", "inventory_overview", "loo_figure", "master_levels", "mosaic",
+           "show_table", "significance_histogram", "start_notebook"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -343,4 +342,32 @@ def loo_figure(loo: Table):
     ax.set_ylabel("held-out residual / noise")
     ax.set_title("leave-one-group-out (o normal pixels, x hot pixels; missing: n/a)", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def calibrated_frames(table: Table, z: np.ndarray):
+    """Calibrated science frames: scatter / median uncertainty per frame against temperature (colour:
+    exposure; 1 = calibrated to the noise), and the pooled value / uncertainty against a unit normal."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
+    done = table[table["status"] == "calibrated"]
+    points = axes[0].scatter(done["temperature"], done["std"] / done["noise"], c=np.log10(done["exptime"]),
+                             cmap="viridis", s=18)
+    fig.colorbar(points, ax=axes[0], label="log10 exposure [s]")
+    axes[0].axhline(1, color="k", lw=0.8, ls="--")
+    axes[0].set_xlabel("frame temperature [degC]")
+    axes[0].set_ylabel("std / median uncertainty")
+    axes[0].set_title("per frame (unmasked pixels; sources raise it above 1)", fontsize=10)
+    z = z[np.isfinite(z)]
+    if z.size:
+        edges = np.linspace(-6, 6, 121)
+        axes[1].hist(np.clip(z, -6, 6), bins=edges, color="0.35", log=True,
+                     label=f"mean {np.mean(z):+.3f}, std {np.std(z):.3f}")
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        axes[1].plot(centres, z.size * np.diff(edges) * np.exp(-0.5 * centres**2) / np.sqrt(2 * np.pi), "C3",
+                     label="unit normal")
+        axes[1].set_ylim(0.5, None)
+        axes[1].legend(fontsize=8)
+    axes[1].set_xlabel("calibrated value / uncertainty (clipped to -6..6)")
+    axes[1].set_ylabel("pixels")
+    axes[1].set_title(f"all frames pooled ({z.size} unmasked pixels)", fontsize=10)
     return fig

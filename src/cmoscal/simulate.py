@@ -24,7 +24,7 @@ from astropy.io import fits
 
 from .fitsio import provenance, write_atomic, write_hdus
 
-__all__ = ["BOLTZMANN_EV", "age_truth", "dark_truth", "simulate_campaign", "truth_maps"]
+__all__ = ["BOLTZMANN_EV", "age_truth", "dark_truth", "held_out_points", "simulate_campaign", "truth_maps"]
 
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
 KELVIN = 273.15
@@ -232,10 +232,18 @@ def _real_folder(raw: Path, truth: dict, rng, temperatures, exptimes) -> None:
     fits.PrimaryHDU(data, header).writeto(path)
 
 
+def held_out_points(temperatures, exptimes) -> list[tuple[float, float]]:
+    """(T, t) between the calibrated ones: temperatures a quarter and half way between set points, with
+    mid (geometric) exposures."""
+    Ts = [a + f * (b - a) for a, b in zip(temperatures[:-1], temperatures[1:]) for f in (0.25, 0.5)]
+    ts = [float(np.sqrt(a * b)) for a, b in zip(exptimes[:-1], exptimes[1:])] or list(exptimes)
+    return [(T, t) for T in Ts for t in ts]
+
+
 def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10, 15, 20, 25),
                       exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
                       bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
-                      age=0.0, seed=0) -> dict:
+                      age=0.0, held_out=False, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -266,6 +274,9 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         Share of pixels that are very hot and reach a full well below the ADC range.
     age : float, default 0
         Years of ageing (:func:`age_truth`): more hot pixels, shifted bias.
+    held_out : bool, default False
+        Also write one dark frame at each of :func:`held_out_points` into ``outdir/held_out``
+        (not in the campaign: for calibrating as science frames).
     seed : int, default 0
         Random seed (the sensor's truth depends on it, not on ``age``).
 
@@ -294,6 +305,12 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
                 _write(raw / "dark" / f"dark_{setpoint:+.0f}C_{t:g}s_{i:03d}.fits",
                        _frame(truth, T, t, rng, cosmics, hits), _header("DARK", T, t, index))
                 index += 1
+    if held_out:
+        for T0, t in held_out_points(sorted(temperatures), sorted(exptimes)):
+            T = T0 + rng.normal(0, jitter)
+            _write(outdir / "held_out" / f"dark_{T0:+.2f}C_{t:.3g}s.fits", _frame(truth, T, t, rng, cosmics),
+                   _header("DARK", T, t, index))
+            index += 1
     if bad_files:
         _write_bad_files(raw, tuple(shape), rng)
     if odd_files:

@@ -17,7 +17,7 @@ from astropy.table import Table
 from ..bias import fit_bias
 from ..compute import row_bands, run_tiles, sample_rows
 from ..errors import CampaignError
-from ..fitsio import provenance, read_image, read_product, read_table, write_hdus, write_table
+from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
 from ..inventory import frame_refs, natural_key
 from ..masters import load_masters, make_master, master_index, master_path, summarize_masters
 from ..model import equations
@@ -125,7 +125,8 @@ def run(params: dict) -> dict:
             "bias_fallback_map": (fallback.astype(np.uint8), "", "1 = fewer than 2 temperatures: population slope")}
     for name, (data, unit, text) in maps.items():
         header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
-                            CAMPAIGN=params["campaign"], **keywords)
+                            CAMPAIGN=params["campaign"], **keywords,
+                            **reference(params, inventory.meta, name.removesuffix("_map").upper()))
         write_hdus(out(params, "bias_model", f"{name}.fits"), data, header)
     note(fallback_pixels=int(fallback.sum()))
     return dict(masters=summarize_masters(folder), frames=frames, a=a, b=b, cov=cov, rms=rms,

@@ -10,37 +10,55 @@ the tiling.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from .. import __version__
 from ..compute import row_bands, run_tiles, sample_rows
 from ..darkfit import compare_forms, fit_dark, predict
 from ..errors import CampaignError, CampaignWarning
-from ..fitsio import write_hdus, write_table
+from ..fitsio import reference, write_hdus, write_table
 from ..hotpix import DQ_BITS, FIT_DQ
 from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
-from ..masters import load_masters, master_index
+from ..masters import inverse_gain, load_masters, master_index
 from ..model import CalibrationModel
 from ..noise import Noise
 from ..products import MODEL_FILE, note, out, require, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["fit_inputs", "fit_options", "gain", "run", "sample_inputs"]
+__all__ = ["fit_inputs", "fit_options", "gain", "model_id", "run", "sample_inputs"]
+
+
+#: parameters that do not change the model (where it runs, what is drawn or checked)
+_NOT_MODEL = ("campaign", "raw_dir", "output_dir", "report_dir", "kernel", "memory_budget", "progress", "compute",
+              "checks", "synthesize", "generate_set", "save_eval_fits", "loo_pixels", "seed", "science_dir",
+              "calibration_mask", "instrument", "snr_min")
+
+
+def model_id(params: dict, inventory) -> str:
+    """Identifier of a model: a hash of the frames used (path, plane, T, t) and of the parameters that shape it."""
+    used = inventory[inventory["status"] == "ok"]
+    frames = sorted(f"{p}[{q}] {T:.4f} {t:.6g}" for p, q, T, t in zip(used["path"], used["plane"],
+                                                                        used["temperature"], used["exposure"]))
+    shaping = {k: v for k, v in sorted(params.items()) if k not in _NOT_MODEL}
+    text = json.dumps(dict(frames=frames, params=shaping, cmoscal=__version__), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def gain(params: dict, index, inventory) -> tuple[float, str]:
     """1/gain [DN/e-] and where it comes from: the parameter, the dark frames, the headers, or unknown."""
     if params["gain"] is not None:
         return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN"
-    se = sum(h.get("GAINSE", 0.0) for _, h in index)
-    ss = sum(h.get("GAINSS", 0.0) for _, h in index)
-    if ss > 0 and se > 0:
-        return se / ss, "measured: excess scatter of dark frames"
+    measured = inverse_gain(np.sum([[h.get(f"GAINS{k}", 0.0) for k in range(5)] for _, h in index], axis=0))
+    if measured > 0:
+        return measured, "measured: photon transfer of dark frames"
     ok = inventory["status"] == "ok"
     egain = inventory["egain"][ok & np.isfinite(inventory["egain"])]
     if len(egain):
@@ -242,6 +260,9 @@ def run(params: dict) -> dict:
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
                   NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index),
                   NDARK=sum(h["NCOMBINE"] for _, h in index)))
+    keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments
+    model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
+                      MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
     write_maps(params, model)
     model.write(out(params, MODEL_FILE))
@@ -289,5 +310,5 @@ def write_maps(params: dict, model: CalibrationModel) -> None:
             "dark_chi2r_map": (model.chi2r, "", "reduced chi-square of the dark fit")}
     for name, (data, unit, text) in maps.items():
         h = header.copy()
-        h["BUNIT"], h["DESCRIP"] = unit, text
+        h["BUNIT"], h["DESCRIP"], h["REFTYPE"] = unit, text, name.removesuffix("_map").upper()
         write_hdus(out(params, "dark_model", f"{name}.fits"), data.astype(np.float32), h)

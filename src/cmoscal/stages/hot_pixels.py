@@ -75,10 +75,10 @@ def run(params: dict) -> dict:
     table = table[order]
     write_table(table, out(params, "dark_model", "hot_pixels.ecsv"))
     header = model.header()
-    header["BUNIT"], header["DESCRIP"] = "", "DQ bitmask; bits named in the DQ_DEF extension"
+    header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
     write_hdus(out(params, "dark_model", "dq_map.fits"), dq, header,
                [("DQ_DEF", fits.table_to_hdu(dq_table(dq)), "")], checksum=True)
-    header["DESCRIP"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT"
+    header["DESCRIP"], header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
     mask = ((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0).astype(np.uint8)
     write_hdus(out(params, "dark_model", "hot_pixel_mask.fits"), mask, header, checksum=True)
     model.write(out(params, MODEL_FILE))

@@ -1,7 +1,7 @@
 """Stage 6, synthesis: synthetic bias and dark frames from the model.
 
 Writes ``synthetic/synthetic_bias_XX.XC.fits`` and ``synthetic/synthetic_dark_XX.XC_YYs.fits``
-(float32 DN with a VARIANCE extension) at every point of ``synthesize`` and, with
+(float32 DN with its uncertainty, UNCERT, as CCDData.read opens it) at every point of ``synthesize`` and, with
 ``generate_set``, at every master's temperature and exposure. A point further outside the
 calibrated ranges than the model allows is refused (listed with the reason, nothing written).
 """

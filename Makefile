@@ -25,6 +25,10 @@ demo-data: env
 	@if [ "$(PARAMS)" = params/demo.yml ] && [ ! -d $(DEMO_DATA) ]; then \
 	  echo "simulating the demo campaign into data/demo"; \
 	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files --held-out; fi
+	@if [ "$(PARAMS)" = params/demo-aged.yml ]; then \
+	  if [ ! -d data/demo-aged/held_out ]; then echo "simulating the aged demo sensor into data/demo-aged"; \
+	    $(BIN)/cmoscal simulate data/demo-aged --shape 256x256 --age 3 --held-out; fi; \
+	  if [ ! -f products/demo/calibration_model.fits ]; then $(MAKE) --no-print-directory report CAMPAIGN=demo; fi; fi
 
 report: env demo-data
 	$(BIN)/cmoscal report $(PARAMS) $(if $(STAGES),--stages $(STAGES))

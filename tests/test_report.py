@@ -1,14 +1,20 @@
 """The notebook suite through papermill on a tiny campaign, as `make report` runs it."""
 
 import json
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from browser import CHROMIUM, Browser
 from conftest import read_truth, write_params
 
+from cmoscal.compare import describe
 from cmoscal.config import load_params
+from cmoscal.index import format_value
 from cmoscal.report import ReportError, run_report
 from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
@@ -16,11 +22,18 @@ from cmoscal.stages import STAGES
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
+    """A tiny campaign through the whole notebook suite, compared with an earlier campaign of the same sensor."""
     root = tmp_path_factory.mktemp("tiny")
-    simulate_campaign(root / "data", shape=(32, 32), temperatures=(-5, 5, 15, 25), exptimes=(2, 10, 40), frames=3,
-                      bias_frames=4, bad_files=True, held_out=True, seed=11)
+    layout = dict(shape=(32, 32), temperatures=(-5, 5, 15, 25), exptimes=(2, 10, 40), frames=3, bias_frames=4, seed=11)
+    simulate_campaign(root / "before", **layout)
+    before = load_params(write_params(root / "before.yml", campaign="before", raw_dir="before/raw", loo_pixels=0),
+                         root=root)
+    for stage in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"):
+        STAGES[stage](before)
+    simulate_campaign(root / "data", bad_files=True, held_out=True, age=10, **layout)
     path = write_params(root / "tiny.yml", campaign="tiny", raw_dir="data/raw", science_dir="data/held_out",
-                        loo_pixels=0, checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
+                        reference_campaign="products/before", loo_pixels=0,
+                        checks={"rejected_fraction_max": 0.1})  # 5 bad files among 52 good ones
     params = load_params(path, root=root)
     run_dir, checks = run_report(path, params, list(STAGES), root=root)
     return dict(root=root, path=path, params=params, run_dir=run_dir, checks=checks)
@@ -62,6 +75,32 @@ def test_report_products_recover_truth(tiny):
     assert abs(np.median(B[~truth["hot"]]) - 0.10) < 0.01
 
 
+def test_the_record_renders_offline_in_a_browser(tiny, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CMOSCAL_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    run_dir, out = tiny["run_dir"], tiny["root"] / "products" / "tiny"
+    with Browser(tmp_path / "profile") as browser:
+        index = browser.open(run_dir / "index.html")
+        page = browser.open(run_dir / "10_comparison.html")
+    for shown in (index, page):
+        assert shown["requests"] and all(url.startswith(("file://", "data:")) for url in shown["requests"])
+        assert not shown["broken"]
+    for link in index["links"]:  # every link of the record points at a file or folder on disk
+        assert Path(unquote(urlparse(link).path)).exists(), link
+    numbers = Table.read(out / "model_numbers.ecsv")
+    text = index["text"]
+    assert "SUCCESS" in text and "Since the reference campaign" in text
+    for quantity in ("bias b", "read noise", "gamma", "gain"):
+        row = numbers[numbers["quantity"] == quantity][0]
+        assert f"{quantity}\t{format_value(float(row['median']))}" in text, quantity
+    changes, pixels = (Table.read(out / "comparison" / f"{name}.ecsv") for name in ("changes", "pixels"))
+    summary = describe(changes, pixels, changes.meta["sigma"])
+    assert summary[0] in text and summary[0] in page["text"] and summary[1] in text
+    assert page["images"] >= 3 and "What changed since the reference campaign" in page["text"]
+
+
 def test_chosen_stages_rerun_on_existing_products(tiny):
     run_dir, checks = run_report(tiny["path"], tiny["params"], ["dark_model", "hot_pixels"], root=tiny["root"])
     assert run_dir != tiny["run_dir"]
@@ -69,7 +108,7 @@ def test_chosen_stages_rerun_on_existing_products(tiny):
     assert (tiny["root"] / "reports" / "tiny" / "latest").resolve() == run_dir.resolve()
     index = (run_dir / "index.html").read_text()
     assert checks is None and 'class="verdict STALE"' in index  # the old checks describe older products
-    assert "hot_pixels ran after it" in index and "<td>pass</td>" not in index
+    assert "hot_pixels ran after it" in index and '<td class="pass">' not in index
     run_dir, checks = run_report(tiny["path"], tiny["params"], ["evaluation", "summary"], root=tiny["root"])
     assert checks is not None and 'class="verdict SUCCESS"' in (run_dir / "index.html").read_text()
 

@@ -1,4 +1,4 @@
-"""The ``cmoscal`` command: simulate, run, report, evaluate, calibrate, synth-bias, synth-dark.
+"""The ``cmoscal`` command: simulate, run, report, evaluate, calibrate, compare, synth-bias, synth-dark.
 
 Exit status: 0 success; 1 an error (bad input, a failed stage, the output folder in use),
 printed as one line ``cmoscal: error: ...`` without a traceback; 2 a usage error; 3 the run
@@ -169,6 +169,19 @@ def _calibrate(args) -> None:
         raise UserError(f"{len(refused)} of {len(table)} frame(s) refused (reasons above)")
 
 
+def _compare(args) -> None:
+    from .compare import compare_models, describe
+    from .model import CalibrationModel
+
+    result = compare_models(CalibrationModel.read(args.reference), CalibrationModel.read(args.current), args.sigma)
+    print(f"{args.current} against {args.reference}; dark rates compared at {result.temperature:.1f} degC, "
+          f"{result.exptime:.3g} s")
+    result.changes.pprint(max_lines=-1, max_width=-1)
+    result.pixels.pprint(max_lines=-1, max_width=-1)
+    for line in describe(result.changes, result.pixels, args.sigma):
+        print(line)
+
+
 def _synth(args) -> None:
     from .inventory import frame_label
     from .model import CalibrationModel, write_synthetic
@@ -234,6 +247,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="campaign parameter file: header keywords, units, mask bits, compute")
     p.add_argument("--root", default=".", help="directory relative paths refer to (default: current)")
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("compare", help="what changed between two campaigns of the same sensor")
+    p.add_argument("reference", help="output_dir (or calibration_model.fits) of the earlier campaign")
+    p.add_argument("current", help="output_dir (or calibration_model.fits) of the later campaign")
+    p.add_argument("--sigma", type=float, default=5.0, help="significance threshold (default 5)")
+    p.set_defaults(func=_compare)
 
     for name, text in (("synth-bias", "synthetic bias frame at a temperature"),
                        ("synth-dark", "synthetic dark frame at a temperature and exposure")):

@@ -146,6 +146,8 @@ _CHECKS = {
     "max_extrapolation": _number(0),
     "science_dir": _text(optional=True),
     "calibration_mask": _patterns,
+    "reference_campaign": _text(optional=True),
+    "change_sigma": _number(0, open_lo=True),
     "instrument.instrume": _text(optional=True),
     "instrument.telescop": _text(optional=True),
     "instrument.detector": _text(optional=True),
@@ -194,6 +196,9 @@ def validate_params(params: dict) -> list[str]:
         folder = flat.get(key)
         if isinstance(folder, str) and folder.strip() and not Path(folder).is_dir():
             problems.append(f"{key}: {folder} is not a directory")
+    reference = flat.get("reference_campaign")
+    if isinstance(reference, str) and reference.strip() and not Path(reference).exists():
+        problems.append(f"reference_campaign: {reference} does not exist")
     from .hotpix import DQ_BITS
 
     unknown = [b for b in flat.get("calibration_mask") or [] if b not in DQ_BITS]
@@ -248,7 +253,7 @@ def load_params(path: str | Path, root: str | Path = ".", overrides: dict | None
     for key, default in (("output_dir", "products"), ("report_dir", "reports")):
         if params.get(key) is None and isinstance(params.get("campaign"), str):
             params[key] = f"{default}/{params['campaign']}"
-    for key in ("raw_dir", "output_dir", "report_dir", "science_dir"):
+    for key in ("raw_dir", "output_dir", "report_dir", "science_dir", "reference_campaign"):
         if isinstance(params.get(key), str):
             params[key] = str((root / params[key]).resolve())
     problems = validate_params(params)

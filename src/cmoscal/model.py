@@ -22,7 +22,7 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
-from .darkfit import KELVIN, temperature_feature
+from .darkfit import KELVIN, design, linear_variance, temperature_feature
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, write_atomic, write_hdus
 from .hotpix import dq_table
@@ -179,6 +179,12 @@ class CalibrationModel:
     def dark_variance(self, temperature: float, exptime: float) -> np.ndarray:
         """Variance [DN^2] of :meth:`dark_signal` from the parameter covariance."""
         return self.prediction(temperature, exptime)[1]
+
+    def log_rate(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
+        """ln of the dark rate DC / t [DN/s] at (T, t), and its variance from the parameter covariance."""
+        z = design(temperature, exptime, self.tmin, self.form)
+        ln_rate = self.dark[0] + z[1] * self.dark[1] + z[2] * self.dark[2] - np.log(exptime)
+        return ln_rate, linear_variance(self.dark_cov, z)
 
     def dark_frame(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic full dark frame, bias + dark signal [DN]."""

@@ -21,11 +21,12 @@ from .darkfit import predict
 from .errors import CampaignWarning
 from .evaluate import downsample
 from .hotpix import DQ_BITS
+from .index import format_value
 from .inventory import chain_groups
 
-__all__ = ["as_jpeg", "calibrated_frames", "dark_curves", "dropped_per_master", "evaluation_summary", "flag_map",
-           "group_mosaics", "histograms", "image_grid", "inventory_overview", "loo_figure", "master_levels", "mosaic",
-           "show_table", "significance_histogram", "start_notebook"]
+__all__ = ["as_jpeg", "calibrated_frames", "change_histograms", "count_maps", "dark_curves", "dropped_per_master",
+           "evaluation_summary", "flag_map", "group_mosaics", "histograms", "image_grid", "inventory_overview",
+           "loo_figure", "master_levels", "mosaic", "show_table", "significance_histogram", "start_notebook"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -55,20 +56,6 @@ def start_notebook(params_file: str, root: str) -> dict:
     return load_params(params_file, root=root)
 
 
-def _format(value, digits: int) -> str:
-    if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            return "n/a" if np.isnan(value) else str(value)
-        if value == 0:
-            return "0"
-        if abs(value) >= 10 ** digits or abs(value) < 10 ** -3:
-            return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    return str(value)
-
-
 def show_table(table: Table, digits: int = 4, collapse: int = 25, title: str = ""):
     """A table for a person: numbers to ``digits`` significant digits, units in the header,
     every row shown (inside a collapsible block beyond ``collapse`` rows)."""
@@ -77,8 +64,9 @@ def show_table(table: Table, digits: int = 4, collapse: int = 25, title: str = "
     units = {name: f" [{table[name].unit}]" if table[name].unit else "" for name in table.colnames}
     head = "".join(f'<th style="text-align:left">{html.escape(name + units[name])}</th>' for name in table.colnames)
     align = {name: "right" if table[name].dtype.kind in "iuf" else "left" for name in table.colnames}
-    rows = "".join("<tr>" + "".join(f'<td style="text-align:{align[name]}">{html.escape(_format(row[name], digits))}'
-                                    "</td>" for name in table.colnames) + "</tr>" for row in table)
+    text = {name: [html.escape(format_value(value, digits)) for value in table[name]] for name in table.colnames}
+    rows = "".join("<tr>" + "".join(f'<td style="text-align:{align[name]}">{text[name][i]}'
+                                    "</td>" for name in table.colnames) + "</tr>" for i in range(len(table)))
     body = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
     label = title or f"{len(table)} rows"
     if len(table) > collapse:
@@ -237,22 +225,48 @@ def significance_histogram(significance: np.ndarray, populations: list, threshol
 
 def flag_map(dq: np.ndarray, block: int | None = None):
     """Flagged pixels per block, one panel per DQ class present (counts, so a lone pixel shows on a large sensor)."""
-    names = [n for n, (v, _) in DQ_BITS.items() if np.any(dq & v)]
-    block = block or max(1, int(np.ceil(max(dq.shape) / 128)))
-    ny, nx = (s // block * block for s in dq.shape)
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.2), squeeze=False,
+    return count_maps({name: (dq & value) > 0 for name, (value, _) in DQ_BITS.items() if np.any(dq & value)}, block,
+                      empty="no flagged pixels")
+
+
+def count_maps(masks: dict, block: int | None = None, empty: str = "no pixels"):
+    """Marked pixels per block, one panel per ``name -> boolean map`` (empty blocks blank; titles give totals)."""
+    shape = next(iter(masks.values())).shape if masks else (1, 1)
+    block = block or max(1, int(np.ceil(max(shape) / 128)))
+    ny, nx = (s // block * block for s in shape)
+    fig, axes = plt.subplots(1, max(len(masks), 1), figsize=(3.2 * max(len(masks), 1), 3.2), squeeze=False,
                              layout="constrained")
-    for ax, name in zip(axes.flat, names):
-        flagged = ((dq[:ny, :nx] & DQ_BITS[name][0]) > 0).reshape(ny // block, block, nx // block, block)
-        counts = flagged.sum(axis=(1, 3))
+    for ax, (name, mask) in zip(axes.flat, masks.items()):
+        counts = mask[:ny, :nx].reshape(ny // block, block, nx // block, block).sum(axis=(1, 3))
         im = ax.imshow(np.where(counts > 0, counts, np.nan), cmap="magma_r", interpolation="nearest", vmin=0)
         ax.set_facecolor("#eef2f7")
         fig.colorbar(im, ax=ax, shrink=0.8, label=f"pixels per {block}x{block} block")
-        ax.set_title(f"{name}: {int(np.count_nonzero(dq & DQ_BITS[name][0]))}", fontsize=9)
+        ax.set_title(f"{name}: {int(np.count_nonzero(mask))}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    if not names:
-        axes.flat[0].set_title("no flagged pixels")
+    if not masks:
+        axes.flat[0].set_title(empty)
+    return fig
+
+
+def change_histograms(comparison):
+    """Each quantity's per-pixel departure from the common shift, in sigma, against a unit normal."""
+    rows = list(comparison.changes)
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 3.0), squeeze=False, layout="constrained")
+    edges = np.linspace(-10, 10, 101)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for ax, row in zip(axes.flat, rows):
+        z = comparison.maps[row["quantity"]][1]
+        z = z[np.isfinite(z)]
+        ax.hist(np.clip(z, -10, 10), bins=edges, color="0.35", log=True)
+        ax.plot(centres, z.size * np.diff(edges) * np.exp(-0.5 * centres**2) / np.sqrt(2 * np.pi), "C3", lw=1)
+        for sign in (-1, 1):
+            ax.axvline(sign * comparison.sigma, color="C1", lw=0.8, ls="--")
+        ax.set_ylim(0.5, None)
+        ax.set_xlabel("(change - shift) / sigma")
+        unit = f" {row['unit']}" if row["unit"] else ""
+        ax.set_title(f"{row['quantity']}\nshift {row['median_change']:+.3g}{unit} ({row['shift_sigma']:+.1f} sigma)",
+                     fontsize=9)
     return fig
 
 

@@ -65,7 +65,7 @@ OWNS = {
     "hot_pixels": ("dark_model/dq_map.fits", "dark_model/hot_pixel_mask.fits", "dark_model/hot_pixels.ecsv"),
     "synthesis": ("synthetic/*",),
     "evaluation": ("evaluation/*",),
-    "summary": ("checks.ecsv",),
+    "summary": ("checks.ecsv", "model_numbers.ecsv", "dq_counts.ecsv", "files.ecsv"),
     "calibration": ("calibrated/*",),
     "comparison": ("comparison/*",),
 }
@@ -193,9 +193,9 @@ def campaign_warnings(output_dir, stages=None) -> list[tuple[str, str]]:
 
 
 def note(**facts) -> None:
-    """Record facts about the running stage in its ledger entry (e.g. bytes read)."""
+    """Record facts about the running stage in its ledger entry (e.g. bytes read); NumPy scalars become numbers."""
     if _current is not None:
-        _current.setdefault("facts", {}).update(facts)
+        _current.setdefault("facts", {}).update({k: v.item() if hasattr(v, "item") else v for k, v in facts.items()})
 
 
 def _clear(output_dir: Path, name: str) -> None:

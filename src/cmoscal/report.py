@@ -33,7 +33,7 @@ __all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_re
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 _EXTERNAL_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>|'
-                              r'<script type="module">[^<]*https?://[^<]*</script>')
+                              r'<script type="module">(?:(?!</script>).)*?https?://.*?</script>', re.S)
 _PACKAGES = ("numpy", "scipy", "astropy", "numba", "matplotlib", "papermill", "nbconvert", "dask", "distributed")
 
 

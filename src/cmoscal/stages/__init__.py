@@ -6,10 +6,21 @@ loaders later stages and the notebooks use. ``STAGES`` maps each name to its ``r
 pipeline order.
 """
 
-from . import bias, calibration, dark_masters, dark_model, evaluation, hot_pixels, inventory, summary, synthesis
+from . import (
+    bias,
+    calibration,
+    comparison,
+    dark_masters,
+    dark_model,
+    evaluation,
+    hot_pixels,
+    inventory,
+    summary,
+    synthesis,
+)
 
 __all__ = ["STAGES"]
 
 STAGES = {module.__name__.rsplit(".", 1)[1]: module.run
           for module in (inventory, bias, dark_masters, dark_model, hot_pixels, synthesis, evaluation, summary,
-                         calibration)}
+                         calibration, comparison)}

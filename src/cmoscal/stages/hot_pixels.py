@@ -12,7 +12,6 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from ..darkfit import design, linear_variance
 from ..errors import CampaignError
 from ..fitsio import write_hdus, write_table
 from ..hotpix import DQ_BITS, classify_pixels, dq_table, log_rate_significance
@@ -27,10 +26,7 @@ CLASSIFICATION_BITS = DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0] | DQ_BITS["NOISY"][
 
 def log_rates(model: CalibrationModel, temperature: float):
     """ln of the dark rate [DN/s] at ``temperature`` and its variance, at the geometric-mean exposure."""
-    t_ref = float(np.sqrt(model.exprange[0] * model.exprange[1]))
-    z = design(temperature, t_ref, model.tmin, model.form)
-    ln_rate = model.dark[0] + z[1] * model.dark[1] + z[2] * model.dark[2] - np.log(t_ref)
-    return ln_rate, linear_variance(model.dark_cov, z)
+    return model.log_rate(temperature, float(np.sqrt(model.exprange[0] * model.exprange[1])))
 
 
 @stage("hot_pixels")

@@ -1,21 +1,27 @@
-"""Stage 8, summary: named checks of the whole calibration, each pass, FAIL or n/a with its reason.
+"""Stage 8, summary: named checks of the whole calibration, each pass, FAIL or n/a with its reason,
+and the record the report index shows.
 
-Writes ``checks.ecsv``. The verdict describes the products on disk: a check over products that
-are stale (an earlier stage ran again after the evaluation) fails, naming them.
+Writes ``checks.ecsv``; ``model_numbers.ecsv`` (median and robust spread of every model
+parameter over pixels without flags, the gain, the model form and the evidence for it);
+``dq_counts.ecsv`` (pixels per DQ bit) and ``files.ecsv`` (every raw frame with its final
+status and reason). The verdict describes the products on disk: a check over products that are
+stale (an earlier stage ran again after the evaluation) fails, naming them.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from astropy.stats import mad_std
 from astropy.table import Table
 
-from ..fitsio import read_product, read_table, write_table
-from ..hotpix import DQ_BITS
+from ..fitsio import read_table, write_table
+from ..hotpix import DQ_BITS, dq_table
+from ..model import CalibrationModel
 from ..products import MODEL_FILE, out, require, stage, stage_states
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["files_accounted", "load", "run"]
+__all__ = ["files_accounted", "load", "load_record", "model_numbers", "run"]
 
 
 def files_accounted(params: dict) -> Table:
@@ -36,6 +42,36 @@ def files_accounted(params: dict) -> Table:
     return table
 
 
+def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> Table:
+    """Median and robust spread (MAD-based sigma) of each model parameter over pixels without flags.
+
+    ``meta`` carries the model form and dimension and, from the dark-model stage's
+    ``comparison`` table, the evidence for the form and for gamma.
+    """
+    good = model.dq == 0
+    slope = model.dark[1][good]
+    rows = [("bias a", model.bias_a[good], "DN at 0 degC"), ("bias b", model.bias_b[good], "DN/degC"),
+            ("read noise", model.read_noise[good], "DN"),
+            ("dark A", np.exp(model.dark[0][good]), f"DN/s{'^gamma' if model.fit_gamma else ''} at Tmin")]
+    if model.form == "exponential":
+        rows += [("B", slope, "1/degC"), ("doubling temperature", np.log(2) / slope, "degC")]
+    else:
+        rows.append(("Ea", slope, "eV"))
+    if model.fit_gamma:
+        rows.append(("gamma", model.dark[2][good], ""))
+    rows.append(("reduced chi-square", model.chi2r[good], ""))
+    table = Table(rows=[(name, float(np.nanmedian(v)), float(mad_std(v, ignore_nan=True)), unit)
+                        for name, v, unit in rows], names=("quantity", "median", "spread", "unit"))
+    gain = float(model.meta.get("GAIN") or np.nan)
+    table.add_row(("gain", gain, np.nan, f"e-/DN ({model.meta.get('GAINSRC', 'unknown source')})"))
+    table.meta.update(form=model.form, dimension="2d" if model.fit_gamma else "1d", pixels=int(good.sum()),
+                      share=float(good.mean()))
+    if comparison is not None:
+        table.meta.update(form_verdict=comparison.meta.get("verdict", ""),
+                          gamma_verdict=comparison.meta.get("gamma", ""))
+    return table
+
+
 def _check(name, definition, value, limit, reason=""):
     if reason or not np.isfinite(value):
         return (name, definition, float(value), float(limit), "n/a", reason or "not defined for this campaign")
@@ -47,7 +83,8 @@ def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
     summary = read_table(require(out(params, "evaluation", "summary.ecsv"), "evaluation"))
     loo = read_table(out(params, "evaluation", "loo.ecsv"))
-    dq = read_product(require(out(params, MODEL_FILE), "hot_pixels"), "DQ")
+    model = CalibrationModel.read(require(out(params, MODEL_FILE), "hot_pixels"))
+    dq = model.dq
     limits = params["checks"]
     rows = []
     for kind in ("bias", "dark"):
@@ -69,6 +106,10 @@ def run(params: dict) -> Table:
     rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
                        limits["hot_fraction_max"]))
     files = files_accounted(params)
+    write_table(files, out(params, "files.ecsv"))
+    write_table(dq_table(dq), out(params, "dq_counts.ecsv"))
+    write_table(model_numbers(model, read_table(out(params, "dark_model", "model_comparison.ecsv"))),
+                out(params, "model_numbers.ecsv"))
     considered = files["status"] != "skipped"
     rejected = float(np.mean(files["status"][considered] == "rejected")) if considered.any() else np.nan
     rows.append(_check("rejected files", "share of calibration files rejected (skipped files do not count)",
@@ -90,3 +131,9 @@ def run(params: dict) -> Table:
 def load(params: dict) -> Table:
     """The checks written by :func:`run`."""
     return read_table(require(out(params, "checks.ecsv"), "summary"))
+
+
+def load_record(params: dict) -> dict:
+    """The record written by :func:`run`: model numbers, DQ counts and files."""
+    return {name: read_table(require(out(params, f"{name}.ecsv"), "summary"))
+            for name in ("model_numbers", "dq_counts", "files")}

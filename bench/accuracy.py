@@ -11,37 +11,25 @@ pull of 1 means the fit is as close to the truth as its (Cramer-Rao) uncertainty
 Usage: python bench/accuracy.py [--shape 256x256] [--seed 0]
 """
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
-import yaml
 from astropy.io import fits
+from common import reference_campaign
 
-from cmoscal.config import load_params
 from cmoscal.darkfit import design, fit_loglinear, predict
 from cmoscal.hotpix import DQ_BITS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
-from cmoscal.simulate import dark_truth, simulate_campaign
+from cmoscal.simulate import dark_truth
 from cmoscal.stages import STAGES
 
 HELD_OUT = ((-7.5, 2.0), (2.5, 20.0), (12.5, 45.0), (17.5, 15.0), (22.5, 3.0))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="256x256")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    root, params, args = reference_campaign("accuracy", __doc__.splitlines()[0])
     shape = tuple(int(v) for v in args.shape.split("x"))
-    root = Path(__file__).parent / "cache" / f"accuracy_{args.shape}_{args.seed}"
-    if not (root / "truth.fits").exists():
-        simulate_campaign(root, shape=shape, seed=args.seed)
-    (root / "params.yml").write_text(yaml.safe_dump(dict(campaign="accuracy", raw_dir="raw", output_dir="out",
-                                                         report_dir="reports")))
-    params = load_params(root / "params.yml", root=root)
     start = time.perf_counter()
     for stage in ("inventory", "bias", "dark_masters", "dark_model"):
         STAGES[stage](params)

@@ -16,23 +16,20 @@ it goes to bench/calibration.md.
 Usage: python bench/calibration.py [--shape 256x256] [--seed 0]
 """
 
-import argparse
 import warnings
 from pathlib import Path
 
 import ccdproc
 import numpy as np
-import yaml
 from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData
+from common import reference_campaign
 
-from cmoscal.config import load_params
 from cmoscal.fitsio import read_image
 from cmoscal.hotpix import DQ_BITS
 from cmoscal.masters import master_index
 from cmoscal.model import CalibrationModel
-from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
 from cmoscal.stages.calibration import calibrate_files
 
@@ -59,23 +56,14 @@ def ccdproc_way(path: Path, bias_index, dark_index, model: CalibrationModel) -> 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="256x256")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    shape = tuple(int(v) for v in args.shape.split("x"))
-    root = HERE / "cache" / f"calibration_{args.shape}_{args.seed}"
-    if not (root / "truth.fits").exists():
-        simulate_campaign(root, shape=shape, held_out=True, seed=args.seed)
-    (root / "params.yml").write_text(yaml.safe_dump(dict(campaign="calibration", raw_dir="raw", output_dir="out",
-                                                         report_dir="reports", progress=False)))
-    params = load_params(root / "params.yml", root=root)
+    root, params, args = reference_campaign("calibration", __doc__.splitlines()[0], held_out=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for stage in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"):
             STAGES[stage](params)
         files = sorted((root / "held_out").glob("*.fits"))
-        table = calibrate_files(files, root / "out" / "calibration_model.fits", root / "calibrated", params)
+        table = calibrate_files([(path, None) for path in files], root / "out" / "calibration_model.fits",
+                                root / "calibrated", params)
     model = CalibrationModel.read(root / "out")
     hot = fits.getdata(root / "truth.fits", "HOT").astype(bool)
     bias_index = master_index(root / "out" / "bias_grouped_by_temp")

@@ -10,8 +10,10 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from conftest import digest, write_params
 
+from cmoscal.calibrate import calibrate_ccd
 from cmoscal.config import load_params
 from cmoscal.hotpix import DQ_BITS
+from cmoscal.model import CalibrationModel
 from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
 from cmoscal.stages.dark_model import model_id
@@ -59,10 +61,9 @@ def test_calibrated_frames_open_with_ccddata_and_say_what_they_are(calibrated):
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT", "DQ", "DQ_DEF"]
         assert list(hdul["DQ_DEF"].data["NAME"]) == list(DQ_BITS)
-        assert np.array_equal(ccd.mask, (hdul["DQ"].data & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0] |
-                                                            DQ_BITS["DO_NOT_USE"][0] | DQ_BITS["NOISY"][0] |
-                                                            DQ_BITS["FRAME_SATURATED"][0] |
-                                                            DQ_BITS["FULL_WELL"][0])) > 0)
+        masked = sum(DQ_BITS[name][0] for name in ("HOT", "WARM", "DO_NOT_USE", "NOISY", "FRAME_SATURATED",
+                                                   "FRAME_INVALID", "FULL_WELL"))
+        assert np.array_equal(ccd.mask, (hdul["DQ"].data & masked) > 0)
 
 
 def test_model_products_carry_reference_keywords_and_a_stable_identifier(calibrated):
@@ -78,6 +79,18 @@ def test_model_products_carry_reference_keywords_and_a_stable_identifier(calibra
     assert header["MODELID"] == model_id(params, inventory)
     assert model_id(dict(params, outlier_sigma=6.0), inventory) != header["MODELID"]
     assert model_id(dict(params, memory_budget=9.0), inventory) == header["MODELID"]
+
+
+def test_non_finite_pixels_are_flagged_and_leave_their_neighbours_intact(calibrated):
+    root, params = calibrated["root"], calibrated["params"]
+    frame = sorted((root / "held_out").glob("*.fits"))[0]
+    with fits.open(frame) as hdul:
+        raw = CCDData(hdul[0].data.astype(np.float32), unit="adu", header=hdul[0].header)
+    raw.data[40, 40] = np.nan
+    result = calibrate_ccd(raw, CalibrationModel.read(root / "out"), params)
+    assert result.mask[40, 40] and result.flags[40, 40] & DQ_BITS["FRAME_INVALID"][0]
+    assert np.all(np.isfinite(result.uncertainty.array[39:42, 39:42]))
+    assert np.isfinite(result.data[39:42, 39:42]).sum() == 8
 
 
 def test_electrons_and_out_of_range_frames(calibrated, tmp_path):

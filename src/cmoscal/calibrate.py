@@ -6,11 +6,11 @@ propagated variance), a boolean mask, and the DQ bitmask. The shot noise of the 
 the model, that of the frame's own remaining signal (sky, sources) from the frame smoothed over
 3x3 pixels: a variance taken from each pixel's own noisy value would be correlated with the noise
 it describes and bias the normalized residuals low (by ~1/(2 sigma_e) for faint signals). The DQ
-is the model's DQ ORed with the frame's own saturated pixels (FRAME_SATURATED) and, when the frame
-lies outside the calibrated ranges, OUT_OF_RANGE. On disk (:func:`write_calibrated`) it is the
-layout ``CCDData.read`` opens (UNCERT with UTYPE, MASK) plus DQ and DQ_DEF extensions; the header
-cites the model file and its identifier, the temperature and exposure used and whether they were
-inside the calibrated ranges.
+is the model's DQ ORed with the frame's own saturated and non-finite pixels (FRAME_SATURATED,
+FRAME_INVALID) and, when the frame lies outside the calibrated ranges, OUT_OF_RANGE. On disk
+(:func:`write_calibrated`) it is the layout ``CCDData.read`` opens (UNCERT with UTYPE, MASK) plus
+DQ and DQ_DEF extensions; the header cites the model file and its identifier, the temperature
+and exposure used and whether they were inside the calibrated ranges.
 
 A frame that cannot be calibrated (no temperature or exposure, another shape, far outside the
 calibrated ranges) is refused with one line; raw frames are never modified.
@@ -27,6 +27,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.nddata import CCDData, StdDevUncertainty
 from astropy.time import Time
+from scipy.ndimage import uniform_filter
 
 from .bias import bias_at
 from .errors import CampaignError
@@ -44,13 +45,6 @@ def mask_value(names) -> int:
     if unknown:
         raise CampaignError(f"calibration_mask: unknown DQ bit(s) {', '.join(unknown)}; known: {', '.join(DQ_BITS)}")
     return int(np.bitwise_or.reduce([DQ_BITS[n][0] for n in names])) if names else 0
-
-
-def _box3(image: np.ndarray) -> np.ndarray:
-    """Mean over each pixel's 3x3 neighbourhood (edges repeated)."""
-    padded = np.pad(image, 1, mode="edge")
-    ny, nx = image.shape
-    return sum(padded[dy:dy + ny, dx:dx + nx] for dy in range(3) for dx in range(3)) / 9.0
 
 
 def _conditions(header, params: dict, temperature, exptime) -> tuple[float, float]:
@@ -108,12 +102,14 @@ def calibrate_ccd(ccd: CCDData, model: CalibrationModel, params: dict, temperatu
     bias = bias_at(model.bias_a, model.bias_b, temperature).astype(np.float64)
     dark, dark_var = model.prediction(temperature, exptime)
     signal = frame - bias
-    charge = dark + np.clip(_box3(signal - dark), 0, None)  # the model's dark, the frame's own signal smoothed
+    own = uniform_filter(np.nan_to_num(signal - dark), size=3, mode="nearest")  # own signal, smoothed (NaN as 0)
+    charge = dark + np.clip(own, 0, None)
     variance = (model.read_noise.astype(np.float64) ** 2 + (charge / gain if gain else 0.0)
                 + model.bias_variance(temperature) + dark_var)
     dq = model.dq.astype(np.uint16)
-    dq = dq | np.where(frame >= float(model.meta.get("SATURATE", np.inf)), DQ_BITS["FRAME_SATURATED"][0], 0
-                       ).astype(np.uint16)
+    dq |= np.where(frame >= float(model.meta.get("SATURATE", np.inf)), DQ_BITS["FRAME_SATURATED"][0], 0
+                   ).astype(np.uint16)
+    dq |= np.where(np.isfinite(frame), 0, DQ_BITS["FRAME_INVALID"][0]).astype(np.uint16)
     if messages:
         dq |= np.uint16(DQ_BITS["OUT_OF_RANGE"][0])
     factor = gain if electrons else 1.0

@@ -30,6 +30,7 @@ DQ_BITS = {
     "DO_NOT_USE": (512, "no usable model (no valid sample): synthetic values are NaN"),
     "FRAME_SATURATED": (1024, "calibrated frames only: saturated in the science frame itself"),
     "OUT_OF_RANGE": (2048, "calibrated frames only: the frame's T or t is outside the calibrated range"),
+    "FRAME_INVALID": (4096, "calibrated frames only: the science frame's own value is not a finite number"),
 }
 
 #: DQ bits the dark fit sets, from the kernel's flags (:data:`cmoscal.kernels.FIT_FLAGS`)

@@ -299,10 +299,8 @@ def _solve(A, b, P, x, work):
 def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
-    for a in range(P):
-        g[a] = 0.0
-        for b in range(P):
-            H[a, b] = 0.0
+    g[:P] = 0.0
+    H[:P, :P] = 0.0
     chi2 = 0.0
     for i in range(y.shape[0]):
         if not valid[i]:
@@ -385,10 +383,8 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
     H, A, g, work = ws[2], ws[3], ws[4], ws[7]
-    for a in range(P):
-        g[a] = 0.0
-        for b in range(P):
-            H[a, b] = 0.0
+    g[:P] = 0.0
+    H[:P, :P] = 0.0
     npos = 0
     for i in range(y.shape[0]):
         if not valid[i] or y[i] <= 0:

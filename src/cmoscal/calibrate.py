@@ -18,8 +18,6 @@ calibrated ranges) is refused with one line; raw frames are never modified.
 
 from __future__ import annotations
 
-import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from .errors import CampaignError
 from .fitsio import atomic_path, frames_in, provenance, read_rows
 from .hotpix import DQ_BITS, dq_table
 from .inventory import frame_exposure, frame_temperature
-from .model import CalibrationModel
+from .model import CalibrationModel, shared_model
 
 __all__ = ["calibrate_ccd", "calibrate_file", "mask_value", "refused_row", "relative_name", "write_calibrated"]
 
@@ -176,11 +174,6 @@ def _stem(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=2)
-def _model(path: str, mtime: int) -> CalibrationModel:
-    return CalibrationModel.read(path)
-
-
 def calibrate_file(path, model_path, output_dir, params: dict, electrons: bool = False, folder=None) -> list[dict]:
     """Calibrate every frame of one raw file (a task: a thread or a dask worker).
 
@@ -194,7 +187,7 @@ def calibrate_file(path, model_path, output_dir, params: dict, electrons: bool =
     relative = relative_name(path, folder)
     label = path.relative_to(folder).as_posix() if folder else str(path)
     model_path = str(model_path)
-    model = _model(model_path, os.stat(model_path).st_mtime_ns)
+    model = shared_model(model_path)
     try:
         header, refs = frames_in(path)
     except Exception as err:  # an unreadable file is refused with its reason, never a crash

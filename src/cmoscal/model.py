@@ -14,6 +14,7 @@ an :class:`~cmoscal.errors.OutOfRangeWarning`, recorded in the product's header.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from .hotpix import dq_table
 from .kernels import predict_dark
 from .products import MODEL_FILE
 
-__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "to_raw16", "write_synthetic"]
+__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
@@ -281,6 +282,23 @@ class CalibrationModel:
                        prior=tuple(float(h.get(k, np.nan)) for k in _PRIOR),
                        meta={k: h[k] for k in _META if k in h},
                        history=[str(line) for line in h.get("HISTORY", [])])
+
+
+@functools.lru_cache(maxsize=1)
+def _shared(path: str, mtime: int) -> CalibrationModel:
+    return CalibrationModel.read(path)
+
+
+def shared_model(path: str | Path) -> CalibrationModel:
+    """The model at ``path`` (an output_dir or the file), read once per process while the file is unchanged.
+
+    For the tasks of a stage (threads, or calls on a dask worker) that only read it: treat it as
+    read-only. One model is kept at a time.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    return _shared(str(path), path.stat().st_mtime_ns)
 
 
 def to_raw16(frame_dn: np.ndarray, scale_factor: float = 16, saturation: float = 4095) -> np.ndarray:

@@ -8,8 +8,6 @@ dark fit dropped (outliers, full well) are left out, as the fit left them out.
 
 from __future__ import annotations
 
-import functools
-import os
 import warnings
 
 import numpy as np
@@ -24,7 +22,7 @@ from ..fitsio import cube_writer, provenance, write_table
 from ..hotpix import DQ_BITS
 from ..inventory import frame_label
 from ..masters import load_masters, master_index
-from ..model import CalibrationModel
+from ..model import CalibrationModel, shared_model
 from ..noise import Noise
 from ..products import MODEL_FILE, out, require, stage
 from . import dark_model as dark_model_stage
@@ -35,11 +33,6 @@ __all__ = ["dropped_samples", "run"]
 PREVIEW = 128  # longest side of the per-group previews kept for the page
 
 
-@functools.lru_cache(maxsize=2)
-def _model(path: str, mtime: int) -> CalibrationModel:
-    return CalibrationModel.read(path)
-
-
 def dropped_samples(params: dict) -> Table:
     """The master samples the dark fit dropped (``dark_model/outliers.fits``)."""
     return Table.read(require(out(params, "dark_model", "outliers.fits"), "dark_model"), hdu="SAMPLES")
@@ -48,7 +41,7 @@ def dropped_samples(params: dict) -> Table:
 def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dropped) -> tuple:
     """Compare one group's master with the model (a task: a thread or a dask worker)."""
     path = str(out(params, MODEL_FILE))
-    model = _model(path, os.stat(path).st_mtime_ns)
+    model = shared_model(path)
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
     T, t = float(masters.temperature[0]), float(masters.exptime[0])
@@ -78,7 +71,7 @@ def run(params: dict) -> dict:
     ``previews[group]`` holds block-averaged maps of the master, the synthetic frame, MAE, MAPE
     and the residual in units of its noise (block means scaled so that pure noise has sigma 1).
     """
-    model = CalibrationModel.read(require(out(params, MODEL_FILE), "hot_pixels"))
+    model = shared_model(require(out(params, MODEL_FILE), "hot_pixels"))
     inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN") else 0.0
     entries = [("bias", e) for e in master_index(out(params, "bias_grouped_by_temp"))]
     entries += [("dark", e) for e in master_index(out(params, "dark_masters"))]

@@ -11,17 +11,18 @@ stale (an earlier stage ran again after the evaluation) fails, naming them.
 from __future__ import annotations
 
 import numpy as np
-from astropy.stats import mad_std
 from astropy.table import Table
 
 from ..fitsio import read_table, write_table
 from ..hotpix import DQ_BITS, dq_table
-from ..model import CalibrationModel
+from ..model import CalibrationModel, shared_model
 from ..products import MODEL_FILE, out, require, stage, stage_states
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
 __all__ = ["files_accounted", "load", "load_record", "model_numbers", "run"]
+
+_MAD_TO_SIGMA = 1.482602218505602  # sigma of a normal distribution per median absolute deviation
 
 
 def files_accounted(params: dict) -> Table:
@@ -42,6 +43,15 @@ def files_accounted(params: dict) -> Table:
     return table
 
 
+def _median_spread(values: np.ndarray) -> tuple[float, float]:
+    """Median and MAD-based sigma (1.4826 MAD, as astropy's mad_std) with the median computed once."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return np.nan, np.nan
+    median = float(np.median(values))
+    return median, float(_MAD_TO_SIGMA * np.median(np.abs(values - median)))
+
+
 def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> Table:
     """Median and robust spread (MAD-based sigma) of each model parameter over pixels without flags.
 
@@ -60,8 +70,8 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     if model.fit_gamma:
         rows.append(("gamma", model.dark[2][good], ""))
     rows.append(("reduced chi-square", model.chi2r[good], ""))
-    table = Table(rows=[(name, float(np.nanmedian(v)), float(mad_std(v, ignore_nan=True)), unit)
-                        for name, v, unit in rows], names=("quantity", "median", "spread", "unit"))
+    table = Table(rows=[(name, *_median_spread(v), unit) for name, v, unit in rows],
+                  names=("quantity", "median", "spread", "unit"))
     gain = float(model.meta.get("GAIN") or np.nan)
     table.add_row(("gain", gain, np.nan, f"e-/DN ({model.meta.get('GAINSRC', 'unknown source')})"))
     table.meta.update(form=model.form, dimension="2d" if model.fit_gamma else "1d", pixels=int(good.sum()),
@@ -83,7 +93,7 @@ def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
     summary = read_table(require(out(params, "evaluation", "summary.ecsv"), "evaluation"))
     loo = read_table(out(params, "evaluation", "loo.ecsv"))
-    model = CalibrationModel.read(require(out(params, MODEL_FILE), "hot_pixels"))
+    model = shared_model(require(out(params, MODEL_FILE), "hot_pixels"))
     dq = model.dq
     limits = params["checks"]
     rows = []

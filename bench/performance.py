@@ -191,7 +191,7 @@ def main():
     if not args.skip_report:
         sec, mem = run([CMOSCAL, "report", "params.yml"], root)
         results["report"] = sec
-        say(f"| **cmoscal report** (8 notebooks, HTML) | **{sec:.1f}** | {mem:.2f} |")
+        say(f"| **cmoscal report** (every notebook, HTML) | **{sec:.1f}** | {mem:.2f} |")
     say("")
     say(f"cmoscal run = {results['run'] / floor:.1f}x the read + write floor (target <= 30 s)")
     if "report" in results:

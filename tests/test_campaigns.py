@@ -58,6 +58,18 @@ def test_odd_inputs_give_the_products_of_the_clean_campaign(twins):
             assert check["status"] == "pass", (check["check"], check["value"], check["reason"])
 
 
+def test_frames_rejected_only_by_the_master_stages_are_counted(tmp_path):
+    """The inventory rejects nothing here (its status column holds only "ok" and "skipped"), so
+    the light leak and the duplicate are rejected by the master stages alone."""
+    simulate_campaign(tmp_path, seed=5, odd_files=True, **dict(SMALL, shape=(16, 16)))
+    params, _ = calibrate(tmp_path, stages=("inventory", "bias", "dark_masters"))
+    files = files_accounted(params)
+    rejected = {p.split("/")[-1]: r for p, s, r in zip(files["path"], files["status"], files["reason"])
+                if s == "rejected"}
+    assert "saturated" in rejected.pop("dark_light_leak.fits")
+    assert [r.startswith("duplicate of dark/") for r in rejected.values()] == [True]
+
+
 def test_every_odd_file_is_accounted_for_with_its_reason(twins):
     _, params, _ = twins["odd"]
     files = files_accounted(params)

@@ -28,18 +28,20 @@ _MAD_TO_SIGMA = 1.482602218505602  # sigma of a normal distribution per median a
 def files_accounted(params: dict) -> Table:
     """Every raw frame with its final status: the inventory's, then the master stages' verdict on its pixels."""
     inventory = inventory_stage.load(params)
-    table = inventory["path", "plane", "type", "temperature", "exposure", "group", "status", "reason"]
-    table = Table(table, copy=True)
+    table = Table(inventory["path", "plane", "type", "temperature", "exposure", "group", "status", "reason"],
+                  copy=True)
     names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(table["path"], table["plane"])]
+    verdict = {}
     for kind in ("bias", "dark"):
         try:
             frames = bias_stage.frames_table(params, kind)
         except FileNotFoundError:
             continue
-        verdict = {f: r for f, s, r in zip(frames["frame"], frames["status"], frames["reason"]) if s == "rejected"}
-        for i, name in enumerate(names):
-            if name in verdict:
-                table["status"][i], table["reason"][i] = "rejected", verdict[name]
+        verdict.update((f, r) for f, s, r in zip(frames["frame"], frames["status"], frames["reason"])
+                       if s == "rejected")
+    # whole columns are replaced: the inventory's string columns are only as wide as its own longest entry
+    table["status"] = ["rejected" if n in verdict else str(s) for n, s in zip(names, table["status"])]
+    table["reason"] = [verdict.get(n, str(r)) for n, r in zip(names, table["reason"])]
     return table
 
 

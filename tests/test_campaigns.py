@@ -152,6 +152,16 @@ def test_full_well_pixels_are_flagged_and_keep_a_sensible_model(tmp_path):
     assert np.count_nonzero(model.dq & DQ_BITS["FULL_WELL"][0]) <= well.sum() + 2
 
 
+def test_bias_noise_ratios_are_unbiased_with_two_bias_frames_per_group(tmp_path):
+    """The read noise from 7 degrees of freedom: dividing a bias residual by it would read sqrt(7 / 5) = 1.18 high."""
+    simulate_campaign(tmp_path, **dict(SMALL, temperatures=(-10, -5, 0, 5, 10, 15, 20), bias_frames=2), seed=8)
+    _params, results = calibrate(tmp_path)
+    assert results["hot_pixels"]["model"].meta["RNDOF"] == 7
+    checks = {c["check"]: c["value"] for c in results["summary"]}
+    for name in ("bias residual / noise", "bias leave-one-out / noise"):
+        assert 0.95 < checks[name] < 1.05, (name, checks[name])
+
+
 def test_two_temperatures_give_n_a_checks_and_no_absurd_numbers(tmp_path):
     simulate_campaign(tmp_path, shape=(48, 48), temperatures=(-10, -5), exptimes=(10, 30, 60, 150, 300), frames=1,
                       bias_frames=6, seed=36)

@@ -34,7 +34,8 @@ __all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_ra
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
-         "NBIASM": "master biases", "NDARKM": "master darks", "TREFHOT": "degC, reference of hot_rate_min",
+         "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
+         "TREFHOT": "degC, reference of hot_rate_min",
          "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
          "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
          "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}

@@ -113,6 +113,7 @@ def run(params: dict) -> dict:
                     TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
                     NBIASM=(len(index), "master biases"), NBIAS=(int(sum(counts)), "frames"),
                     NBIASMED=(float(np.median(counts)), "median frames per master"),
+                    RNDOF=(int(sum(n - 1 for n in counts)), "degrees of freedom of the read noise"),
                     BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"))
     inputs = [p.name for p, _ in index]
     maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),

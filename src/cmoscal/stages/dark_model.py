@@ -258,7 +258,7 @@ def run(params: dict) -> dict:
         max_exposure_factor=params["max_exposure_factor"], prior=prior,
         meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
-                  NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index),
+                  NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index), RNDOF=bias["header"]["RNDOF"],
                   NDARK=sum(h["NCOMBINE"] for _, h in index)))
     keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},

@@ -99,19 +99,22 @@ def run(params: dict) -> Table:
     dq = model.dq
     limits = params["checks"]
     rows = []
+    dof = model.meta["RNDOF"]
     for kind in ("bias", "dark"):
+        unknown_noise = (f"the read noise has {dof} degrees of freedom (bias frames - 1 per group): a bias residual "
+                         "over it has no finite expectation below 3") if kind == "bias" and dof <= 2 else ""
         sel = summary["kind"] == kind
         expected = np.asarray(summary["resid_noise_expected"][sel])
         ratio = np.asarray(summary["resid_noise"][sel]) / np.where(expected > 0.05, expected, np.nan)
-        reason = "" if np.isfinite(ratio).any() else (f"the {kind} model fits its {int(sel.sum())} masters exactly: "
-                                                      "no degrees of freedom")
+        reason = unknown_noise or ("" if np.isfinite(ratio).any() else
+                                   f"the {kind} model fits its {int(sel.sum())} masters exactly: no degrees of freedom")
         rows.append(_check(f"{kind} residual / noise", "median over groups of residual RMS / expected noise, "
                            "relative to the in-sample expectation sqrt(1 - leverage)",
                            np.nanmedian(ratio) if not reason else np.nan, limits["residual_noise_max"], reason))
         values = np.asarray(loo["loo_noise"][loo["kind"] == kind])
-        reason = "" if np.isfinite(values).any() else (
+        reason = unknown_noise or ("" if np.isfinite(values).any() else (
             "needs master biases at >= 3 temperatures" if kind == "bias" else
-            "no group can be left out with two temperatures (and exposures) remaining")
+            "no group can be left out with two temperatures (and exposures) remaining"))
         rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
                            np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason))
     flagged = float(np.mean((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .kernels import fit_lines
+
 __all__ = ["bias_at", "bias_variance_at", "fit_bias"]
 
 
@@ -37,29 +39,20 @@ def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, 
     fallback : ndarray of bool
         Pixels that got the population slope.
     """
-    T = temperature.reshape((-1,) + (1,) * (masters.ndim - 1)).astype(np.float64)
-    w = np.where(np.isfinite(masters), weights, 0).astype(np.float64)
-    y = np.where(w > 0, masters, 0).astype(np.float64)
-    rv = rv.astype(np.float64)
-    s0, s1, s2 = w.sum(0), (w * T).sum(0), (w * T * T).sum(0)
-    sy, sty = (w * y).sum(0), (w * T * y).sum(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        det = s0 * s2 - s1 * s1
-        spread = det > 1e-9 * s0 * s0  # >= 2 distinct temperatures
-        b = np.where(spread, (s0 * sty - s1 * sy) / det, np.nan)
-        a = (sy - b * s1) / s0
-        cov = np.stack([rv * s2 / det, rv * s0 / det, -rv * s1 / det])
-        fallback = ~spread & (s0 > 0)
-        if prior is not None and fallback.any():
-            slope, var_slope = prior
-            mean_T = s1 / s0
-            b = np.where(fallback, slope, b)
-            a = np.where(fallback, sy / s0 - slope * mean_T, a)
-            cov = np.where(fallback, np.stack([rv / s0 + mean_T ** 2 * var_slope, np.full(s0.shape, var_slope),
-                                               -mean_T * var_slope]), cov)
-        resid = np.where(w > 0, y - a - b * T, 0)
-        rms = np.sqrt(np.sum(resid**2, 0) / np.sum(w > 0, 0))
-    return a.astype(np.float32), b.astype(np.float32), cov.astype(np.float32), rms.astype(np.float32), fallback
+    M, shape = len(masters), np.shape(masters)[1:]
+    a, b, rms = (np.empty(shape, np.float32) for _ in range(3))
+    cov, fallback = np.empty((3, *shape), np.float32), np.empty(shape, bool)
+
+    def flat(x, dtype=None):
+        return np.ascontiguousarray(np.broadcast_to(x, (M, *shape)), dtype=dtype).reshape(M, -1)
+
+    weights = np.asarray(weights)
+    fit_lines(np.asarray(temperature, np.float64), flat(masters, np.float32),
+              flat(weights, np.int16 if np.issubdtype(weights.dtype, np.integer) else np.float64),
+              np.ascontiguousarray(np.broadcast_to(rv, shape), dtype=np.float32).reshape(-1),
+              np.array(prior if prior is not None else (np.nan, np.nan), dtype=np.float64), prior is not None,
+              a.reshape(-1), b.reshape(-1), cov.reshape(3, -1), rms.reshape(-1), fallback.reshape(-1))
+    return a, b, cov, rms, fallback
 
 
 def bias_at(a, b, temperature):

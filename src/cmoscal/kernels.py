@@ -13,8 +13,9 @@ import functools
 import numpy as np
 from numba import njit
 
-__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_pixels",
-           "mark_frame", "predict_dark", "residual_maps", "sorting_network", "subtract_bias", "warm_up"]
+__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_lines", "fit_pixels",
+           "mark_frame", "pooled_variance", "predict_dark", "residual_maps", "sorting_network", "subtract_bias",
+           "warm_up"]
 
 #: flags returned per pixel by :func:`fit_pixels`
 FIT_FLAGS = {"CONVERGED": 1, "FALLBACK": 2, "FEW_SAMPLES": 4, "NO_SAMPLES": 8, "FULL_WELL": 16, "OUTLIERS": 32}
@@ -244,13 +245,27 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
 
 
 # --- the dark fit -------------------------------------------------------------------------------
+# The per-sample loops below keep their sums in scalars (Z always has 3 columns; those beyond P
+# are not used): sums held in the small H and g arrays went through memory on every sample.
 @njit(cache=True)
 def _model(Z, offset, theta, P, out):
+    t0, t1, t2 = theta[0], theta[1] if P > 1 else 0.0, theta[2] if P > 2 else 0.0
     for i in range(Z.shape[0]):
-        e = offset[i]
-        for a in range(P):
-            e += Z[i, a] * theta[a]
+        e = offset[i] + Z[i, 0] * t0 + Z[i, 1] * t1 + Z[i, 2] * t2
         out[i] = np.exp(min(max(e, -_MAX_EXPONENT), _MAX_EXPONENT))
+
+
+@njit(cache=True)
+def _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2):
+    """Write the sums of a symmetric P x P normal matrix and its gradient into H and g."""
+    H[0, 0], g[0] = h00, g0
+    if P > 1:
+        H[0, 1] = H[1, 0] = h01
+        H[1, 1], g[1] = h11, g1
+    if P > 2:
+        H[0, 2] = H[2, 0] = h02
+        H[1, 2] = H[2, 1] = h12
+        H[2, 2], g[2] = h22, g2
 
 
 @njit(cache=True)
@@ -299,8 +314,7 @@ def _solve(A, b, P, x, work):
 def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
-    g[:P] = 0.0
-    H[:P, :P] = 0.0
+    h00 = h01 = h02 = h11 = h12 = h22 = g0 = g1 = g2 = 0.0
     chi2 = 0.0
     for i in range(y.shape[0]):
         if not valid[i]:
@@ -310,13 +324,18 @@ def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
         r = y[i] - m[i]
         chi2 += w * r * r
         wm = w * m[i]
-        for a in range(P):
-            g[a] += wm * r * Z[i, a]
-            for b in range(a, P):
-                H[a, b] += wm * m[i] * Z[i, a] * Z[i, b]
-    for a in range(P):
-        for b in range(a):
-            H[a, b] = H[b, a]
+        wmr, wmm = wm * r, wm * m[i]
+        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
+        g0 += wmr * z0
+        g1 += wmr * z1
+        g2 += wmr * z2
+        h00 += wmm * z0 * z0
+        h01 += wmm * z0 * z1
+        h02 += wmm * z0 * z2
+        h11 += wmm * z1 * z1
+        h12 += wmm * z1 * z2
+        h22 += wmm * z2 * z2
+    _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2)
     return chi2
 
 
@@ -383,19 +402,25 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
     H, A, g, work = ws[2], ws[3], ws[4], ws[7]
-    g[:P] = 0.0
-    H[:P, :P] = 0.0
+    h00 = h01 = h02 = h11 = h12 = h22 = g0 = g1 = g2 = 0.0
     npos = 0
     for i in range(y.shape[0]):
         if not valid[i] or y[i] <= 0:
             continue
         npos += 1
         w = y[i] * y[i] / (base[i] + shot[i] * y[i])
-        z = np.log(y[i]) - offset[i]
-        for a in range(P):
-            g[a] += w * z * Z[i, a]
-            for b in range(P):
-                H[a, b] += w * Z[i, a] * Z[i, b]
+        wz = w * (np.log(y[i]) - offset[i])
+        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
+        g0 += wz * z0
+        g1 += wz * z1
+        g2 += wz * z2
+        h00 += w * z0 * z0
+        h01 += w * z0 * z1
+        h02 += w * z0 * z2
+        h11 += w * z1 * z1
+        h12 += w * z1 * z2
+        h22 += w * z2 * z2
+    _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2)
     if npos >= P:
         _regularize(H, P, A, 0.0)
         if _solve(A, g, P, theta, work):
@@ -437,15 +462,19 @@ def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
 def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
     """Whether a studentized residual r^2 w / (1 - h) of the current fit exceeds ``limit``
     (h: the sample's leverage; ``weights`` w = 1/variance from the last normal-equation pass)."""
+    c00 = c01 = c02 = c11 = c12 = c22 = 0.0  # the covariance, zero beyond P (and all zero if not positive)
+    if positive:
+        c00 = cov[0, 0]
+        if P > 1:
+            c01, c11 = cov[0, 1], cov[1, 1]
+        if P > 2:
+            c02, c12, c22 = cov[0, 2], cov[1, 2], cov[2, 2]
     for i in range(y.shape[0]):
         if not valid[i]:
             continue
-        h = 0.0
-        if positive:
-            for a in range(P):
-                for b in range(P):
-                    h += Z[i, a] * cov[a, b] * Z[i, b]
-            h *= m[i] * m[i] * weights[i]
+        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
+        h = (z0 * (c00 * z0 + 2 * (c01 * z1 + c02 * z2)) + z1 * (c11 * z1 + 2 * c12 * z2) + c22 * z2 * z2) \
+            * m[i] * m[i] * weights[i]
         r = y[i] - m[i]
         if r * r * weights[i] > limit * max(1.0 - h, 1e-6):
             return True
@@ -524,15 +553,18 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
     The samples carry an unknown shift D e, e ~ N(0, cab); the parameters move by K e with
     K = cov J^T W D, so their covariance grows by K cab K^T.
     """
-    for a in range(P):
-        JWD[a, 0] = 0.0
-        JWD[a, 1] = 0.0
+    s00 = s01 = s10 = s11 = s20 = s21 = 0.0
     for i in range(Z.shape[0]):
         if valid[i]:
             wm = m[i] / (base[i] + shot[i] * m[i])
-            for a in range(P):
-                JWD[a, 0] += wm * Z[i, a] * D[i, 0]
-                JWD[a, 1] += wm * Z[i, a] * D[i, 1]
+            d0, d1 = D[i, 0], D[i, 1]
+            s00 += wm * Z[i, 0] * d0
+            s01 += wm * Z[i, 0] * d1
+            s10 += wm * Z[i, 1] * d0
+            s11 += wm * Z[i, 1] * d1
+            s20 += wm * Z[i, 2] * d0
+            s21 += wm * Z[i, 2] * d1
+    JWD[0, 0], JWD[0, 1], JWD[1, 0], JWD[1, 1], JWD[2, 0], JWD[2, 1] = s00, s01, s10, s11, s20, s21
     for a in range(P):
         for q in range(2):
             K[a, q] = 0.0
@@ -605,7 +637,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
     sp = np.empty(M)
     outl = np.empty(M, dtype=np.bool_)
     off1 = np.empty(M)
-    Z1 = np.ones((M, 1))
+    Z1 = np.zeros((M, 3))  # lnA alone (P = 1)
+    Z1[:, 0] = 1.0
     ws = (np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
           np.empty((3, 4)), np.empty((3, 2)), np.empty(M))
     theta = np.empty(3)
@@ -780,6 +813,68 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         flags_out[p] = flags
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fallback):
+    """Weighted straight line y = a + b T of every pixel, in one pass (see :func:`cmoscal.bias.fit_bias`).
+
+    ``y`` and ``weights`` are (M, npix) (a sample counts where its weight > 0 and it is finite),
+    ``rv`` (npix,) the variance of unit weight, ``prior`` (slope, variance) used where
+    ``use_prior`` and the usable samples span fewer than two temperatures. Writes a, b, the
+    covariance planes (3, npix: var a, var b, cov ab), the residual RMS and the fallback flag.
+    """
+    M = y.shape[0]
+    for p in range(a.size):
+        s0 = s1 = s2 = sy = sty = 0.0
+        for k in range(M):
+            w = float(weights[k, p])
+            v = float(y[k, p])
+            if w > 0 and np.isfinite(v):
+                T = temperature[k]
+                s0 += w
+                s1 += w * T
+                s2 += w * T * T
+                sy += w * v
+                sty += w * T * v
+        det = s0 * s2 - s1 * s1
+        spread = det > 1e-9 * s0 * s0
+        slope = (s0 * sty - s1 * sy) / det if spread else np.nan
+        level = (sy - slope * s1) / s0
+        c0, c1, c2 = rv[p] * s2 / det, rv[p] * s0 / det, -rv[p] * s1 / det
+        fallback[p] = not spread and s0 > 0
+        if fallback[p] and use_prior:
+            mean_T = s1 / s0
+            slope, level = prior[0], sy / s0 - prior[0] * mean_T
+            c0, c1, c2 = rv[p] / s0 + mean_T * mean_T * prior[1], prior[1], -mean_T * prior[1]
+        ss, n = 0.0, 0
+        for k in range(M):
+            w = float(weights[k, p])
+            v = float(y[k, p])
+            if w > 0 and np.isfinite(v):
+                ss += (v - level - slope * temperature[k]) ** 2
+                n += 1
+        a[p], b[p], rms[p] = level, slope, np.sqrt(ss / n)
+        cov[0, p], cov[1, p], cov[2, p] = c0, c1, c2
+
+
+@njit(cache=True, nogil=True)
+def pooled_variance(variance, nframes, out):
+    """Per-frame variance of each pixel pooled over masters, weighted by degrees of freedom.
+
+    ``variance`` (M, npix) is each master's variance (of its mean), ``nframes`` (M, npix) its
+    frames; a master counts with n - 1 degrees of freedom when n > 1 and its variance is finite.
+    Writes ``out`` (npix,): sum((n - 1) n var) / sum(n - 1), NaN without any.
+    """
+    for p in range(out.size):
+        num = 0.0
+        dof = 0.0
+        for k in range(variance.shape[0]):
+            n = float(nframes[k, p])
+            if n > 1 and np.isfinite(variance[k, p]):
+                num += (n - 1) * (variance[k, p] * n)
+                dof += n - 1
+        out[p] = num / dof if dof > 0 else np.nan
+
+
 # --- prediction and evaluation --------------------------------------------------------------------
 @njit(cache=True, nogil=True)
 def predict_dark(dark, cov, x, ln_t, signal, variance):
@@ -887,6 +982,10 @@ def warm_up() -> None:
                3, 1, 50, 1e-3, 5.0, 1, 100.0, np.array([-20.0, -0.1, 0.0]), np.array([20.0, 0.5, 3.0]),
                np.array([0.1, 1.0]), np.array([0.01, 0.01]), True, np.empty((3, npix)), np.empty((6, npix)),
                np.empty(npix), np.empty(npix, np.int16), np.empty(npix, np.uint8), np.empty((M, npix), bool))
+    for weights in (np.ones((2, 4), np.int16), np.ones((2, 4))):
+        fit_lines(np.array([0.0, 1.0]), np.ones((2, 4), np.float32), weights, np.ones(4, np.float32),
+                  np.zeros(2), True, *(np.empty(n, np.float32) for n in (4, 4, (3, 4), 4)), np.empty(4, bool))
+    pooled_variance(np.ones((2, 4), np.float32), np.full((2, 4), 2, np.int16), np.empty(4, np.float32))
     a = np.ones(4, np.float32)
     yes = np.ones(4, bool)
     residual_maps(a, a, a, a, yes, yes, 10.0, *(np.empty(4, np.float32) for _ in range(3)))

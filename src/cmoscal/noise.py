@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import pooled_variance
+
 __all__ = ["Noise", "ratio_factor", "read_variance"]
 
 
@@ -31,11 +33,11 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
     ndarray, shape (ny, nx)
         Read variance of one frame [DN^2], weighted by degrees of freedom.
     """
-    n = bias_nframes.astype(np.float64)
-    dof = np.where(np.isfinite(bias_variance) & (n > 1), n - 1, 0)
-    per_frame = np.where(dof > 0, bias_variance * n, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.sum(dof * per_frame, axis=0) / np.sum(dof, axis=0)).astype(np.float32)
+    M, shape = len(bias_variance), np.shape(bias_variance)[1:]
+    out = np.empty(shape, np.float32)
+    pooled_variance(np.ascontiguousarray(bias_variance, dtype=np.float32).reshape(M, -1),
+                    np.ascontiguousarray(bias_nframes, dtype=np.int16).reshape(M, -1), out.reshape(-1))
+    return out
 
 
 def ratio_factor(dof: float) -> float:

@@ -45,7 +45,7 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
     T, t = float(masters.temperature[0]), float(masters.exptime[0])
-    rv = model.read_noise.astype(np.float64) ** 2
+    rv = np.square(model.read_noise, dtype=np.float32)
     good = ((model.dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0) & valid
     if dropped is not None:
         good[dropped] = False

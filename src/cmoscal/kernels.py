@@ -256,8 +256,17 @@ def _model(Z, offset, theta, P, out):
 
 
 @njit(cache=True)
-def _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2):
-    """Write the sums of a symmetric P x P normal matrix and its gradient into H and g."""
+def _add(s, wh, wg, z0, z1, z2):
+    """The normal sums s = (h00, h01, h02, h11, h12, h22, g0, g1, g2) with one sample's terms added:
+    wh z z^T to the matrix and wg z to the gradient."""
+    return (s[0] + wh * z0 * z0, s[1] + wh * z0 * z1, s[2] + wh * z0 * z2, s[3] + wh * z1 * z1,
+            s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2)
+
+
+@njit(cache=True)
+def _store(H, g, P, s):
+    """Write the normal sums of :func:`_add` into the symmetric P x P matrix H and the gradient g."""
+    h00, h01, h02, h11, h12, h22, g0, g1, g2 = s
     H[0, 0], g[0] = h00, g0
     if P > 1:
         H[0, 1] = H[1, 0] = h01
@@ -314,7 +323,7 @@ def _solve(A, b, P, x, work):
 def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
-    h00 = h01 = h02 = h11 = h12 = h22 = g0 = g1 = g2 = 0.0
+    sums = (0.0,) * 9
     chi2 = 0.0
     for i in range(y.shape[0]):
         if not valid[i]:
@@ -324,18 +333,8 @@ def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
         r = y[i] - m[i]
         chi2 += w * r * r
         wm = w * m[i]
-        wmr, wmm = wm * r, wm * m[i]
-        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
-        g0 += wmr * z0
-        g1 += wmr * z1
-        g2 += wmr * z2
-        h00 += wmm * z0 * z0
-        h01 += wmm * z0 * z1
-        h02 += wmm * z0 * z2
-        h11 += wmm * z1 * z1
-        h12 += wmm * z1 * z2
-        h22 += wmm * z2 * z2
-    _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2)
+        sums = _add(sums, wm * m[i], wm * r, Z[i, 0], Z[i, 1], Z[i, 2])
+    _store(H, g, P, sums)
     return chi2
 
 
@@ -402,25 +401,15 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
     H, A, g, work = ws[2], ws[3], ws[4], ws[7]
-    h00 = h01 = h02 = h11 = h12 = h22 = g0 = g1 = g2 = 0.0
+    sums = (0.0,) * 9
     npos = 0
     for i in range(y.shape[0]):
         if not valid[i] or y[i] <= 0:
             continue
         npos += 1
         w = y[i] * y[i] / (base[i] + shot[i] * y[i])
-        wz = w * (np.log(y[i]) - offset[i])
-        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
-        g0 += wz * z0
-        g1 += wz * z1
-        g2 += wz * z2
-        h00 += w * z0 * z0
-        h01 += w * z0 * z1
-        h02 += w * z0 * z2
-        h11 += w * z1 * z1
-        h12 += w * z1 * z2
-        h22 += w * z2 * z2
-    _store(H, g, P, h00, h01, h02, h11, h12, h22, g0, g1, g2)
+        sums = _add(sums, w, w * (np.log(y[i]) - offset[i]), Z[i, 0], Z[i, 1], Z[i, 2])
+    _store(H, g, P, sums)
     if npos >= P:
         _regularize(H, P, A, 0.0)
         if _solve(A, g, P, theta, work):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import fit_lines
+from .kernels import fit_lines, kernel_array
 
 __all__ = ["bias_at", "bias_variance_at", "fit_bias"]
 
@@ -43,13 +43,10 @@ def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, 
     a, b, rms = (np.empty(shape, np.float32) for _ in range(3))
     cov, fallback = np.empty((3, *shape), np.float32), np.empty(shape, bool)
 
-    def flat(x, dtype=None):
-        return np.ascontiguousarray(np.broadcast_to(x, (M, *shape)), dtype=dtype).reshape(M, -1)
+    def flat(x):
+        return kernel_array(x, (M, *shape)).reshape(M, -1)
 
-    weights = np.asarray(weights)
-    fit_lines(np.asarray(temperature, np.float64), flat(masters, np.float32),
-              flat(weights, np.int16 if np.issubdtype(weights.dtype, np.integer) else np.float64),
-              np.ascontiguousarray(np.broadcast_to(rv, shape), dtype=np.float32).reshape(-1),
+    fit_lines(np.asarray(temperature, np.float64), flat(masters), flat(weights), kernel_array(rv, shape).reshape(-1),
               np.array(prior if prior is not None else (np.nan, np.nan), dtype=np.float64), prior is not None,
               a.reshape(-1), b.reshape(-1), cov.reshape(3, -1), rms.reshape(-1), fallback.reshape(-1))
     return a, b, cov, rms, fallback

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .inventory import chain_groups
-from .kernels import COVARIANCE_PLANES, fit_pixels
+from .kernels import COVARIANCE_PLANES, fit_pixels, kernel_array
 from .noise import Noise
 
 __all__ = ["BOLTZMANN_EV", "DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear",
@@ -138,17 +138,17 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     lo[0], hi[0] = max(lo[0], _LN_A_LOW), min(hi[0], -_LN_A_LOW)
     M, npix = signal.shape
 
-    def f32(a, shape):
-        return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.float32)
-
-    zeros = np.zeros(npix, np.float32)
-    a, b, cov = noise.bias if noise.bias is not None else (zeros, zeros, np.zeros((3, npix), np.float32))
+    a, b, cov = noise.bias if noise.bias is not None else (0.0, 0.0, 0.0)
     out = (np.empty((3, npix)), np.empty((6, npix)), np.empty(npix), np.empty(npix, np.int16),
            np.empty(npix, np.uint8), np.empty((M, npix), bool))
-    fit_pixels(f32(signal, (M, npix)), np.ascontiguousarray(np.broadcast_to(noise.nframes, (M, npix)), dtype=np.int16),
+
+    def pixels(x, rows=()):
+        return kernel_array(x, (*rows, npix))
+
+    fit_pixels(pixels(signal, (M,)), kernel_array(noise.nframes, (M, npix), np.int16),
                np.ones((M, npix), bool) if usable is None else np.ascontiguousarray(usable, dtype=bool),
-               f32(noise.read_var, (npix,)), float(noise.inv_gain), f32(a, (npix,)), f32(b, (npix,)),
-               f32(cov, (3, npix)), zeros if noise.extra_var is None else f32(noise.extra_var, (npix,)), temperature,
+               pixels(noise.read_var), float(noise.inv_gain), pixels(a), pixels(b), pixels(cov, (3,)),
+               pixels(0.0 if noise.extra_var is None else noise.extra_var), temperature,
                chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, min_dof,
                max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well if noise.bias is not None else 0.0,
                lo, hi, np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),

@@ -12,7 +12,7 @@ import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
-from .kernels import block_mean, residual_maps
+from .kernels import block_mean, kernel_array, residual_maps
 
 __all__ = ["downsample", "held_out_dark", "leave_one_out_bias", "residual_stats"]
 
@@ -69,7 +69,7 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, s
     shape = np.shape(master)
 
     def flat(a, dtype=np.float32):
-        return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype).reshape(-1)
+        return kernel_array(a, shape, dtype).reshape(-1)
 
     size = int(np.prod(shape))
     mae, mape, z = (np.empty(size, np.float32) for _ in range(3))

@@ -14,8 +14,13 @@ import numpy as np
 from numba import njit
 
 __all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_lines", "fit_pixels",
-           "mark_frame", "pooled_variance", "predict_dark", "residual_maps", "sorting_network", "subtract_bias",
-           "warm_up"]
+           "kernel_array", "mark_frame", "pooled_variance", "predict_dark", "residual_maps", "sorting_network",
+           "subtract_bias", "warm_up"]
+
+def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:
+    """``a`` broadcast to ``shape`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(np.broadcast_to(a, shape), dtype=dtype)
+
 
 #: flags returned per pixel by :func:`fit_pixels`
 FIT_FLAGS = {"CONVERGED": 1, "FALLBACK": 2, "FEW_SAMPLES": 4, "NO_SAMPLES": 8, "FULL_WELL": 16, "OUTLIERS": 32}
@@ -806,7 +811,7 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
 def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fallback):
     """Weighted straight line y = a + b T of every pixel, in one pass (see :func:`cmoscal.bias.fit_bias`).
 
-    ``y`` and ``weights`` are (M, npix) (a sample counts where its weight > 0 and it is finite),
+    ``y`` and ``weights`` are (M, npix) float32 (a sample counts where its weight > 0 and it is finite),
     ``rv`` (npix,) the variance of unit weight, ``prior`` (slope, variance) used where
     ``use_prior`` and the usable samples span fewer than two temperatures. Writes a, b, the
     covariance planes (3, npix: var a, var b, cov ab), the residual RMS and the fallback flag.
@@ -971,9 +976,8 @@ def warm_up() -> None:
                3, 1, 50, 1e-3, 5.0, 1, 100.0, np.array([-20.0, -0.1, 0.0]), np.array([20.0, 0.5, 3.0]),
                np.array([0.1, 1.0]), np.array([0.01, 0.01]), True, np.empty((3, npix)), np.empty((6, npix)),
                np.empty(npix), np.empty(npix, np.int16), np.empty(npix, np.uint8), np.empty((M, npix), bool))
-    for weights in (np.ones((2, 4), np.int16), np.ones((2, 4))):
-        fit_lines(np.array([0.0, 1.0]), np.ones((2, 4), np.float32), weights, np.ones(4, np.float32),
-                  np.zeros(2), True, *(np.empty(n, np.float32) for n in (4, 4, (3, 4), 4)), np.empty(4, bool))
+    fit_lines(np.array([0.0, 1.0]), np.ones((2, 4), np.float32), np.ones((2, 4), np.float32), np.ones(4, np.float32),
+              np.zeros(2), True, *(np.empty(n, np.float32) for n in (4, 4, (3, 4), 4)), np.empty(4, bool))
     pooled_variance(np.ones((2, 4), np.float32), np.full((2, 4), 2, np.int16), np.empty(4, np.float32))
     a = np.ones(4, np.float32)
     yes = np.ones(4, bool)

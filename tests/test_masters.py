@@ -102,3 +102,25 @@ def test_noise_model_recovers_read_noise_and_gain():
     var = (rn**2 + signal / gain + jitter) * rng.chisquare(n - 1, signal.shape) / (n - 1) / n
     sums = sum(gain_sums(signal[k], var[k], np.full(shape, n), rv) for k in range(len(signal)))
     assert abs(1 / inverse_gain(sums) - gain) / gain < 0.03
+
+
+def test_master_counts_are_stored_as_bytes_and_read_back_as_counts(tmp_path):
+    """NFRAMES and NCLIP of a group of at most 255 frames take a byte per pixel on disk."""
+    from astropy.io import fits
+
+    from cmoscal.masters import load_masters, write_master
+
+    rng = np.random.default_rng(4)
+    stack = rng.normal(100, 2, (6, 30, 40)).astype(np.float32)
+    stack[2, 7, 9] += 400
+    combined = combine(stack, "mean", 4.0, noise=(4.0, 0.0))
+    path = write_master(tmp_path / "m" / "darks_T+10C_texp5s.fits", combined, kind="dark", temperatures=[10.0] * 6,
+                        exptime=5.0, inputs=[f"f{i}" for i in range(6)], params=default_params(), scale=16.0,
+                        saturation=4095.0, noise=(4.0, 0.0))
+    with fits.open(path) as hdul:
+        assert hdul["NFRAMES"].data.dtype == np.uint8 and hdul["NCLIP"].data.dtype == np.uint8
+    masters = load_masters(tmp_path / "m")
+    assert masters.nframes.dtype == np.int16 and masters.nclipped.dtype == np.int16
+    np.testing.assert_array_equal(masters.nframes[0], combined[2])
+    np.testing.assert_array_equal(masters.nclipped[0], combined[4])
+    assert masters.nframes[0, 7, 9] == 5 and masters.nclipped[0, 7, 9] == 1

@@ -252,7 +252,7 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
 # --- the dark fit -------------------------------------------------------------------------------
 # The per-sample loops below keep their sums in scalars (Z always has 3 columns; those beyond P
 # are not used): sums held in the small H and g arrays went through memory on every sample.
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _model(Z, offset, theta, P, out):
     t0, t1, t2 = theta[0], theta[1] if P > 1 else 0.0, theta[2] if P > 2 else 0.0
     for i in range(Z.shape[0]):
@@ -260,7 +260,7 @@ def _model(Z, offset, theta, P, out):
         out[i] = np.exp(min(max(e, -_MAX_EXPONENT), _MAX_EXPONENT))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _add(s, wh, wg, z0, z1, z2):
     """The normal sums s = (h00, h01, h02, h11, h12, h22, g0, g1, g2) with one sample's terms added:
     wh z z^T to the matrix and wg z to the gradient."""
@@ -268,7 +268,7 @@ def _add(s, wh, wg, z0, z1, z2):
             s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _store(H, g, P, s):
     """Write the normal sums of :func:`_add` into the symmetric P x P matrix H and the gradient g."""
     h00, h01, h02, h11, h12, h22, g0, g1, g2 = s
@@ -282,7 +282,7 @@ def _store(H, g, P, s):
         H[2, 2], g[2] = h22, g2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _inverse(A, P, out):
     """Inverse of the symmetric P x P matrix A (P <= 3) by cofactors; False if it is singular."""
     if P == 1:
@@ -312,7 +312,7 @@ def _inverse(A, P, out):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _solve(A, b, P, x, work):
     """Solve the symmetric P x P system A x = b (P <= 3); False if singular. ``work`` is (3, >= 3)."""
     if not _inverse(A, P, work):
@@ -324,7 +324,7 @@ def _solve(A, b, P, x, work):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
@@ -343,7 +343,7 @@ def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     return chi2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _regularize(H, P, out, lam):
     """out = H + lam diag(H) + 1e-12 of the mean diagonal: no pixel's system is singular."""
     trace = 0.0
@@ -355,7 +355,7 @@ def _regularize(H, P, out, lam):
         out[a, a] += lam * H[a, a] + 1e-12 * trace / P + 1e-300
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws):
     """Reweighted Levenberg-Marquardt from ``theta`` (updated in place).
 
@@ -402,7 +402,7 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
     return False, np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
     H, A, g, work = ws[2], ws[3], ws[4], ws[7]
@@ -437,7 +437,7 @@ def _start(y, valid, base, shot, Z, offset, P, theta, ws):
         theta[2] = 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
     """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws[0]``;
     False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
@@ -452,7 +452,7 @@ def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
     return chi2, ok
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
     """Whether a studentized residual r^2 w / (1 - h) of the current fit exceeds ``limit``
     (h: the sample's leverage; ``weights`` w = 1/variance from the last normal-equation pass)."""
@@ -475,7 +475,7 @@ def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
             min_valid, outliers, cov, ws, trial, best):
     """Fit; while a sample is further than ``outlier_sigma`` from the model, drop the one whose removal
@@ -527,20 +527,20 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
     return converged, chi2, positive, dropped
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _acceptable(chi2, dof, sigma):
     """A fit's chi-square is acceptable: within ``sigma`` standard deviations of its degrees of freedom."""
     return dof <= 0 or chi2 <= dof + sigma * np.sqrt(2.0 * dof)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _population_offsets(Z, offset, P, prior, out):
     """ln DC of each sample minus lnA under the population slope and gamma."""
     for i in range(Z.shape[0]):
         out[i] = offset[i] + Z[i, 1] * prior[0] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
     """Add to ``cov`` the effect of an error common to all samples (the subtracted bias model).
 
@@ -571,7 +571,7 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
                     cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
                egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
                prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):

@@ -3,8 +3,9 @@
 A master file holds the combined frame [DN] and four extensions: VARIANCE (of the master,
 DN^2, from the scatter of the frames used; NaN for one frame, whose error comes from the noise
 model), NFRAMES (frames used per pixel), NSATUR (saturated input samples per pixel, at most
-255) and NCLIP (samples clipped per pixel, e.g. cosmic rays). Saturated, NaN and clipped
-samples are left out of the combine.
+255) and NCLIP (samples clipped per pixel, e.g. cosmic rays); the counts are stored as bytes
+unless a group has more than 255 frames. Saturated, NaN and clipped samples are left out of
+the combine.
 """
 
 from __future__ import annotations
@@ -325,6 +326,8 @@ def write_master(path, combined, *, kind: str, temperatures, exptime: float, inp
     if subtracted:
         header["BIASSUB"] = (subtracted.split(":")[0], "bias removed from each frame")
         header.add_history(f"bias removed: {subtracted}")
+    if len(inputs) <= 255:  # counts of at most 255 frames: a byte each
+        nframes, nclip = nframes.astype(np.uint8), nclip.astype(np.uint8)
     return write_hdus(path, master, header, [(name, data, unit) for name, data, unit in
                                              zip(_EXTENSIONS, (variance, nframes, nsat, nclip), ("DN2", "", "", ""))])
 
@@ -379,11 +382,15 @@ def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
     index = master_index(source) if isinstance(source, (str, Path)) else source
     paths = [path for path, _ in index]
 
-    def stack(ext):
-        return np.stack([read_product(p, ext, rows) for p in paths]) if ext in extensions else None
+    def stack(ext, dtype=None):
+        if ext not in extensions:
+            return None
+        stacked = np.stack([read_product(p, ext, rows) for p in paths])
+        return stacked if dtype is None else stacked.astype(dtype, copy=False)
 
     return MasterSet(data=np.stack([read_image(p, 0, rows) for p in paths]), variance=stack("VARIANCE"),
-                     nframes=stack("NFRAMES"), nsaturated=stack("NSATUR"), nclipped=stack("NCLIP"),
+                     nframes=stack("NFRAMES", np.int16), nsaturated=stack("NSATUR"),
+                     nclipped=stack("NCLIP", np.int16),
                      temperature=np.array([h["TEMP"] for _, h in index]),
                      exptime=np.array([h["EXPTIME"] for _, h in index]), paths=paths)
 

@@ -26,7 +26,8 @@ from .inventory import chain_groups
 
 __all__ = ["as_jpeg", "calibrated_frames", "change_histograms", "count_maps", "dark_curves", "dropped_per_master",
            "evaluation_summary", "flag_map", "group_mosaics", "histograms", "image_grid", "inventory_overview",
-           "loo_figure", "master_levels", "mosaic", "show_table", "significance_histogram", "start_notebook"]
+           "loo_figure", "master_levels", "mosaic", "show_table", "significance_histogram", "start_notebook",
+           "typical_pixels"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -51,6 +52,10 @@ def start_notebook(params_file: str, root: str) -> dict:
         shell = get_ipython()
         if shell is not None:
             shell.InteractiveTB.set_mode(mode="Minimal")
+            if "inline" in plt.get_backend():  # the figures lay themselves out: no second, "tight" drawing
+                from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+                set_matplotlib_formats("png", bbox_inches=None)
     except ImportError:  # outside IPython
         pass
     return load_params(params_file, root=root)
@@ -91,23 +96,43 @@ def _limits(image, percentiles=(1, 99)):
     return np.percentile(finite, percentiles) if finite.size else (0, 1)
 
 
+def _panels(nrows: int, ncols: int, width: float, height: float, margins=(0.1, 0.1, 0.35, 0.1), gaps=(0.8, 0.45)):
+    """A grid of panels of ``width`` x ``height`` inches with fixed margins (left, bottom, top, right)
+    and gaps (between columns, between rows) in inches: no layout engine to run at every drawing
+    (which costs more than drawing the panels of a large grid)."""
+    left, bottom, top, right = margins
+    fig_w = left + right + ncols * width + (ncols - 1) * gaps[0]
+    fig_h = bottom + top + nrows * height + (nrows - 1) * gaps[1]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, fig_h), squeeze=False)
+    fig.subplots_adjust(left=left / fig_w, right=1 - right / fig_w, bottom=bottom / fig_h, top=1 - top / fig_h,
+                        wspace=gaps[0] / width, hspace=gaps[1] / height)
+    return fig, axes
+
+
 def image_grid(images: dict, ncols: int = 3, size: float = 3.6, cmap: str = "viridis"):
     """Maps side by side: ``images`` maps a title to ``(array, unit)``; colour scale at the 1-99 % range."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * 0.85 * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = _panels(nrows, ncols, size - 0.8, size * 0.85 - 0.45, margins=(0.1, 0.1, 0.35, 0.8))
     for ax, (title, (image, unit)) in zip(axes.flat, images.items()):
         shown = downsample(image)
         lo, hi = _limits(shown)
         im = ax.imshow(shown, origin="lower", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-        fig.colorbar(im, ax=ax, shrink=0.85, label=unit)
+        fig.colorbar(im, ax=ax, fraction=0.06, pad=0.03, label=unit)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig
+
+
+def _bars(ax, values, bins, range=None, log=True, label=None):
+    """A histogram drawn as one filled outline (not one patch per bar, which is slow to draw)."""
+    counts, edges = np.histogram(values, bins=bins, range=range)
+    ax.stairs(counts, edges, fill=True, color="0.35", label=label)
+    if log:
+        ax.set_yscale("log", nonpositive="clip")
 
 
 _HISTOGRAM_VALUES = 1 << 20  # values drawn per histogram (a regular sample of larger maps)
@@ -118,7 +143,7 @@ def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
     are sampled regularly down to about a million values)."""
     n = len(values)
     nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
+    fig, axes = _panels(nrows, ncols, 3.3, 2.1, margins=(0.55, 0.5, 0.3, 0.15), gaps=(0.7, 0.7))
     for ax, (title, (data, unit)) in zip(axes.flat, values.items()):
         v = np.asarray(data).ravel()
         v = v[:: max(1, v.size // _HISTOGRAM_VALUES)].astype(float)  # a fixed 1-in-k sample: the same picture
@@ -126,9 +151,9 @@ def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
         if not v.size:
             ax.set_title(f"{title}: no finite values", fontsize=10)
             continue
-        lo, hi = np.percentile(v, (0.1, 99.9))
-        ax.hist(v, bins=bins, range=(lo, hi) if hi > lo else None, color="0.35", log=log)
-        ax.axvline(np.median(v), color="C1", label=f"median {np.median(v):.4g}")
+        lo, median, hi = np.percentile(v, (0.1, 50, 99.9))
+        _bars(ax, v, bins, (lo, hi) if hi > lo else None, log)
+        ax.axvline(median, color="C1", label=f"median {median:.4g}")
         ax.set_xlabel(unit)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
@@ -180,6 +205,20 @@ def dark_curves(series, model, pixels: dict):
     return fig
 
 
+def typical_pixels(values: np.ndarray, usable: np.ndarray, percentiles=(10, 50, 90)) -> dict:
+    """Pixels at the given percentiles of ``values`` among the ``usable`` finite ones, and the highest:
+    ``{label: (y, x)}`` (a partial sort, not a full one: a sensor has millions of pixels)."""
+    flat = np.where(usable, values, np.nan).ravel()
+    finite = np.flatnonzero(np.isfinite(flat))
+    if not finite.size:
+        return {}
+    ranks = [int(q / 100 * (finite.size - 1)) for q in percentiles] + [finite.size - 1]
+    order = np.argpartition(flat[finite], ranks)
+    labels = [f"normal, {q}th pct" for q in percentiles] + ["highest"]
+    return {label: tuple(int(v) for v in np.unravel_index(finite[order[r]], values.shape))
+            for label, r in zip(labels, ranks)}
+
+
 def master_levels(summary: Table):
     """Median master dark signal vs temperature, one line per exposure (from :func:`summarize_masters`)."""
     fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
@@ -212,7 +251,7 @@ def significance_histogram(significance: np.ndarray, populations: list, threshol
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", squeeze=False)
     for ax, z, population in zip(axes.flat, significance, populations):
         v = z[np.isfinite(z)]  # every pixel: the tail is what matters here
-        ax.hist(np.clip(v, -10, 60), bins=140, color="0.35", log=True)
+        _bars(ax, np.clip(v, -10, 60), 140)
         for name, color in (("warm_sigma", "C1"), ("hot_sigma", "C3")):
             ax.axvline(thresholds[name], color=color, label=f"{name.split('_')[0]} > {thresholds[name]:g} sigma")
         ax.set_xlabel("(ln rate - median) / sigma   (clipped to -10..60)")
@@ -258,7 +297,7 @@ def change_histograms(comparison):
     for ax, row in zip(axes.flat, rows):
         z = comparison.maps[row["quantity"]][1]
         z = z[np.isfinite(z)]
-        ax.hist(np.clip(z, -10, 10), bins=edges, color="0.35", log=True)
+        _bars(ax, np.clip(z, -10, 10), edges)
         ax.plot(centres, z.size * np.diff(edges) * np.exp(-0.5 * centres**2) / np.sqrt(2 * np.pi), "C3", lw=1)
         for sign in (-1, 1):
             ax.axvline(sign * comparison.sigma, color="C1", lw=0.8, ls="--")
@@ -374,8 +413,7 @@ def calibrated_frames(table: Table, z: np.ndarray):
     z = z[np.isfinite(z)]
     if z.size:
         edges = np.linspace(-6, 6, 121)
-        axes[1].hist(np.clip(z, -6, 6), bins=edges, color="0.35", log=True,
-                     label=f"mean {np.mean(z):+.3f}, std {np.std(z):.3f}")
+        _bars(axes[1], np.clip(z, -6, 6), edges, label=f"mean {np.mean(z):+.3f}, std {np.std(z):.3f}")
         centres = 0.5 * (edges[1:] + edges[:-1])
         axes[1].plot(centres, z.size * np.diff(edges) * np.exp(-0.5 * centres**2) / np.sqrt(2 * np.pi), "C3",
                      label="unit normal")

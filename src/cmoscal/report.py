@@ -29,6 +29,11 @@ from . import __version__
 from .fitsio import atomic_path
 from .products import campaign_warnings, hold, ledger
 
+# nbformat imports jsonschema, whose format checkers import rfc3987_syntax when installed: it builds ~40
+# parsers at import (2-4 s here) for IRI formats no notebook schema uses. Mark it absent, as jsonschema
+# allows (python-jsonschema/jsonschema#1428).
+sys.modules.setdefault("rfc3987_syntax", None)
+
 __all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_report", "software_versions"]
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"

@@ -22,7 +22,7 @@ from .. import __version__
 from ..compute import row_bands, run_tiles, sample_rows
 from ..darkfit import compare_forms, fit_dark, predict
 from ..errors import CampaignError, CampaignWarning
-from ..fitsio import reference, write_hdus, write_table
+from ..fitsio import read_product, reference, write_hdus, write_table
 from ..hotpix import DQ_BITS, FIT_DQ
 from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
@@ -116,13 +116,14 @@ def _fit(inputs, form, fit_gamma, options, tmin):
                     usable=inputs["usable"], **options)
 
 
-def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma) -> tuple:
+def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma, bias_files) -> tuple:
     """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
     inputs = fit_inputs(params, index, rows, inv_gain)
     fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin)
     shape = inputs["shape"]
-    bias_sat = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NSATUR",))
-    saturated = (inputs["darks"].nsaturated.sum(0) + bias_sat.nsaturated.sum(0)) > 0
+    saturated = inputs["darks"].nsaturated.any(0)
+    for path in bias_files:
+        saturated |= read_product(path, "NSATUR", rows) > 0
     m, p = np.nonzero(fit.dropped)
     y, x = np.unravel_index(p, shape)
     darks = inputs["darks"]
@@ -234,7 +235,7 @@ def run(params: dict) -> dict:
     prior, trusted_share = _population(params, index, inv_gain, options, tmin, fit_gamma)
     options = dict(options, prior=prior)
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
-    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma) for band in bands]
+    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma, [p for p, _ in bias_index]) for band in bands]
     parts = list(run_tiles(_fit_tile, tasks, params, "dark fit"))
     dark, cov, chi2r, nvalid, flags, saturated = (np.concatenate([p[k] for p in parts], axis=-2) for k in range(6))
     dropped = [np.concatenate([p[6][k] for p in parts], axis=-1) for k in range(5)]

@@ -102,7 +102,8 @@ def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -
                   error="")
     try:
         papermill.execute_notebook(source, target, parameters=dict(params_file=str(params_file), root=str(root)),
-                                   km=kernel, kernel_name=kernel.kernel_name, progress_bar=False)
+                                   km=kernel, kernel_name=kernel.kernel_name, progress_bar=False,
+                                   request_save_on_cell_execute=False)  # written once, when the page is done
     except PapermillExecutionError as err:
         result.update(status="failed", error=f"cell {err.exec_count}: {err.ename}: {err.evalue}")
     except Exception as err:  # the kernel died or could not start: the run stops with the reason

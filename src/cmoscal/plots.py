@@ -109,6 +109,10 @@ def _panels(nrows: int, ncols: int, width: float, height: float, margins=(0.1, 0
     return fig, axes
 
 
+#: margins and gaps [inches] of panels with tick labels, axis labels and a title
+_LABELLED = dict(margins=(0.75, 0.55, 0.3, 0.2), gaps=(0.85, 0.6))
+
+
 def image_grid(images: dict, ncols: int = 3, size: float = 3.6, cmap: str = "viridis"):
     """Maps side by side: ``images`` maps a title to ``(array, unit)``; colour scale at the 1-99 % range."""
     n = len(images)
@@ -164,9 +168,9 @@ def histograms(values: dict, ncols: int = 3, bins: int = 100, log: bool = True):
 
 def inventory_overview(inventory: Table):
     """Frames per temperature and exposure: used (dots), rejected (red crosses)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
+    fig, axes = _panels(1, 2, 4.6, 2.75, **_LABELLED)
     ok = inventory["status"] == "ok"
-    for ax, kind in zip(axes, ("bias", "dark")):
+    for ax, kind in zip(axes.flat, ("bias", "dark")):
         sel = ok & (inventory["type"] == kind)
         ax.scatter(inventory["temperature"][sel], inventory["exposure"][sel], s=14, alpha=0.6, label="used")
         bad = (inventory["status"] == "rejected") & (inventory["type"] == kind) & np.isfinite(inventory["temperature"])
@@ -189,7 +193,7 @@ def dark_curves(series, model, pixels: dict):
     masters at or below zero (noise around a tiny signal) are not drawn.
     """
     temperature, exptime, values = series
-    fig, axes = plt.subplots(1, len(pixels), figsize=(4.2 * len(pixels), 3.4), squeeze=False, layout="constrained")
+    fig, axes = _panels(1, len(pixels), 3.3, 2.55, **_LABELLED)
     grid = np.linspace(*model.trange, 50)
     for i, (ax, (label, (y, x))) in enumerate(zip(axes.flat, pixels.items())):
         for k, t in enumerate(np.unique(exptime)):
@@ -221,7 +225,8 @@ def typical_pixels(values: np.ndarray, usable: np.ndarray, percentiles=(10, 50, 
 
 def master_levels(summary: Table):
     """Median master dark signal vs temperature, one line per exposure (from :func:`summarize_masters`)."""
-    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    fig, axes = _panels(1, 1, 6.05, 2.75, **_LABELLED)
+    ax = axes[0, 0]
     for k, t in enumerate(np.unique(summary["exptime"])):
         sel = np.isclose(summary["exptime"], t)
         order = np.argsort(summary["temperature"][sel])
@@ -236,7 +241,8 @@ def master_levels(summary: Table):
 
 def dropped_per_master(table: Table):
     """Samples the robust fit dropped per master against exposure (cosmic rays grow with it)."""
-    fig, ax = plt.subplots(figsize=(7, 3.2), layout="constrained")
+    fig, axes = _panels(1, 1, 5.4, 2.2, margins=(0.75, 0.55, 0.5, 0.85))  # a title above the offset text
+    ax = axes[0, 0]
     sc = ax.scatter(table["exptime"], table["fraction"], c=table["temperature"], cmap="coolwarm", s=24)
     fig.colorbar(sc, ax=ax, label="temperature [degC]")
     ax.set_xscale("log")
@@ -248,7 +254,7 @@ def dropped_per_master(table: Table):
 
 def significance_histogram(significance: np.ndarray, populations: list, thresholds: dict):
     """How far each pixel's log dark rate lies above the population, at both ends of the range."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", squeeze=False)
+    fig, axes = _panels(1, 2, 4.6, 2.55, **_LABELLED)
     for ax, z, population in zip(axes.flat, significance, populations):
         v = z[np.isfinite(z)]  # every pixel: the tail is what matters here
         _bars(ax, np.clip(v, -10, 60), 140)
@@ -273,13 +279,12 @@ def count_maps(masks: dict, block: int | None = None, empty: str = "no pixels"):
     shape = next(iter(masks.values())).shape if masks else (1, 1)
     block = block or max(1, int(np.ceil(max(shape) / 128)))
     ny, nx = (s // block * block for s in shape)
-    fig, axes = plt.subplots(1, max(len(masks), 1), figsize=(3.2 * max(len(masks), 1), 3.2), squeeze=False,
-                             layout="constrained")
+    fig, axes = _panels(1, max(len(masks), 1), 2.45, 2.75, margins=(0.1, 0.1, 0.35, 0.8), gaps=(0.8, 0.0))
     for ax, (name, mask) in zip(axes.flat, masks.items()):
         counts = mask[:ny, :nx].reshape(ny // block, block, nx // block, block).sum(axis=(1, 3))
         im = ax.imshow(np.where(counts > 0, counts, np.nan), cmap="magma_r", interpolation="nearest", vmin=0)
         ax.set_facecolor("#eef2f7")
-        fig.colorbar(im, ax=ax, shrink=0.8, label=f"pixels per {block}x{block} block")
+        fig.colorbar(im, ax=ax, fraction=0.06, pad=0.03, label=f"pixels per {block}x{block} block")
         ax.set_title(f"{name}: {int(np.count_nonzero(mask))}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -291,7 +296,7 @@ def count_maps(masks: dict, block: int | None = None, empty: str = "no pixels"):
 def change_histograms(comparison):
     """Each quantity's per-pixel departure from the common shift, in sigma, against a unit normal."""
     rows = list(comparison.changes)
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 3.0), squeeze=False, layout="constrained")
+    fig, axes = _panels(1, len(rows), 2.55, 2.0, margins=(0.65, 0.55, 0.45, 0.15), gaps=(0.75, 0.0))
     edges = np.linspace(-10, 10, 101)
     centres = 0.5 * (edges[1:] + edges[:-1])
     for ax, row in zip(axes.flat, rows):
@@ -342,21 +347,23 @@ def mosaic(tiles: dict, columns: list, rows: list, title: str, unit: str, common
             lo, hi = _limits(shown)
             shown = (shown - lo) / (hi - lo) if hi > lo else shown * 0
         canvas[i * (th + 2): i * (th + 2) + tile.shape[0], j * (tw + 2): j * (tw + 2) + tile.shape[1]] = shown
-    width = min(1.4 * len(columns) + 1.6, 15)
-    fig, ax = plt.subplots(figsize=(width, (width - 1.6) * canvas.shape[0] / canvas.shape[1] + 0.8),
-                           layout="constrained")
+    width = min(1.4 * len(columns), 13.4)
+    fig, axes = _panels(1, 1, width, width * canvas.shape[0] / canvas.shape[1], margins=(0.6, 0.35, 0.3, 1.0))
+    ax = axes[0, 0]
     lo, hi = common if common is not None else (0, 1)
     im = ax.imshow(canvas, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest", origin="upper")
     ax.set_xticks([j * (tw + 2) + tw / 2 for j in range(len(columns))], [str(c) for c in columns], fontsize=8)
     ax.set_yticks([i * (th + 2) + th / 2 for i in range(len(rows))], [str(r) for r in rows], fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, shrink=0.7, label=unit if common is not None else "each tile: its 1-99 % range")
+    label = unit if common is not None else "each tile: its 1-99 % range"
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, shrink=0.9, label=label)
     return fig
 
 
 def evaluation_summary(summary: Table):
     """Mean +/- std of MAE and MAPE vs temperature, one line per exposure; residual / noise per group."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), layout="constrained")
+    fig, axes = _panels(1, 3, 4.0, 2.95, **_LABELLED)
+    axes = axes[0]
     kinds = [("bias", 0.0)] + [("dark", t) for t in np.unique(summary["exptime"][summary["kind"] == "dark"])]
     for k, (kind, t) in enumerate(kinds):
         sel = (summary["kind"] == kind) & np.isclose(summary["exptime"], t)
@@ -381,7 +388,8 @@ def evaluation_summary(summary: Table):
 
 def loo_figure(loo: Table):
     """Leave-one-group-out: held-out residual RMS / expected noise per group (1 = noise-limited)."""
-    fig, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    fig, axes = _panels(1, 1, 7.05, 2.75, **_LABELLED)
+    ax = axes[0, 0]
     kinds = [("bias", 0.0)] + [("dark", t) for t in np.unique(loo["exptime"][loo["kind"] == "dark"])]
     for k, (kind, t) in enumerate(kinds):
         sel = (loo["kind"] == kind) & np.isclose(loo["exptime"], t)
@@ -401,7 +409,8 @@ def loo_figure(loo: Table):
 def calibrated_frames(table: Table, z: np.ndarray):
     """Calibrated science frames: scatter / median uncertainty per frame against temperature (colour:
     exposure; 1 = calibrated to the noise), and the pooled value / uncertainty against a unit normal."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), layout="constrained")
+    fig, axes = _panels(1, 2, 4.8, 2.75, margins=_LABELLED["margins"], gaps=(1.5, 0.0))  # room for a colour bar
+    axes = axes[0]
     done = table[table["status"] == "calibrated"]
     points = axes[0].scatter(done["temperature"], done["std"] / done["noise"], c=np.log10(done["exptime"]),
                              cmap="viridis", s=18)

@@ -5,7 +5,7 @@ import pytest
 from astropy.io import fits
 from conftest import write_params
 
-from cmoscal.compute import row_bands, run_tiles
+from cmoscal.compute import concurrently, row_bands, run_tiles
 from cmoscal.config import default_params, load_params
 from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
@@ -20,6 +20,17 @@ def test_bands_cover_every_row_within_the_budget():
     bands = row_bands(100, 100.0, params)
     assert [b.start for b in bands] == list(range(0, 100, 5)) and bands[-1].stop == 100
     assert row_bands(100, 1.0, compute_params()) == [slice(0, 100)]
+
+
+def test_concurrent_calls_return_in_order_and_raise_the_first_error():
+    params = compute_params(workers=2)
+    assert concurrently([lambda k=k: k * k for k in range(5)], params) == [0, 1, 4, 9, 16]
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        concurrently([lambda: 1, fail], params)
 
 
 def test_tiles_come_back_in_order_on_threads():

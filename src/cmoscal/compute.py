@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["progress_enabled", "row_bands", "run_tiles", "sample_rows", "scratch", "tile_budget", "workers"]
+__all__ = ["concurrently", "progress_enabled", "row_bands", "run_tiles", "sample_rows", "scratch", "tile_budget",
+           "workers"]
 
 _local = threading.local()
 
@@ -73,6 +74,13 @@ def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
 def sample_rows(ny: int) -> np.ndarray:
     """Evenly spaced rows (at most SAMPLE_ROWS) for campaign-wide statistics."""
     return np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
+
+
+def concurrently(calls: list, params: dict) -> list:
+    """Run the argument-less ``calls`` (e.g. product writes, which mostly release the GIL) on this
+    process's threads at once; return their results in order (the first error is raised)."""
+    with ThreadPoolExecutor(max_workers=workers(params)) as pool:
+        return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
 def _windowed(submit, func, tasks: list, window: int):

@@ -19,7 +19,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .. import __version__
-from ..compute import row_bands, run_tiles, sample_rows
+from ..compute import concurrently, row_bands, run_tiles, sample_rows
 from ..darkfit import compare_forms, fit_dark, predict
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
@@ -236,9 +236,15 @@ def run(params: dict) -> dict:
     options = dict(options, prior=prior)
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
     tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma, [p for p, _ in bias_index]) for band in bands]
-    parts = list(run_tiles(_fit_tile, tasks, params, "dark fit"))
-    dark, cov, chi2r, nvalid, flags, saturated = (np.concatenate([p[k] for p in parts], axis=-2) for k in range(6))
-    dropped = [np.concatenate([p[6][k] for p in parts], axis=-1) for k in range(5)]
+    maps = (np.empty((3, ny, nx)), np.empty((6, ny, nx)), np.empty((ny, nx)), np.empty((ny, nx), np.int16),
+            np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool))
+    dropped_parts = []
+    for band, part in zip(bands, run_tiles(_fit_tile, tasks, params, "dark fit")):
+        for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
+            whole[..., band, :] = piece
+        dropped_parts.append(part[6])
+    dark, cov, chi2r, nvalid, flags, saturated = maps
+    dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     comparison = compare_models(params, sample_inputs(params, index, inv_gain), options, tmin, fit_gamma)
     write_table(comparison, out(params, "dark_model", "model_comparison.ecsv"))
     if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
@@ -265,8 +271,7 @@ def run(params: dict) -> dict:
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
-    write_maps(params, model)
-    model.write(out(params, MODEL_FILE))
+    concurrently([lambda: write_maps(params, model), lambda: model.write(out(params, MODEL_FILE))], params)
     note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
     return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,

@@ -39,15 +39,15 @@ def run(params: dict) -> dict:
     model = CalibrationModel.read(require(out(params, MODEL_FILE), "dark_model"))
     fit_dq = (model.dq & ~np.uint16(CLASSIFICATION_BITS)).astype(np.uint16)
     usable = (fit_dq & DQ_BITS["DO_NOT_USE"][0]) == 0
-    ends, significance, populations = model.trange, [], []
+    ends, significance, populations, ln_rates = model.trange, [], [], {}
     for T in ends:
-        ln_rate, var = log_rates(model, T)
-        z, stats = log_rate_significance(ln_rate, var, usable)
+        ln_rates[T], var = log_rates(model, T)
+        z, stats = log_rate_significance(ln_rates[T], var, usable)
         significance.append(z)
         populations.append(dict(stats, temperature=T))
     tref = params["hot_reference_temperature"]
     tref = float(model.trange[1] if tref is None else tref)
-    rate_ref = np.exp(log_rates(model, tref)[0])
+    rate_ref = np.exp(ln_rates[tref] if tref in ln_rates else log_rates(model, tref)[0])
     rate_min = params["hot_rate_min"]
     if rate_min is not None and params["hot_rate_unit"] == "e-/s":
         if not model.meta.get("GAIN"):
@@ -61,8 +61,8 @@ def run(params: dict) -> dict:
     y, x = np.unravel_index(flagged, dq.shape)
     hot = (dq.ravel()[flagged] & DQ_BITS["HOT"][0]) > 0
     table = Table({"x": x, "y": y, "class": np.where(hot, "HOT", "WARM"),
-                   f"rate_{ends[0]:.1f}C": np.exp(log_rates(model, ends[0])[0]).ravel()[flagged],
-                   f"rate_{ends[1]:.1f}C": np.exp(log_rates(model, ends[1])[0]).ravel()[flagged],
+                   f"rate_{ends[0]:.1f}C": np.exp(ln_rates[ends[0]].ravel()[flagged]),
+                   f"rate_{ends[1]:.1f}C": np.exp(ln_rates[ends[1]].ravel()[flagged]),
                    "sigma_cold": significance[0].ravel()[flagged], "sigma_warm": significance[1].ravel()[flagged],
                    "DQ": dq.ravel()[flagged]})
     for name in table.colnames[3:5]:

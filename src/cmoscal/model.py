@@ -269,15 +269,19 @@ class CalibrationModel:
                 what = ", ".join(missing) or "CREATOR"
                 raise CampaignError(f"{path} is not a cmoscal calibration model (missing {what})")
             form = h["DARKFORM"]
-            slope = hdul["DARK_B" if form == "exponential" else "DARK_EA"].data
+
+            def native(name, dtype=None):  # in memory, in this machine's byte order (FITS is big-endian)
+                data = hdul[name].data
+                return data.astype(dtype or data.dtype.newbyteorder("="))
+
+            dark = np.empty((3,) + hdul["DARK_A"].data.shape)
             with np.errstate(divide="ignore"):
-                lnA = np.log(hdul["DARK_A"].data.astype(np.float64))
-            return cls(bias_a=hdul["BIAS_A"].data, bias_b=hdul["BIAS_B"].data, bias_cov=hdul["BIAS_COV"].data,
-                       read_noise=hdul["READ_NOISE"].data,
-                       dark=np.stack([lnA, slope.astype(np.float64), hdul["DARK_GAMMA"].data.astype(np.float64)]),
-                       dark_cov=hdul["DARK_COV"].data.astype(np.float64), chi2r=hdul["DARK_CHI2R"].data,
-                       nvalid=hdul["DARK_NVALID"].data if "DARK_NVALID" in names else None,
-                       dq=hdul["DQ"].data, form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
+                dark[0] = np.log(native("DARK_A", np.float64))
+            dark[1], dark[2] = hdul["DARK_B" if form == "exponential" else "DARK_EA"].data, hdul["DARK_GAMMA"].data
+            return cls(bias_a=native("BIAS_A"), bias_b=native("BIAS_B"), bias_cov=native("BIAS_COV"),
+                       read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV", np.float64),
+                       chi2r=native("DARK_CHI2R"), nvalid=native("DARK_NVALID") if "DARK_NVALID" in names else None,
+                       dq=native("DQ"), form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
                        trange=(h["TCALMIN"], h["TCALMAX"]), exprange=(h["TEXPMIN"], h["TEXPMAX"]),
                        max_extrapolation=h.get("MAXEXTRP", 5.0), max_exposure_factor=h.get("MAXEXPF", 2.0),
                        prior=tuple(float(h.get(k, np.nan)) for k in _PRIOR),

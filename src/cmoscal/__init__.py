@@ -1,7 +1,8 @@
 """cmoscal: per-pixel bias and dark calibration of CMOS cameras.
 
-Stages (see :mod:`cmoscal.pipeline`): inventory, bias, dark masters, dark model,
-hot pixels, synthesis, evaluation. All models and products are in 12-bit DN.
+Stages (see :mod:`cmoscal.stages`): inventory, bias, dark masters, dark model, hot
+pixels, synthesis, evaluation, summary, calibration, comparison. All models and products
+are in 12-bit DN.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -31,7 +31,7 @@ from .bias import bias_at
 from .errors import CampaignError
 from .fitsio import atomic_path, frames_in, provenance, read_rows
 from .hotpix import DQ_BITS, dq_table
-from .inventory import frame_exposure, frame_temperature
+from .inventory import COMPRESSED_SUFFIXES, FITS_SUFFIXES, frame_exposure, frame_temperature
 from .model import CalibrationModel, shared_model
 
 __all__ = ["calibrate_ccd", "calibrate_file", "mask_value", "refused_row", "relative_name", "write_calibrated"]
@@ -168,7 +168,7 @@ def refused_row(label: str, reason: str) -> dict:
 
 def _stem(name: str) -> str:
     """A file name without its FITS and compression suffixes."""
-    for suffix in (".fz", ".gz", ".fits", ".fit", ".fts"):
+    for suffix in COMPRESSED_SUFFIXES + FITS_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return name

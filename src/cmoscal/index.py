@@ -23,6 +23,7 @@ from astropy.table import Table
 from .compare import describe
 from .fitsio import atomic_path, read_table
 from .products import DEPENDS, MODEL_FILE, campaign_warnings, out, stage_states
+from .stages import summary as summary_stage
 
 __all__ = ["current_checks", "format_value", "write_index"]
 
@@ -182,7 +183,7 @@ def write_index(run_dir: Path, params: dict, results: list[dict], manifest: dict
     states = stage_states(params["output_dir"])
     record = None
     if checks is not None:
-        record = {name: read_table(out(params, f"{name}.ecsv")) for name in ("model_numbers", "dq_counts", "files")}
+        record = summary_stage.load_record(params)
     ran = {r["stage"]: r for r in results}
     pages = {name: r["html"] for name, r in ran.items()}
     stage_rows = []

@@ -29,11 +29,12 @@ from astropy.table import Table
 from .errors import CampaignWarning
 from .fitsio import FrameRef, frames_in, read_rows
 
-__all__ = ["FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage", "find_fits", "frame_exposure",
-           "frame_label", "frame_refs", "frame_temperature", "group_summary", "natural_key"]
+__all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage",
+           "find_fits", "frame_exposure", "frame_label", "frame_refs", "frame_temperature", "group_summary",
+           "natural_key"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
-_COMPRESSED = (".fz", ".gz")
+COMPRESSED_SUFFIXES = (".fz", ".gz")
 KELVIN = 273.15
 _KELVIN_ABOVE = 150.0  # a "degC" reading above this is a kelvin reading
 _UNITS = (("us", 1e-6, r"\b(us|usec|microsec\w*|µs)\b"), ("ms", 1e-3, r"\b(ms|msec|millisec\w*)\b"),
@@ -78,7 +79,7 @@ def find_fits(raw_dir: str | Path, include=(), exclude=()) -> list[tuple[Path, s
         dirs.sort()
         for name in files:
             bare = name.lower()
-            for suffix in _COMPRESSED:
+            for suffix in COMPRESSED_SUFFIXES:
                 bare = bare.removesuffix(suffix)
             if not bare.endswith(FITS_SUFFIXES):
                 continue

@@ -26,8 +26,7 @@ from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 
 __all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "inverse_gain", "load_masters",
-           "make_master",
-           "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
+           "make_master", "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
 
 _EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import pooled_variance
+from .kernels import kernel_array, pooled_variance
 
 __all__ = ["Noise", "ratio_factor", "read_variance"]
 
@@ -35,8 +35,8 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
     """
     M, shape = len(bias_variance), np.shape(bias_variance)[1:]
     out = np.empty(shape, np.float32)
-    pooled_variance(np.ascontiguousarray(bias_variance, dtype=np.float32).reshape(M, -1),
-                    np.ascontiguousarray(bias_nframes, dtype=np.int16).reshape(M, -1), out.reshape(-1))
+    pooled_variance(kernel_array(bias_variance, (M, *shape)).reshape(M, -1),
+                    kernel_array(bias_nframes, (M, *shape), np.int16).reshape(M, -1), out.reshape(-1))
     return out
 
 

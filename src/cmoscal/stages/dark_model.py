@@ -235,7 +235,8 @@ def run(params: dict) -> dict:
     prior, trusted_share = _population(params, index, inv_gain, options, tmin, fit_gamma)
     options = dict(options, prior=prior)
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
-    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma, [p for p, _ in bias_index]) for band in bands]
+    bias_files = [path for path, _ in bias_index]
+    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma, bias_files) for band in bands]
     maps = (np.empty((3, ny, nx)), np.empty((6, ny, nx)), np.empty((ny, nx)), np.empty((ny, nx), np.int16),
             np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool))
     dropped_parts = []

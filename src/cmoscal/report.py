@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from queue import Empty
 
 import yaml
 
@@ -39,6 +40,7 @@ __all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_re
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 _EXTERNAL_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>|'
                               r'<script type="module">(?:(?!</script>).)*?https?://.*?</script>', re.S)
+_RESET = "get_ipython().run_line_magic('reset', '-f')\nimport gc\n_ = gc.collect()"
 _PACKAGES = ("numpy", "scipy", "astropy", "numba", "matplotlib", "papermill", "nbconvert", "dask", "distributed")
 
 
@@ -79,13 +81,29 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
-def _clear(kernel) -> None:
-    """Empty the shared kernel's namespace, so one page's arrays do not stay in memory for the next."""
+def _clear(kernel, timeout: float = 120) -> None:
+    """Empty the shared kernel's namespace, so one page's arrays do not stay in memory for the next.
+
+    Only the shell reply is awaited: a just-opened IOPub subscription can miss the kernel's "idle"
+    message (ZeroMQ's slow joiner), and waiting for it then hangs until the timeout.
+    """
     client = kernel.blocking_client()
-    client.start_channels()
+    client.start_channels(iopub=False, stdin=False, hb=False, control=False)
     try:
-        client.execute_interactive("get_ipython().run_line_magic('reset', '-f')\nimport gc\n_ = gc.collect()",
-                                   timeout=60, silent=True, store_history=False)
+        request = client.execute(_RESET, silent=True, store_history=False, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        reply = {}
+        while reply.get("parent_header", {}).get("msg_id") != request:
+            if not kernel.is_alive():
+                raise RuntimeError("the kernel died before the page started")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the kernel did not clear its namespace within {timeout:.0f} s")
+            try:
+                reply = client.get_shell_msg(timeout=1)
+            except Empty:
+                continue
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"clearing the kernel failed: {reply['content'].get('evalue', '')}")
     finally:
         client.stop_channels()
 
@@ -94,13 +112,13 @@ def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    _clear(kernel)
     source = notebook_for(stage)
     target = run_dir / source.name
     start = time.perf_counter()
     result = dict(stage=stage, notebook=source.name, html=target.with_suffix(".html").name, status="passed",
                   error="")
     try:
+        _clear(kernel)
         papermill.execute_notebook(source, target, parameters=dict(params_file=str(params_file), root=str(root)),
                                    km=kernel, kernel_name=kernel.kernel_name, progress_bar=False,
                                    request_save_on_cell_execute=False)  # written once, when the page is done

@@ -5,6 +5,7 @@ import pytest
 from astropy.io import fits
 from conftest import write_params
 
+from cmoscal import kernels
 from cmoscal.compute import concurrently, row_bands, run_tiles
 from cmoscal.config import default_params, load_params
 from cmoscal.simulate import simulate_campaign
@@ -31,6 +32,19 @@ def test_concurrent_calls_return_in_order_and_raise_the_first_error():
 
     with pytest.raises(OSError, match="disk full"):
         concurrently([lambda: 1, fail], params)
+
+
+def test_each_kernel_is_compiled_once_for_writable_and_read_only_inputs():
+    compiled = {name: getattr(kernels, name).signatures for name in kernels.__all__
+                if hasattr(getattr(kernels, name), "signatures")}
+    assert len(compiled) == 10 and all(len(signatures) == 1 for signatures in compiled.values())
+    variance, nframes, out = np.full((2, 3), 4.0, np.float32), np.full((2, 3), 3, np.int16), np.empty(3, np.float32)
+    kernels.pooled_variance(variance, nframes, out)
+    variance.flags.writeable = nframes.flags.writeable = False  # as memory-mapped products are
+    kernels.pooled_variance(variance, nframes, out)
+    assert np.array_equal(out, [12.0] * 3) and len(kernels.pooled_variance.signatures) == 1
+    with pytest.raises(TypeError, match="No matching definition"):  # refused, not compiled mid-run
+        kernels.pooled_variance(variance.astype(np.float64), nframes, out)
 
 
 def test_tiles_come_back_in_order_on_threads():

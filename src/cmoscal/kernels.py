@@ -2,8 +2,11 @@
 dark model, and the residual statistics of the evaluation.
 
 Every kernel is serial and releases the GIL (``nogil``): parallelism comes from running tiles
-on several threads or dask workers at once (:mod:`cmoscal.compute`). Kernels are compiled once
-and cached on disk (``cache=True``); ``make env`` pays the compile (:func:`warm_up`).
+on several threads or dask workers at once (:mod:`cmoscal.compute`). Each kernel has one explicit
+signature, its inputs typed read-only so that writable arrays, memory maps and broadcasts all
+share it: it is compiled once and cached on disk (``cache=True``), and ``make env`` pays the
+compile by importing this module. Arguments of another type or layout raise a ``TypeError``
+instead of compiling a new version in the middle of a run.
 """
 
 from __future__ import annotations
@@ -12,10 +15,24 @@ import functools
 
 import numpy as np
 from numba import njit
+from numba import types as nt
 
 __all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_lines", "fit_pixels",
            "kernel_array", "mark_frame", "pooled_variance", "predict_dark", "residual_maps", "sorting_network",
-           "subtract_bias", "warm_up"]
+           "subtract_bias"]
+
+def _in(dtype, ndim: int = 1):
+    """Type of a C-contiguous input array, read-only: writable arrays convert to it."""
+    return nt.Array(dtype, ndim, "C", readonly=True)
+
+
+def _out(dtype, ndim: int = 1):
+    """Type of a C-contiguous output array."""
+    return nt.Array(dtype, ndim, "C")
+
+
+_F4, _F8, _I2, _I8, _U1, _U2, _B = nt.float32, nt.float64, nt.int16, nt.int64, nt.uint8, nt.uint16, nt.boolean
+
 
 def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:
     """``a`` broadcast to ``shape`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
@@ -33,7 +50,7 @@ _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large
 
 
 # --- raw frames ---------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit((_in(_U2), _out(_F4), _F8, _F8, _F8, _F8, _I8, _B), cache=True, nogil=True)
 def decode_be16(raw, out, bscale, bzero, inv_scale, saturation, blank, has_blank):
     """Decode big-endian 16-bit FITS integers into DN.
 
@@ -73,7 +90,7 @@ def decode_be16(raw, out, bscale, bzero, inv_scale, saturation, blank, has_blank
     return nsat, nzero, nblank
 
 
-@njit(cache=True, nogil=True)
+@njit((_out(_F4, 3), _in(_F4, 2), _in(_F4, 2), _in(_F8)), cache=True, nogil=True)
 def subtract_bias(stack, a, b, temperatures):
     """stack[i] -= a + b * temperatures[i], in place (saturated +inf and invalid NaN samples stay so)."""
     for i in range(stack.shape[0]):
@@ -84,7 +101,7 @@ def subtract_bias(stack, a, b, temperatures):
                 frame[r, x] -= a[r, x] + b[r, x] * T
 
 
-@njit(cache=True, nogil=True)
+@njit((_out(_F4), _F8), cache=True, nogil=True)
 def mark_frame(values, saturation):
     """Mark saturated samples of a frame in DN (1-D float32, in place) as +inf.
 
@@ -150,7 +167,9 @@ def _middle(rows, k, out):
         out[x] = np.nan if n == 0 else 0.5 * (rows[(n - 1) // 2, x] + rows[n // 2, x])
 
 
-@njit(cache=True, nogil=True)
+@njit((_in(_F4, 3), _in(_I8, 2), _F8, _F8, _F8, _B, _out(_F4, 2), _out(_F4, 2), _out(_I2, 2), _out(_U1, 2),
+       _out(_I2, 2)),
+      cache=True, nogil=True)
 def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master, variance, nused, nsat, nclip):
     """Combine a stack of frames pixel by pixel.
 
@@ -571,7 +590,13 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
                     cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit((_in(_F4, 2), _in(_I2, 2), _in(_B, 2),  # y, nframes, usable
+       _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
+       _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
+       _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
+       _in(_F8), _in(_F8), _in(_F8), _in(_F8), _B,  # lo, hi, prior, prior_var, propagate
+       _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
+      cache=True, nogil=True, error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
                egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
                prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):
@@ -807,7 +832,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         flags_out[p] = flags
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _B,
+       _out(_F4), _out(_F4), _out(_F4, 2), _out(_F4), _out(_B)), cache=True, nogil=True, error_model="numpy")
 def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fallback):
     """Weighted straight line y = a + b T of every pixel, in one pass (see :func:`cmoscal.bias.fit_bias`).
 
@@ -850,7 +876,7 @@ def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fal
         cov[0, p], cov[1, p], cov[2, p] = c0, c1, c2
 
 
-@njit(cache=True, nogil=True)
+@njit((_in(_F4, 2), _in(_I2, 2), _out(_F4)), cache=True, nogil=True)
 def pooled_variance(variance, nframes, out):
     """Per-frame variance of each pixel pooled over masters, weighted by degrees of freedom.
 
@@ -870,7 +896,7 @@ def pooled_variance(variance, nframes, out):
 
 
 # --- prediction and evaluation --------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit((_in(_F8, 3), _in(_F8, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)), cache=True, nogil=True)
 def predict_dark(dark, cov, x, ln_t, signal, variance):
     """Dark signal exp(lnA + slope x + gamma ln t) of every pixel and its variance, in one pass.
 
@@ -891,7 +917,7 @@ def predict_dark(dark, cov, x, ln_t, signal, variance):
             variance[r, c] = s * s * q
 
 
-@njit(cache=True, nogil=True)
+@njit((_in(_F4, 2), _I8, _out(_F4, 2)), cache=True, nogil=True)
 def block_mean(image, factor, out):
     """NaN-aware mean of ``factor`` x ``factor`` blocks of ``image`` into ``out`` (NaN where a block has none)."""
     for r in range(out.shape[0]):
@@ -907,7 +933,8 @@ def block_mean(image, factor, out):
             out[r, c] = total / n if n else np.nan
 
 
-@njit(cache=True, nogil=True)
+@njit((_in(_F4), _in(_F4), _in(_F4), _in(_F4), _in(_B), _in(_B), _F8, _out(_F4), _out(_F4), _out(_F4)),
+      cache=True, nogil=True)
 def residual_maps(master, prediction, variance, prediction_var, good, hot, snr_min, mae, mape, z):
     """Residual maps of one group and its sums over two pixel sets, in one pass.
 
@@ -952,40 +979,3 @@ def residual_maps(master, prediction, variance, prediction_var, good, hot, snr_m
                     sums[k, 6] += mape[i]
                     sums[k, 7] += mape[i] * mape[i]
     return sums
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel with the argument types cmoscal uses."""
-    raw = np.zeros(4, np.uint16)
-    frame = np.zeros(4, np.float32)
-    decode_be16(raw, frame, 1.0, 32768.0, 1 / 16, 4095.0, 0, False)
-    mark_frame(frame, 4095.0)
-    subtract_bias(np.ones((2, 2, 2), np.float32), np.ones((2, 2), np.float32), np.ones((2, 2), np.float32),
-                  np.zeros(2))
-    stack = np.ones((3, 2, 2), np.float32)
-    out = [np.empty((2, 2), t) for t in (np.float32, np.float32, np.int16, np.uint8, np.int16)]
-    for median in (False, True):
-        combine_stack(stack, sorting_network(3), 1.0, 0.5, 4.0, median, *out)
-    M, npix = 6, 2
-    T = np.repeat([0.0, 10.0], 3)
-    Z = np.stack([np.ones(M), T, np.log(np.tile([1.0, 5, 20], 2))], axis=1)
-    y = np.exp(Z @ np.array([0.0, 0.1, 1.0]))[:, None].repeat(npix, 1).astype(np.float32)
-    pixel = np.ones(npix, np.float32)
-    fit_pixels(y, np.ones((M, npix), np.int16), np.ones((M, npix), bool), pixel, 0.5, pixel, pixel,
-               np.ones((3, npix), np.float32), pixel, T, np.repeat([0, 1], 3), np.tile([0, 1, 2], 2), Z, np.zeros(M),
-               3, 1, 50, 1e-3, 5.0, 1, 100.0, np.array([-20.0, -0.1, 0.0]), np.array([20.0, 0.5, 3.0]),
-               np.array([0.1, 1.0]), np.array([0.01, 0.01]), True, np.empty((3, npix)), np.empty((6, npix)),
-               np.empty(npix), np.empty(npix, np.int16), np.empty(npix, np.uint8), np.empty((M, npix), bool))
-    fit_lines(np.array([0.0, 1.0]), np.ones((2, 4), np.float32), np.ones((2, 4), np.float32), np.ones(4, np.float32),
-              np.zeros(2), True, *(np.empty(n, np.float32) for n in (4, 4, (3, 4), 4)), np.empty(4, bool))
-    pooled_variance(np.ones((2, 4), np.float32), np.full((2, 4), 2, np.int16), np.empty(4, np.float32))
-    a = np.ones(4, np.float32)
-    yes = np.ones(4, bool)
-    residual_maps(a, a, a, a, yes, yes, 10.0, *(np.empty(4, np.float32) for _ in range(3)))
-    image = np.ones((4, 4), np.float32)
-    block_mean(image, 2, np.empty((2, 2), np.float32))
-    predict_dark(np.ones((3, 2, 2)), np.ones((6, 2, 2)), 1.0, 1.0, *(np.empty((2, 2), np.float32) for _ in range(2)))
-
-
-if __name__ == "__main__":
-    warm_up()

@@ -35,9 +35,9 @@ def test_concurrent_calls_return_in_order_and_raise_the_first_error():
 
 
 def test_each_kernel_is_compiled_once_for_writable_and_read_only_inputs():
-    compiled = {name: getattr(kernels, name).signatures for name in kernels.__all__
-                if hasattr(getattr(kernels, name), "signatures")}
-    assert len(compiled) == 10 and all(len(signatures) == 1 for signatures in compiled.values())
+    compiled = [getattr(kernels, name) for name in kernels.__all__
+                if callable(getattr(kernels, name)) and name not in ("kernel_array", "sorting_network")]
+    assert len(compiled) == 11 and all(len(kernel.signatures) == 1 for kernel in compiled)
     variance, nframes, out = np.full((2, 3), 4.0, np.float32), np.full((2, 3), 3, np.int16), np.empty(3, np.float32)
     kernels.pooled_variance(variance, nframes, out)
     variance.flags.writeable = nframes.flags.writeable = False  # as memory-mapped products are

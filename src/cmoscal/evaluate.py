@@ -12,9 +12,9 @@ import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
-from .kernels import block_mean, kernel_array, residual_maps
+from .kernels import block_mean, compare_frames, kernel_array
 
-__all__ = ["downsample", "held_out_dark", "leave_one_out_bias", "residual_stats"]
+__all__ = ["compare", "downsample", "held_out_dark", "leave_one_out_bias"]
 
 
 PREVIEW_PIXELS = 384  # longest side of the preview maps kept for figures
@@ -38,19 +38,24 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(v)) if v.size else np.nan
 
 
-def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, snr_min: float):
-    """Compare a synthetic frame with a master, over normal and over hot pixels.
+def compare(synthetic, master, prediction_var, noise, temperature: float, good, hot, snr_min: float,
+            preview: int = PREVIEW_PIXELS):
+    """Compare a synthetic frame with a master, over normal and over hot pixels, in one compiled pass.
 
     Parameters
     ----------
-    synthetic, master : ndarray
+    synthetic, master : ndarray, shape (ny, nx)
         Frames [DN].
-    expected_var, prediction_var : ndarray
-        Expected variance of the master (noise model) and of the prediction [DN^2].
+    prediction_var : ndarray, shape (ny, nx)
+        Variance of the prediction [DN^2].
+    noise : Noise
+        Noise model of the master (its master 0) at ``temperature``; no ``extra_var``.
     good, hot : ndarray of bool
         Pixels the summary uses; the hot pixels whose residual / noise is reported apart.
     snr_min : float
         MAPE only where |master| > snr_min * expected noise.
+    preview : int
+        Longest side of the previews.
 
     Returns
     -------
@@ -58,24 +63,27 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, s
         |synthetic - master| [DN].
     mape : ndarray
         100 |synthetic - master| / |master| [%], NaN where the signal is not significant.
-    z : ndarray
-        (synthetic - master) / expected noise over ``good`` (NaN elsewhere).
     stats : dict
         mae_mean/median/std and mape_mean/median/std over good pixels (medians of a 1-in-4 sample
         on large sensors), mape_share (share of good pixels with a MAPE), resid_noise (RMS of residual /
         expected noise), resid_noise_expected (its in-sample expectation sqrt(1 - leverage)),
         resid_noise_hot, npix.
+    previews : tuple of ndarray
+        Block means (as :func:`downsample`) of master, synthetic, mae, mape and z = (synthetic - master)
+        / expected noise over ``good``, z scaled by the block size so that pure noise keeps sigma 1.
     """
+    if noise.extra_var is not None:
+        raise ValueError("compare: a noise model with extra_var is not supported")
     shape = np.shape(master)
-
-    def flat(a, dtype=np.float32):
-        return kernel_array(a, shape, dtype).reshape(-1)
-
-    size = int(np.prod(shape))
-    mae, mape, z = (np.empty(size, np.float32) for _ in range(3))
-    use = flat(good, bool)
-    sums = residual_maps(flat(master), flat(synthetic), flat(expected_var), flat(prediction_var), use, flat(hot, bool),
-                         float(snr_min), mae, mape, z)
+    factor = max(int(np.ceil(max(shape) / preview)), 1)
+    mae, mape = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    previews = np.empty((5, shape[0] // factor, shape[1] // factor), np.float32)
+    use = kernel_array(good, shape, bool)
+    nframes, read_var, cov = noise.planes(0, shape)
+    sums = compare_frames(kernel_array(master, shape), kernel_array(synthetic, shape),
+                          kernel_array(prediction_var, shape), nframes, read_var, noise.inv_gain, cov,
+                          float(temperature), noise.bias is not None, use, kernel_array(hot, shape, bool),
+                          float(snr_min), factor, mae, mape, previews)
     (n, sz2, slev, nsig, sa, saa, sp, spp), hot_sums = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = {"mae_mean": sa / n, "mae_median": _median(mae[use]),
@@ -85,7 +93,8 @@ def residual_stats(synthetic, master, expected_var, prediction_var, good, hot, s
                  "mape_share": nsig / n, "resid_noise": np.sqrt(sz2 / n),
                  "resid_noise_expected": np.sqrt(slev / n), "resid_noise_hot": np.sqrt(hot_sums[1] / hot_sums[0]),
                  "npix": int(n)}
-    return mae.reshape(shape), mape.reshape(shape), z.reshape(shape), {k: float(v) for k, v in stats.items()}
+    previews[4] *= factor
+    return mae, mape, {k: float(v) for k, v in stats.items()}, tuple(previews)
 
 
 def held_out_dark(g, signal, usable, noise, temperature, exptime, tmin, form, fit_gamma, fit_options: dict):

@@ -17,9 +17,9 @@ import numpy as np
 from numba import njit
 from numba import types as nt
 
-__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "decode_be16", "fit_lines", "fit_pixels",
-           "kernel_array", "mark_frame", "pooled_variance", "predict_dark", "residual_maps", "sorting_network",
-           "subtract_bias"]
+__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "decode_be16",
+           "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame", "pooled_variance",
+           "predict_dark", "sorting_network", "subtract_bias"]
 
 def _in(dtype, ndim: int = 1):
     """Type of a C-contiguous input array, read-only: writable arrays convert to it."""
@@ -933,23 +933,66 @@ def block_mean(image, factor, out):
             out[r, c] = total / n if n else np.nan
 
 
-@njit((_in(_F4), _in(_F4), _in(_F4), _in(_F4), _in(_B), _in(_B), _F8, _out(_F4), _out(_F4), _out(_F4)),
-      cache=True, nogil=True)
-def residual_maps(master, prediction, variance, prediction_var, good, hot, snr_min, mae, mape, z):
-    """Residual maps of one group and its sums over two pixel sets, in one pass.
+@njit(cache=True, nogil=True)
+def _sample_variance(n, read_var, signal, inv_gain, cov, r, c, t2, tt2, use_bias):
+    """Expected variance [DN^2] of pixel (r, c) of a master of ``n`` frames, in float32 arithmetic:
+    (read_var + max(signal, 0) inv_gain) / max(n, 1) (a NaN signal gives NaN), plus, ``use_bias``,
+    var(a + b T) of the bias model removed from its covariance planes ``cov`` (t2 = T^2, tt2 = 2 T)."""
+    shot = signal if not signal < 0 else np.float32(0.0)
+    variance = (read_var + shot * inv_gain) / np.float32(max(n, 1))
+    if use_bias:
+        variance = variance + cov[0, r, c] + t2 * cov[1, r, c] + tt2 * cov[2, r, c]
+    return variance
+
+
+@njit(cache=True, nogil=True)
+def _add_finite(total, count, k, j, value):
+    """Add ``value`` to total[k, j] and count it, unless it is NaN."""
+    if value == value:
+        total[k, j] += value
+        count[k, j] += 1
+
+
+@njit((_in(_I2, 2), _in(_F4, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B, _out(_F4, 2)), cache=True, nogil=True)
+def expected_variance(nframes, read_var, signal, inv_gain, bias_cov, temperature, use_bias, out):
+    """Expected variance [DN^2] of master samples (the model of :class:`cmoscal.noise.Noise`), into ``out``.
+
+    ``nframes``, ``read_var`` (of one frame), ``signal`` and ``out`` are (ny, nx); ``bias_cov``
+    (3, ny, nx) holds var a, var b, cov ab of the bias model a + b T removed from the samples
+    (read only where ``use_bias``).
+    """
+    t2, tt2 = np.float32(temperature * temperature), np.float32(2 * temperature)
+    gain = np.float32(inv_gain)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[r, c] = _sample_variance(nframes[r, c], read_var[r, c], signal[r, c], gain, bias_cov, r, c, t2, tt2,
+                                         use_bias)
+
+
+@njit((_in(_F4, 2), _in(_F4, 2), _in(_F4, 2), _in(_I2, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B,
+       _in(_B, 2), _in(_B, 2), _F8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3)), cache=True, nogil=True)
+def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_gain, bias_cov, temperature, use_bias,
+                   good, hot, snr_min, factor, mae, mape, previews):
+    """Compare a synthetic frame with a master in one pass: residual maps, their sums and previews.
 
     Parameters
     ----------
-    master, prediction, variance, prediction_var : ndarray, 1-D
-        Master [DN], synthetic frame [DN], expected variance of the master and of the
-        prediction [DN^2].
-    good, hot : ndarray of bool, 1-D
+    master, prediction, prediction_var : ndarray, shape (ny, nx), float32
+        Master [DN], synthetic frame [DN] and the variance of the prediction [DN^2].
+    nframes, read_var, inv_gain, bias_cov, temperature, use_bias
+        The master's noise model, as :func:`expected_variance`.
+    good, hot : ndarray of bool, shape (ny, nx)
         The two pixel sets summed (normal pixels; hot pixels).
     snr_min : float
         MAPE only where |master| > snr_min * sigma.
-    mae, mape, z : ndarray of float32, 1-D (out)
-        |prediction - master| [DN], 100 |prediction - master| / |master| [%] (NaN where not
-        significant) and (prediction - master) / sigma over ``good`` (NaN elsewhere).
+    factor : int
+        Block size f of the previews.
+    mae, mape : ndarray of float32, shape (ny, nx) (out)
+        |prediction - master| [DN] and 100 |prediction - master| / |master| [%] (NaN where not
+        significant).
+    previews : ndarray of float32, shape (5, ny // f, nx // f) (out)
+        NaN-aware f x f block means (as :func:`block_mean`) of master, prediction, mae, mape and
+        z = (prediction - master) / sigma over ``good`` (NaN elsewhere).
 
     Returns
     -------
@@ -957,25 +1000,50 @@ def residual_maps(master, prediction, variance, prediction_var, good, hot, snr_m
         Per set: pixels, sum of z^2, sum of (1 - var_pred / var) clipped to [0, 1], pixels with a
         MAPE, sums of MAE and MAE^2, sums of MAPE and MAPE^2.
     """
+    ny, nx = master.shape
+    by, bx = previews.shape[1], previews.shape[2]
+    block_sum = np.zeros((5, bx))  # the previews' current row of blocks
+    block_n = np.zeros((5, bx), np.int64)
     sums = np.zeros((2, 8))
-    for i in range(master.size):
-        r = prediction[i] - master[i]
-        a = abs(r)
-        mae[i] = a
-        s = np.sqrt(variance[i])
-        significant = abs(master[i]) > snr_min * s
-        mape[i] = 100.0 * a / abs(master[i]) if significant else np.nan
-        usable = np.isfinite(r) and s > 0
-        z[i] = r / s if usable and good[i] else np.nan
-        for k in range(2):
-            if usable and (good[i] if k == 0 else hot[i]):
-                sums[k, 0] += 1.0
-                sums[k, 1] += (r / s) ** 2
-                sums[k, 2] += 1.0 - min(max(prediction_var[i] / variance[i], 0.0), 1.0)
-                sums[k, 3] += significant
-                sums[k, 4] += a
-                sums[k, 5] += a * a
-                if significant:
-                    sums[k, 6] += mape[i]
-                    sums[k, 7] += mape[i] * mape[i]
+    t2, tt2 = np.float32(temperature * temperature), np.float32(2 * temperature)
+    gain = np.float32(inv_gain)
+    for row in range(ny):
+        for col in range(nx):
+            m, p = master[row, col], prediction[row, col]
+            variance = _sample_variance(nframes[row, col], read_var[row, col], p, gain, bias_cov, row, col, t2, tt2,
+                                        use_bias)
+            r = p - m
+            a = abs(r)
+            s = np.sqrt(variance)
+            significant = abs(m) > snr_min * s
+            usable = np.isfinite(r) and s > 0
+            mae[row, col] = a
+            mape[row, col] = 100.0 * a / abs(m) if significant else np.nan
+            for k in range(2):
+                if usable and (good[row, col] if k == 0 else hot[row, col]):
+                    sums[k, 0] += 1.0
+                    sums[k, 1] += (r / s) ** 2
+                    sums[k, 2] += 1.0 - min(max(prediction_var[row, col] / variance, 0.0), 1.0)
+                    sums[k, 3] += significant
+                    sums[k, 4] += a
+                    sums[k, 5] += a * a
+                    if significant:
+                        sums[k, 6] += mape[row, col]
+                        sums[k, 7] += mape[row, col] * mape[row, col]
+            bc = col // factor
+            if bc < bx:
+                _add_finite(block_sum, block_n, 0, bc, m)
+                _add_finite(block_sum, block_n, 1, bc, p)
+                _add_finite(block_sum, block_n, 2, bc, a)
+                _add_finite(block_sum, block_n, 3, bc, mape[row, col])
+                if usable and good[row, col]:
+                    _add_finite(block_sum, block_n, 4, bc, r / s)
+        br = row // factor
+        if (row + 1) % factor == 0 and br < by:
+            for k in range(5):
+                for bc in range(bx):
+                    n = block_n[k, bc]
+                    previews[k, br, bc] = block_sum[k, bc] / n if n else np.nan
+                    block_sum[k, bc] = 0.0
+                    block_n[k, bc] = 0
     return sums

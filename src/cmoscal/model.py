@@ -116,6 +116,11 @@ class CalibrationModel:
     meta: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 
+    @functools.cached_property
+    def read_variance(self) -> np.ndarray:
+        """Read variance of one frame [DN^2] (float32), computed once."""
+        return np.square(self.read_noise, dtype=np.float32)
+
     # --- synthesis -----------------------------------------------------------------------
     def check_request(self, temperature: float, exptime: float | None = None) -> list[str]:
         """Warnings for a request just outside the calibrated ranges.

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import kernel_array, pooled_variance
+from .kernels import expected_variance, kernel_array, pooled_variance
 
 __all__ = ["Noise", "ratio_factor", "read_variance"]
+
+_NO_BIAS = np.zeros((3, 1, 1), np.float32)  # the kernels' bias covariance without a bias model (never read)
 
 
 def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.ndarray:
@@ -83,11 +85,22 @@ class Noise:
         extra = None if self.extra_var is None else self.extra_var[pixels]
         return Noise(self.nframes[:, pixels], self.read_var[pixels], self.inv_gain, bias, extra)
 
+    def planes(self, g, shape):
+        """Frame counts (int16), read variance and bias covariance (3, ...) of master ``g`` shaped as the
+        2-D ``shape`` (of as many pixels), as the noise kernels take them
+        (:func:`cmoscal.kernels.expected_variance`, :func:`cmoscal.kernels.compare_frames`)."""
+        nframes = kernel_array(np.reshape(self.nframes[g], shape), shape, np.int16)
+        read_var = kernel_array(np.reshape(self.read_var, shape), shape)
+        cov = _NO_BIAS if self.bias is None else kernel_array(np.reshape(self.bias[2], (3, *shape)), (3, *shape))
+        return nframes, read_var, cov
+
     def variance(self, g, signal, temperature):
-        """Expected variance [DN^2] of master ``g`` of signal ``signal`` at ``temperature``."""
-        n = np.maximum(self.nframes[g], 1)
-        var = (self.read_var + np.clip(signal, 0, None) * self.inv_gain) / n
-        if self.bias is not None:
-            cov = self.bias[2]
-            var = var + cov[0] + temperature ** 2 * cov[1] + 2 * temperature * cov[2]
-        return var + (0.0 if self.extra_var is None else self.extra_var)
+        """Expected variance [DN^2] (float32) of master ``g`` of signal ``signal`` at ``temperature``."""
+        shape = np.shape(signal)
+        plane = shape if len(shape) == 2 else (1, int(np.prod(shape)))
+        out = np.empty(plane, np.float32)
+        nframes, read_var, cov = self.planes(g, plane)
+        expected_variance(nframes, read_var, kernel_array(np.reshape(signal, plane), plane), self.inv_gain, cov,
+                          float(temperature), self.bias is not None, out)
+        out = out.reshape(shape)
+        return out if self.extra_var is None else out + self.extra_var

@@ -17,7 +17,7 @@ from astropy.table import Table
 from ..bias import bias_at
 from ..compute import run_tiles
 from ..errors import OutOfRangeWarning
-from ..evaluate import downsample, held_out_dark, leave_one_out_bias, residual_stats
+from ..evaluate import compare, held_out_dark, leave_one_out_bias
 from ..fitsio import cube_writer, provenance, write_table
 from ..hotpix import DQ_BITS
 from ..inventory import frame_label
@@ -45,23 +45,20 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
     T, t = float(masters.temperature[0]), float(masters.exptime[0])
-    rv = np.square(model.read_noise, dtype=np.float32)
     good = ((model.dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0) & valid
     if dropped is not None:
         good[dropped] = False
     if kind == "bias":
         factor = ratio_factor(model.meta["RNDOF"])  # all of this noise is estimated read noise
         synth, var_pred = bias_at(model.bias_a, model.bias_b, T), factor * model.bias_variance(T)
-        var = factor * rv / np.maximum(masters.nframes[0], 1)
+        noise = Noise(masters.nframes, factor * model.read_variance, 0.0)
     else:
         synth, var_pred = model.prediction(T, t)
         bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
-        var = Noise(masters.nframes, rv, inv_gain, bias).variance(0, synth, T)
+        noise = Noise(masters.nframes, model.read_variance, inv_gain, bias)
     hot = ((model.dq & DQ_BITS["HOT"][0]) > 0) & valid
-    mae, mape, z, stats = residual_stats(synth, master, var, var_pred, good, hot, params["snr_min"])
+    mae, mape, stats, previews = compare(synth, master, var_pred, noise, T, good, hot, params["snr_min"], PREVIEW)
     row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)
-    factor = int(np.ceil(max(master.shape) / PREVIEW))
-    previews = tuple(downsample(x, PREVIEW) for x in (master, synth, mae, mape)) + (downsample(z, PREVIEW) * factor,)
     return row, previews, (mae, mape) if params["save_eval_fits"] else None
 
 

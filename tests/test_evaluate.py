@@ -1,0 +1,44 @@
+"""The one-pass comparison of a synthetic frame with a master, against the same sums in NumPy."""
+
+import numpy as np
+
+from cmoscal.evaluate import compare, downsample
+from cmoscal.noise import Noise
+
+
+def test_compare_gives_the_numpy_residual_statistics_and_previews():
+    rng = np.random.default_rng(3)
+    shape, T, inv_gain = (40, 56), 12.5, 0.4
+    nframes = rng.integers(0, 6, (1, *shape)).astype(np.int16)
+    read_var = rng.uniform(4, 9, shape).astype(np.float32)
+    cov = rng.uniform(0, 0.01, (3, *shape)).astype(np.float32)
+    noise = Noise(nframes, read_var, inv_gain, (None, None, cov))
+    synthetic = rng.uniform(-5, 200, shape).astype(np.float32)
+    synthetic[0, :3] = np.nan
+    variance = noise.variance(0, synthetic, T)
+    master = (synthetic + rng.normal(0, 1, shape) * np.sqrt(variance)).astype(np.float32)
+    prediction_var = (0.2 * variance).astype(np.float32)
+    good, hot = rng.random(shape) > 0.1, rng.random(shape) > 0.95
+
+    mae, mape, stats, previews = compare(synthetic, master, prediction_var, noise, T, good, hot, 5.0, preview=16)
+
+    expected_var = (read_var + np.clip(synthetic, 0, None) * np.float32(inv_gain)) / np.maximum(nframes[0], 1) \
+        + cov[0] + T ** 2 * cov[1] + 2 * T * cov[2]
+    assert np.allclose(variance, expected_var, rtol=1e-6, equal_nan=True)
+    residual = synthetic - master
+    z = residual / np.sqrt(variance)
+    use = good & np.isfinite(residual)
+    assert np.array_equal(mae, np.abs(residual), equal_nan=True)
+    assert stats["npix"] == use.sum()
+    assert np.isclose(stats["resid_noise"], np.sqrt(np.mean(z[use] ** 2)), rtol=1e-6)
+    assert np.isclose(stats["resid_noise_hot"], np.sqrt(np.mean(z[hot & np.isfinite(residual)] ** 2)), rtol=1e-6)
+    assert np.isclose(stats["resid_noise_expected"], np.sqrt(np.mean(1 - 0.2 * np.ones(use.sum()))), rtol=1e-6)
+    assert np.isclose(stats["mae_mean"], np.mean(np.abs(residual[use])), rtol=1e-6)
+    significant = np.abs(master) > 5.0 * np.sqrt(variance)
+    assert np.isclose(stats["mape_share"], (significant & use).sum() / use.sum())
+    assert np.allclose(mape[significant], 100 * np.abs(residual[significant] / master[significant]), rtol=1e-6)
+    factor = 4  # ceil(56 / 16): pure noise averaged over 4 x 4 pixels, scaled back to sigma 1
+    expected = [downsample(image, 16) for image in (master, synthetic, mae, mape, np.where(use, z, np.nan))]
+    expected[4] *= factor
+    for shown, image in zip(previews, expected):
+        assert shown.shape == (10, 14) and np.allclose(shown, image, rtol=1e-6, equal_nan=True)

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,lab,bench]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name cmoscal --display-name "Python (cmoscal)" >/dev/null
-	$(BIN)/python -c "import cmoscal.kernels"  # compiles the numba kernels once (cached on disk)
+	$(BIN)/python -c "from cmoscal.kernels import compile_kernels; compile_kernels()"  # once, cached on disk
 	touch $@
 
 demo-data: env

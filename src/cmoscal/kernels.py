@@ -4,22 +4,23 @@ dark model, and the residual statistics of the evaluation.
 Every kernel is serial and releases the GIL (``nogil``): parallelism comes from running tiles
 on several threads or dask workers at once (:mod:`cmoscal.compute`). Each kernel has one explicit
 signature, its inputs typed read-only so that writable arrays, memory maps and broadcasts all
-share it: it is compiled once and cached on disk (``cache=True``), and ``make env`` pays the
-compile by importing this module. Arguments of another type or layout raise a ``TypeError``
-instead of compiling a new version in the middle of a run.
+share it: it is compiled once and cached on disk (``cache=True``; ``make env`` pays the compile,
+:func:`compile_kernels`) and loaded at its first call. Arguments of another type or layout raise
+a ``TypeError`` instead of compiling a new version in the middle of a run.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 from numba import njit
 from numba import types as nt
 
-__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "decode_be16",
-           "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame", "pooled_variance",
-           "predict_dark", "sorting_network", "subtract_bias"]
+__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "compile_kernels",
+           "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame",
+           "pooled_variance", "predict_dark", "sorting_network", "subtract_bias"]
 
 def _in(dtype, ndim: int = 1):
     """Type of a C-contiguous input array, read-only: writable arrays convert to it."""
@@ -32,6 +33,38 @@ def _out(dtype, ndim: int = 1):
 
 
 _F4, _F8, _I2, _I8, _U1, _U2, _B = nt.float32, nt.float64, nt.int16, nt.int64, nt.uint8, nt.uint16, nt.boolean
+
+
+def _kernel(signature, **options):
+    """Decorator: a serial, GIL-free, disk-cached numba kernel of one ``signature``, compiled (or
+    loaded from the cache) at its first call; ``kernel.load()`` does that and returns the dispatcher."""
+    def wrap(fn):
+        dispatcher = njit(cache=True, nogil=True, **options)(fn)
+        lock, ready = threading.Lock(), []
+
+        def load():
+            with lock:
+                if not ready:
+                    dispatcher.compile(signature)
+                    dispatcher.disable_compile()
+                    ready.append(True)
+            return dispatcher
+
+        @functools.wraps(fn)
+        def kernel(*args):
+            return (dispatcher if ready else load())(*args)
+
+        kernel.load = load
+        return kernel
+    return wrap
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the disk cache) every kernel: ``make env`` pays the compile once."""
+    for name in __all__:
+        load = getattr(globals()[name], "load", None)
+        if load is not None:
+            load()
 
 
 def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:
@@ -50,7 +83,7 @@ _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large
 
 
 # --- raw frames ---------------------------------------------------------------------------------
-@njit((_in(_U2), _out(_F4), _F8, _F8, _F8, _F8, _I8, _B), cache=True, nogil=True)
+@_kernel((_in(_U2), _out(_F4), _F8, _F8, _F8, _F8, _I8, _B))
 def decode_be16(raw, out, bscale, bzero, inv_scale, saturation, blank, has_blank):
     """Decode big-endian 16-bit FITS integers into DN.
 
@@ -90,7 +123,7 @@ def decode_be16(raw, out, bscale, bzero, inv_scale, saturation, blank, has_blank
     return nsat, nzero, nblank
 
 
-@njit((_out(_F4, 3), _in(_F4, 2), _in(_F4, 2), _in(_F8)), cache=True, nogil=True)
+@_kernel((_out(_F4, 3), _in(_F4, 2), _in(_F4, 2), _in(_F8)))
 def subtract_bias(stack, a, b, temperatures):
     """stack[i] -= a + b * temperatures[i], in place (saturated +inf and invalid NaN samples stay so)."""
     for i in range(stack.shape[0]):
@@ -101,7 +134,7 @@ def subtract_bias(stack, a, b, temperatures):
                 frame[r, x] -= a[r, x] + b[r, x] * T
 
 
-@njit((_out(_F4), _F8), cache=True, nogil=True)
+@_kernel((_out(_F4), _F8))
 def mark_frame(values, saturation):
     """Mark saturated samples of a frame in DN (1-D float32, in place) as +inf.
 
@@ -167,9 +200,8 @@ def _middle(rows, k, out):
         out[x] = np.nan if n == 0 else 0.5 * (rows[(n - 1) // 2, x] + rows[n // 2, x])
 
 
-@njit((_in(_F4, 3), _in(_I8, 2), _F8, _F8, _F8, _B, _out(_F4, 2), _out(_F4, 2), _out(_I2, 2), _out(_U1, 2),
-       _out(_I2, 2)),
-      cache=True, nogil=True)
+@_kernel((_in(_F4, 3), _in(_I8, 2), _F8, _F8, _F8, _B, _out(_F4, 2), _out(_F4, 2), _out(_I2, 2), _out(_U1, 2),
+          _out(_I2, 2)))
 def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master, variance, nused, nsat, nclip):
     """Combine a stack of frames pixel by pixel.
 
@@ -590,13 +622,13 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
                     cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
 
 
-@njit((_in(_F4, 2), _in(_I2, 2), _in(_B, 2),  # y, nframes, usable
-       _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
-       _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
-       _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
-       _in(_F8), _in(_F8), _in(_F8), _in(_F8), _B,  # lo, hi, prior, prior_var, propagate
-       _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
-      cache=True, nogil=True, error_model="numpy")
+@_kernel((_in(_F4, 2), _in(_I2, 2), _in(_B, 2),  # y, nframes, usable
+          _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
+          _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
+          _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
+          _in(_F8), _in(_F8), _in(_F8), _in(_F8), _B,  # lo, hi, prior, prior_var, propagate
+          _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
+         error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
                egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
                prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):
@@ -832,8 +864,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         flags_out[p] = flags
 
 
-@njit((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _B,
-       _out(_F4), _out(_F4), _out(_F4, 2), _out(_F4), _out(_B)), cache=True, nogil=True, error_model="numpy")
+@_kernel((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _B,
+          _out(_F4), _out(_F4), _out(_F4, 2), _out(_F4), _out(_B)), error_model="numpy")
 def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fallback):
     """Weighted straight line y = a + b T of every pixel, in one pass (see :func:`cmoscal.bias.fit_bias`).
 
@@ -876,7 +908,7 @@ def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fal
         cov[0, p], cov[1, p], cov[2, p] = c0, c1, c2
 
 
-@njit((_in(_F4, 2), _in(_I2, 2), _out(_F4)), cache=True, nogil=True)
+@_kernel((_in(_F4, 2), _in(_I2, 2), _out(_F4)))
 def pooled_variance(variance, nframes, out):
     """Per-frame variance of each pixel pooled over masters, weighted by degrees of freedom.
 
@@ -896,7 +928,7 @@ def pooled_variance(variance, nframes, out):
 
 
 # --- prediction and evaluation --------------------------------------------------------------------
-@njit((_in(_F8, 3), _in(_F8, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)), cache=True, nogil=True)
+@_kernel((_in(_F8, 3), _in(_F8, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)))
 def predict_dark(dark, cov, x, ln_t, signal, variance):
     """Dark signal exp(lnA + slope x + gamma ln t) of every pixel and its variance, in one pass.
 
@@ -917,7 +949,7 @@ def predict_dark(dark, cov, x, ln_t, signal, variance):
             variance[r, c] = s * s * q
 
 
-@njit((_in(_F4, 2), _I8, _out(_F4, 2)), cache=True, nogil=True)
+@_kernel((_in(_F4, 2), _I8, _out(_F4, 2)))
 def block_mean(image, factor, out):
     """NaN-aware mean of ``factor`` x ``factor`` blocks of ``image`` into ``out`` (NaN where a block has none)."""
     for r in range(out.shape[0]):
@@ -953,7 +985,7 @@ def _add_finite(total, count, k, j, value):
         count[k, j] += 1
 
 
-@njit((_in(_I2, 2), _in(_F4, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B, _out(_F4, 2)), cache=True, nogil=True)
+@_kernel((_in(_I2, 2), _in(_F4, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B, _out(_F4, 2)))
 def expected_variance(nframes, read_var, signal, inv_gain, bias_cov, temperature, use_bias, out):
     """Expected variance [DN^2] of master samples (the model of :class:`cmoscal.noise.Noise`), into ``out``.
 
@@ -969,8 +1001,8 @@ def expected_variance(nframes, read_var, signal, inv_gain, bias_cov, temperature
                                          use_bias)
 
 
-@njit((_in(_F4, 2), _in(_F4, 2), _in(_F4, 2), _in(_I2, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B,
-       _in(_B, 2), _in(_B, 2), _F8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3)), cache=True, nogil=True)
+@_kernel((_in(_F4, 2), _in(_F4, 2), _in(_F4, 2), _in(_I2, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B,
+          _in(_B, 2), _in(_B, 2), _F8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3)))
 def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_gain, bias_cov, temperature, use_bias,
                    good, hot, snr_min, factor, mae, mape, previews):
     """Compare a synthetic frame with a master in one pass: residual maps, their sums and previews.

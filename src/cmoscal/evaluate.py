@@ -20,11 +20,16 @@ __all__ = ["compare", "downsample", "held_out_dark", "leave_one_out_bias"]
 PREVIEW_PIXELS = 384  # longest side of the preview maps kept for figures
 
 
+def _block_size(shape, max_pixels: int) -> int:
+    """Side of the blocks that bring the longest side of ``shape`` to at most ``max_pixels``."""
+    return max(int(np.ceil(max(shape) / max_pixels)), 1)
+
+
 def downsample(image: np.ndarray, max_pixels: int = PREVIEW_PIXELS) -> np.ndarray:
     """Block-average ``image`` so its longest side is at most ``max_pixels`` (NaN-aware)."""
     image = np.asarray(image, dtype=np.float32)
-    factor = int(np.ceil(max(image.shape) / max_pixels))
-    if factor <= 1:
+    factor = _block_size(image.shape, max_pixels)
+    if factor == 1:
         return image
     out = np.empty((image.shape[0] // factor, image.shape[1] // factor), np.float32)
     block_mean(image, factor, out)
@@ -75,7 +80,7 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
     if noise.extra_var is not None:
         raise ValueError("compare: a noise model with extra_var is not supported")
     shape = np.shape(master)
-    factor = max(int(np.ceil(max(shape) / preview)), 1)
+    factor = _block_size(shape, preview)
     mae, mape = np.empty(shape, np.float32), np.empty(shape, np.float32)
     previews = np.empty((5, shape[0] // factor, shape[1] // factor), np.float32)
     use = kernel_array(good, shape, bool)

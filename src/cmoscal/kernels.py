@@ -22,6 +22,7 @@ __all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "com
            "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame",
            "pooled_variance", "predict_dark", "sorting_network", "subtract_bias"]
 
+
 def _in(dtype, ndim: int = 1):
     """Type of a C-contiguous input array, read-only: writable arrays convert to it."""
     return nt.Array(dtype, ndim, "C", readonly=True)

@@ -16,7 +16,7 @@ from jupyter_client.manager import KernelManager
 from cmoscal.compare import describe
 from cmoscal.config import load_params
 from cmoscal.index import format_value
-from cmoscal.report import ReportError, _clear, run_report
+from cmoscal.report import ReportError, _clear, _connect, run_report
 from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
 
@@ -129,17 +129,15 @@ def test_a_failing_stage_stops_the_run_and_is_reported(tmp_path):
 def test_each_page_starts_in_an_empty_namespace_and_a_dead_kernel_is_named(tmp_path):
     kernel = KernelManager(kernel_name="cmoscal", transport="ipc", ip=str(tmp_path / "kernel"))
     kernel.start_kernel()
+    client = kernel.blocking_client()
     try:
-        _clear(kernel, timeout=60)  # straight after the start, as for the first page
-        client = kernel.blocking_client()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
+        _connect(client, timeout=60)  # straight after the start, as for the first page
         client.execute_interactive("frame = 1", timeout=60)
-        _clear(kernel, timeout=60)
+        _clear(kernel, client, timeout=60)
         reply = client.execute_interactive("", user_expressions={"left": "'frame' in dir()"}, timeout=60)
-        client.stop_channels()
         assert reply["content"]["user_expressions"]["left"]["data"]["text/plain"] == "False"
     finally:
         kernel.shutdown_kernel(now=True)
     with pytest.raises(RuntimeError, match="the kernel died"):
-        _clear(kernel, timeout=5)
+        _clear(kernel, client, timeout=5)
+    client.stop_channels()

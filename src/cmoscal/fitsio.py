@@ -296,11 +296,43 @@ def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -
     return Path(path)
 
 
+_STREAMED = {np.dtype(t) for t in ("u1", "i2", "u2", "i4", "f4", "f8")}
+_CHUNK = 1 << 20  # bytes converted at a time: the buffer stays in cache
+
+
+def _streamable(hdu) -> bool:
+    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and (hdu.data is None or hdu.data.dtype in _STREAMED)
+
+
+def _stream_image(f, hdu) -> None:
+    """Write an image HDU as astropy would: its header, then the data big-endian through a small buffer.
+
+    astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped
+    values), or copies it, and writes it in one call; a small buffer is written at memory speed.
+    """
+    f.write(hdu.header.tostring().encode("ascii"))
+    if hdu.data is None:
+        return
+    flat = np.ascontiguousarray(hdu.data).reshape(-1)
+    step = _CHUNK // flat.itemsize
+    buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
+    for start in range(0, flat.size, step):
+        out = buffer[:min(step, flat.size - start)]
+        if flat.dtype == np.uint16:  # stored as int16 with BZERO 32768 (the FITS convention astropy follows)
+            np.bitwise_xor(flat[start:start + step], 0x8000, out=out)
+        else:
+            out[...] = flat[start:start + step]
+        f.write(out)
+    f.write(bytes(-flat.nbytes % 2880))
+
+
 def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, extensions=(),
                checksum: bool = False) -> Path:
     """Write a primary image and named image/table extensions atomically.
 
-    ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``.
+    ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. Without checksums
+    the images are streamed (:func:`_stream_image`; the same bytes as astropy's), tables
+    appended by astropy.
     """
     hdus = [fits.PrimaryHDU(data=data, header=header)]
     for name, ext, bunit in extensions:
@@ -311,7 +343,18 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
             hdu = fits.ImageHDU(data=ext, name=name)
             hdu.header["BUNIT"] = bunit
             hdus.append(hdu)
-    return write_atomic(fits.HDUList(hdus), path, checksum)
+    hdul = fits.HDUList(hdus)
+    if checksum or not _streamable(hdus[0]):
+        return write_atomic(hdul, path, checksum)
+    hdul.verify("exception")
+    streamed = next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            for hdu in hdus[:streamed]:
+                _stream_image(f, hdu)
+        for hdu in hdus[streamed:]:
+            fits.append(tmp, hdu.data, hdu.header)
+    return Path(path)
 
 
 def read_table(path: str | Path):

@@ -79,17 +79,19 @@ def group_noise(stack: np.ndarray, read_var: float | None = None) -> tuple[float
     if n < 2:
         return (read_var or 0.0), -1.0
     sample = stack.reshape(n, -1).astype(np.float64)
-    sample = sample[:, np.all(np.isfinite(sample), axis=0)]
-    if not sample.shape[1]:
+    total = sample.sum(axis=0)  # finite where every frame is
+    finite = np.isfinite(total)
+    if not finite.any():
         return (read_var or 0.0), -1.0
-    level = sample.mean(axis=0)
-    var = sample.var(axis=0, ddof=1) / _chi2_median_ratio(n - 1)
+    sample, level = sample[:, finite], total[finite] / n
+    var = np.sum((sample - level) ** 2, axis=0) / (n - 1) / _chi2_median_ratio(n - 1)
     if read_var is None:
         return float(np.median(var)), 0.0
-    edges = np.percentile(level, np.linspace(5, 90, 18))
-    index = np.digitize(level, edges[1:-1])
-    bins = np.array([(np.median(level[index == k]), np.median(var[index == k])) for k in range(17)
-                     if np.count_nonzero(index == k) >= 20])
+    index = np.digitize(level, np.percentile(level, np.linspace(5, 90, 18))[1:-1]).astype(np.uint8)
+    order = np.argsort(index, kind="stable")  # the pixels of each quantile bin, bin after bin
+    ends = np.cumsum(np.bincount(index, minlength=17))
+    bins = np.array([(np.median(level[members]), np.median(var[members]))
+                     for members in np.split(order, ends[:-1]) if len(members) >= 20])
     if len(bins) < 3:
         return read_var, -1.0
     x, y = bins[:, 0], bins[:, 1] - read_var

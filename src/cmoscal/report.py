@@ -1,8 +1,8 @@
 """The report runner: execute the stage notebooks with papermill and archive HTML pages.
 
-All notebooks of a run execute in one Jupyter kernel (started once, IPC transport), so the
-modules are imported once; each page is converted to HTML in the background while the next
-notebook runs. A run folder ``report_dir/<run-id>/`` keeps, per stage, the executed notebook
+All notebooks of a run execute in one Jupyter kernel (started once, IPC transport) through
+one client, so the modules are imported once; each page is converted to HTML in the background
+while the next notebook runs. A run folder ``report_dir/<run-id>/`` keeps, per stage, the executed notebook
 and its HTML page (code hidden, figures embedded), plus the parameters used, the inputs,
 ``manifest.json`` (software versions and timings) and ``index.html``; ``report_dir/latest``
 points to the newest run. The index's verdict always describes the products on disk.
@@ -10,6 +10,7 @@ points to the newest run. The index's verdict always describes the products on d
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -40,7 +41,9 @@ __all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_re
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 _EXTERNAL_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>|'
                               r'<script type="module">(?:(?!</script>).)*?https?://.*?</script>', re.S)
-_RESET = "get_ipython().run_line_magic('reset', '-f')\nimport gc\n_ = gc.collect()"
+# %reset collects the garbage itself; freezing what survives (the modules) keeps each later
+# collection to the objects the pages made (a full one costs ~0.1 s a page)
+_RESET = "get_ipython().run_line_magic('reset', '-f')\nimport gc\ngc.freeze()"
 _PACKAGES = ("numpy", "scipy", "astropy", "numba", "matplotlib", "papermill", "nbconvert", "dask", "distributed")
 
 
@@ -81,34 +84,58 @@ def export_html(notebook: Path) -> Path:
     return target
 
 
-def _clear(kernel, timeout: float = 120) -> None:
-    """Empty the shared kernel's namespace, so one page's arrays do not stay in memory for the next.
+def _connect(client, timeout: float = 120) -> None:
+    """Open the client every page uses and wait until the kernel answers on shell and IOPub.
 
-    Only the shell reply is awaited: a just-opened IOPub subscription can miss the kernel's "idle"
-    message (ZeroMQ's slow joiner), and waiting for it then hangs until the timeout.
+    Once per run: each new client waits for IOPub to fall silent (0.2 s), and a just-opened
+    IOPub subscription can miss messages (ZeroMQ's slow joiner).
     """
-    client = kernel.blocking_client()
-    client.start_channels(iopub=False, stdin=False, hb=False, control=False)
-    try:
-        request = client.execute(_RESET, silent=True, store_history=False, allow_stdin=False)
-        deadline = time.monotonic() + timeout
-        reply = {}
-        while reply.get("parent_header", {}).get("msg_id") != request:
-            if not kernel.is_alive():
-                raise RuntimeError("the kernel died before the page started")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the kernel did not clear its namespace within {timeout:.0f} s")
-            try:
-                reply = client.get_shell_msg(timeout=1)
-            except Empty:
-                continue
-        if reply["content"]["status"] != "ok":
-            raise RuntimeError(f"clearing the kernel failed: {reply['content'].get('evalue', '')}")
-    finally:
-        client.stop_channels()
+    client.start_channels(hb=False)
+    client.wait_for_ready(timeout=timeout)
+    client.allow_stdin = False
 
 
-def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -> dict:
+def _clear(kernel, client, timeout: float = 120) -> None:
+    """Empty the kernel's namespace, so one page's arrays do not stay in memory for the next."""
+    request = client.execute(_RESET, silent=True, store_history=False, allow_stdin=False)
+    deadline = time.monotonic() + timeout
+    reply = {}
+    while reply.get("parent_header", {}).get("msg_id") != request:
+        if not kernel.is_alive():
+            raise RuntimeError("the kernel died before the page started")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel did not clear its namespace within {timeout:.0f} s")
+        try:
+            reply = client.get_shell_msg(timeout=1)
+        except Empty:
+            continue
+    if reply["content"]["status"] != "ok":
+        raise RuntimeError(f"clearing the kernel failed: {reply['content'].get('evalue', '')}")
+
+
+@functools.cache
+def _engine() -> str:
+    """Register papermill's nbclient engine working through the run's one kernel client; its name.
+
+    papermill's own engine opens a client per notebook and waits for its IOPub to fall silent.
+    """
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.log import logger
+
+    class SharedClient(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, km=None, kc=None, **_):
+            notebook = PapermillNotebookClient(nb_man, km=km, kernel_name=kernel_name, log=logger,
+                                               log_output=log_output)
+            notebook.kc = kc
+            return notebook.execute()
+
+    papermill_engines.register("cmoscal", SharedClient)
+    return "cmoscal"
+
+
+def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel, client, first: bool) -> dict:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -118,9 +145,12 @@ def _execute(stage: str, run_dir: Path, params_file: Path, root: Path, kernel) -
     result = dict(stage=stage, notebook=source.name, html=target.with_suffix(".html").name, status="passed",
                   error="")
     try:
-        _clear(kernel)
+        if first:
+            _connect(client)
+        _clear(kernel, client)
         papermill.execute_notebook(source, target, parameters=dict(params_file=str(params_file), root=str(root)),
-                                   km=kernel, kernel_name=kernel.kernel_name, progress_bar=False,
+                                   engine_name=_engine(), km=kernel, kc=client, kernel_name=kernel.kernel_name,
+                                   progress_bar=False,
                                    request_save_on_cell_execute=False)  # written once, when the page is done
     except PapermillExecutionError as err:
         result.update(status="failed", error=f"cell {err.exec_count}: {err.ename}: {err.evalue}")
@@ -187,12 +217,13 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
     with hold(params["output_dir"], f"cmoscal report {params_file}"), tempfile.TemporaryDirectory() as sockets, \
             ThreadPoolExecutor(max_workers=1) as exporter:
         kernel = KernelManager(kernel_name=params["kernel"], transport="ipc", ip=str(Path(sockets) / "kernel"))
-        pages = []
+        pages, client = [], None
         try:
             kernel.start_kernel(cwd=str(NOTEBOOK_DIR))
+            client = kernel.blocking_client()  # after the start: it copies the connection info
             for i, stage in enumerate(stages, 1):
                 print(f"[{i}/{len(stages)}] {stage} ...", end=" ", flush=True)
-                result = _execute(stage, run_dir, used, Path(root).resolve(), kernel)
+                result = _execute(stage, run_dir, used, Path(root).resolve(), kernel, client, first=i == 1)
                 print(f"{result['status']} in {result['seconds']:.1f} s", flush=True)
                 for _, message in campaign_warnings(params["output_dir"], [stage]):
                     if message not in said:
@@ -204,6 +235,8 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
                 if result["status"] == "failed":
                     break
         finally:
+            if client is not None:
+                client.stop_channels()
             if kernel.has_kernel:
                 kernel.shutdown_kernel(now=True)
         for page in pages:

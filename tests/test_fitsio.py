@@ -1,0 +1,39 @@
+"""The product writer: streamed images are the bytes astropy writes."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from cmoscal.fitsio import write_hdus
+
+
+@pytest.mark.parametrize("primary", ["f4", "f8", "u1", "i2", "u2", "i4", None])
+def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alone(tmp_path, primary):
+    rng = np.random.default_rng(5)
+    shape = (301, 517)  # rows of odd length: the data ends inside a 2880-byte block and a buffer chunk
+    images = {"f4": rng.normal(size=shape).astype("f4"), "f8": rng.normal(size=(3,) + shape),
+              "u1": rng.integers(0, 256, shape).astype("u1"), "i2": rng.integers(-3000, 3000, shape).astype("i2"),
+              "u2": rng.integers(0, 65536, shape).astype("u2"), "i4": rng.integers(-9, 9, shape).astype("i4")}
+    images["f4"][0, 0] = np.nan
+    copies = {k: v.copy() for k, v in images.items()}
+    header = fits.Header([("BUNIT", "DN"), ("TEMP", -5.0, "degC")])
+    header.add_history("input: a.fits")
+    data = None if primary is None else images[primary]
+    table = fits.table_to_hdu(Table({"x": [1, 2], "name": ["a", "bb"]}))
+
+    write_hdus(tmp_path / "streamed.fits", data, header.copy(),
+               [(k.upper(), v, "DN") for k, v in images.items()] + [("TABLE", table, "")])
+
+    hdus = [fits.PrimaryHDU(data, header.copy())]
+    for k, v in images.items():
+        hdus.append(fits.ImageHDU(v, name=k.upper()))
+        hdus[-1].header["BUNIT"] = "DN"
+    hdus.append(fits.table_to_hdu(Table({"x": [1, 2], "name": ["a", "bb"]})))
+    hdus[-1].name = "TABLE"
+    fits.HDUList(hdus).writeto(tmp_path / "astropy.fits")
+    assert (tmp_path / "streamed.fits").read_bytes() == (tmp_path / "astropy.fits").read_bytes()
+    for k, v in images.items():
+        assert v.dtype.isnative and np.array_equal(v, copies[k], equal_nan=True)
+    with fits.open(tmp_path / "streamed.fits") as hdul:
+        assert np.array_equal(hdul["U2"].data, images["u2"]) and hdul["TABLE"].data["name"][1] == "bb"

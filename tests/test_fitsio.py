@@ -37,3 +37,26 @@ def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alo
         assert v.dtype.isnative and np.array_equal(v, copies[k], equal_nan=True)
     with fits.open(tmp_path / "streamed.fits") as hdul:
         assert np.array_equal(hdul["U2"].data, images["u2"]) and hdul["TABLE"].data["name"][1] == "bb"
+
+
+def test_streamed_checksums_verify_and_a_changed_byte_is_caught(tmp_path):
+    rng = np.random.default_rng(6)
+    images = [("SIGNAL", rng.normal(size=(3, 77, 131)).astype("f4"), "DN"),  # 3 * 77 * 131 * 4 bytes: whole words
+              ("DQ", rng.integers(0, 65536, (77, 131)).astype("u2"), ""),
+              ("COUNT", rng.integers(0, 256, (77, 131)).astype("u1"), "")]  # ends inside a word
+    table = fits.table_to_hdu(Table({"x": [1, 2]}))
+    path = write_hdus(tmp_path / "sums.fits", None, fits.Header([("BUNIT", "")]),
+                      images + [("TABLE", table, "")], checksum=True)
+    with fits.open(path, checksum=True) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SIGNAL", "DQ", "COUNT", "TABLE"]
+        assert all(h.verify_checksum() == 1 and h.verify_datasum() == 1 for h in hdul)
+        assert np.array_equal(hdul["DQ"].data, images[1][1]) and hdul["PRIMARY"].header["DATASUM"] == "0"
+    astropy_hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(data, name=name) for name, data, _ in images]
+    fits.HDUList(astropy_hdus).writeto(tmp_path / "astropy.fits", checksum=True)
+    with fits.open(path) as ours, fits.open(tmp_path / "astropy.fits") as theirs:
+        assert [h.header["DATASUM"] for h in ours][:4] == [h.header["DATASUM"] for h in theirs]
+    raw = bytearray(path.read_bytes())
+    raw[2880 * 3 + 100] ^= 1  # a bit of the first extension's data
+    (tmp_path / "bad.fits").write_bytes(bytes(raw))
+    with fits.open(tmp_path / "bad.fits") as hdul:
+        assert hdul["SIGNAL"].verify_datasum() == 0 and hdul["SIGNAL"].verify_checksum() == 0

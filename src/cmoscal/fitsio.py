@@ -298,41 +298,90 @@ def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -
 
 _STREAMED = {np.dtype(t) for t in ("u1", "i2", "u2", "i4", "f4", "f8")}
 _CHUNK = 1 << 20  # bytes converted at a time: the buffer stays in cache
+_EXCLUDED = b":;<=>?@[\\]^_`"  # punctuation the checksum's ASCII encoding avoids
 
 
 def _streamable(hdu) -> bool:
     return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and (hdu.data is None or hdu.data.dtype in _STREAMED)
 
 
-def _stream_image(f, hdu) -> None:
+def _word_sum(block) -> int:
+    """Sum of the big-endian 32-bit words of ``block`` (bytes-like; a last partial word padded with zeros)."""
+    raw = np.frombuffer(block, np.uint8)
+    whole = raw.size // 4 * 4
+    tail = bytes(raw[whole:]).ljust(4, b"\0") if whole < raw.size else b"\0" * 4
+    return int(raw[:whole].view(">u4").sum(dtype=np.uint64)) + int.from_bytes(tail, "big")
+
+
+def _fold(total: int) -> int:
+    """The 32-bit ones' complement sum of a sum of words (the carries added back)."""
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+def _encode_checksum(value: int) -> str:
+    """The 16-character ASCII form of a 32-bit checksum (FITS checksum convention, Seaman et al. 2012)."""
+    chars = bytearray(16)
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        quotient = byte // 4 + ord("0")
+        ch = [quotient + byte % 4, quotient, quotient, quotient]
+        for j in (0, 2):
+            while ch[j] in _EXCLUDED or ch[j + 1] in _EXCLUDED:
+                ch[j], ch[j + 1] = ch[j] + 1, ch[j + 1] - 1
+        for j in range(4):
+            chars[4 * j + i] = ch[j]
+    return (chars[15:] + chars[:15]).decode("ascii")
+
+
+def _stream_image(f, hdu, checksum: bool) -> None:
     """Write an image HDU as astropy would: its header, then the data big-endian through a small buffer.
 
     astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped
     values), or copies it, and writes it in one call; a small buffer is written at memory speed.
+    With ``checksum``, DATASUM and CHECKSUM are summed on the way and the header rewritten.
     """
-    f.write(hdu.header.tostring().encode("ascii"))
-    if hdu.data is None:
-        return
-    flat = np.ascontiguousarray(hdu.data).reshape(-1)
-    step = _CHUNK // flat.itemsize
-    buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
-    for start in range(0, flat.size, step):
-        out = buffer[:min(step, flat.size - start)]
-        if flat.dtype == np.uint16:  # stored as int16 with BZERO 32768 (the FITS convention astropy follows)
-            np.bitwise_xor(flat[start:start + step], 0x8000, out=out)
-        else:
-            out[...] = flat[start:start + step]
-        f.write(out)
-    f.write(bytes(-flat.nbytes % 2880))
+    header = hdu.header
+    if checksum:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        header["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {now}")
+        header["DATASUM"] = ("0", f"data unit checksum updated {now}")
+    start = f.tell()
+    f.write(header.tostring().encode("ascii"))
+    datasum = 0
+    if hdu.data is not None:
+        flat = np.ascontiguousarray(hdu.data).reshape(-1)
+        step = _CHUNK // flat.itemsize
+        buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
+        for first in range(0, flat.size, step):
+            out = buffer[:min(step, flat.size - first)]
+            if flat.dtype == np.uint16:  # stored as int16 with BZERO 32768 (the FITS convention astropy follows)
+                np.bitwise_xor(flat[first:first + step], 0x8000, out=out)
+            else:
+                out[...] = flat[first:first + step]
+            f.write(out)
+            if checksum:
+                datasum += _word_sum(out)  # chunks are whole words but the last
+        f.write(bytes(-flat.nbytes % 2880))
+    if checksum:
+        datasum = _fold(datasum)
+        header["DATASUM"] = str(datasum)
+        header["CHECKSUM"] = _encode_checksum(~_fold(_word_sum(header.tostring().encode("ascii")) + datasum)
+                                              & 0xFFFFFFFF)
+        end = f.tell()
+        f.seek(start)
+        f.write(header.tostring().encode("ascii"))
+        f.seek(end)
 
 
 def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, extensions=(),
                checksum: bool = False) -> Path:
     """Write a primary image and named image/table extensions atomically.
 
-    ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. Without checksums
-    the images are streamed (:func:`_stream_image`; the same bytes as astropy's), tables
-    appended by astropy.
+    ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. The images are
+    streamed (:func:`_stream_image`; without checksums the same bytes as astropy's), tables
+    appended by astropy; ``checksum`` adds CHECKSUM and DATASUM to every HDU.
     """
     hdus = [fits.PrimaryHDU(data=data, header=header)]
     for name, ext, bunit in extensions:
@@ -344,16 +393,16 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
             hdu.header["BUNIT"] = bunit
             hdus.append(hdu)
     hdul = fits.HDUList(hdus)
-    if checksum or not _streamable(hdus[0]):
+    if not _streamable(hdus[0]):
         return write_atomic(hdul, path, checksum)
     hdul.verify("exception")
     streamed = next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             for hdu in hdus[:streamed]:
-                _stream_image(f, hdu)
+                _stream_image(f, hdu, checksum)
         for hdu in hdus[streamed:]:
-            fits.append(tmp, hdu.data, hdu.header)
+            fits.append(tmp, hdu.data, hdu.header, checksum=checksum)
     return Path(path)
 
 

@@ -110,6 +110,8 @@ def dq_table(dq: np.ndarray | None = None) -> Table:
     table = Table(rows=[(int(np.log2(v)), v, name, text) for name, (v, text) in DQ_BITS.items()],
                   names=("BIT", "VALUE", "NAME", "DESCRIPTION"))
     if dq is not None:
-        table["NPIX"] = [int(np.count_nonzero(dq & v)) for v in table["VALUE"]]
+        per_value = np.bincount(np.asarray(dq, np.uint16).ravel(), minlength=1 << 16)  # pixels of each DQ value
+        values = np.arange(per_value.size)
+        table["NPIX"] = [int(per_value[(values & v) > 0].sum()) for v in table["VALUE"]]
         table["FRACTION"] = table["NPIX"] / dq.size
     return table

@@ -929,25 +929,46 @@ def pooled_variance(variance, nframes, out):
 
 
 # --- prediction and evaluation --------------------------------------------------------------------
-@_kernel((_in(_F8, 3), _in(_F8, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)))
+@njit(cache=True, nogil=True)
+def _linear(dark, cov, x, ln_t, r, c):
+    """lnA + slope x + gamma ln t of pixel (r, c) (``dark`` (3, ny, nx)) and its variance z^T C z from
+    the covariance planes ``cov`` (6, ny, nx) of :data:`COVARIANCE_PLANES`, z = (1, x, ln t)."""
+    z = (1.0, x, ln_t)
+    q = 0.0
+    for k in range(6):
+        i, j = COVARIANCE_PLANES[k]
+        q += (1.0 if i == j else 2.0) * z[i] * z[j] * cov[k, r, c]
+    return dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c], q
+
+
+@_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)))
 def predict_dark(dark, cov, x, ln_t, signal, variance):
     """Dark signal exp(lnA + slope x + gamma ln t) of every pixel and its variance, in one pass.
 
     ``dark`` (3, ny, nx) holds lnA, slope, gamma; ``cov`` (6, ny, nx) the covariance planes
-    :data:`COVARIANCE_PLANES`; ``x`` the temperature regressor and ``ln_t`` the log exposure of
-    the request. Writes ``signal`` and ``variance`` (ny, nx) float32: NaN where the model is.
+    :data:`COVARIANCE_PLANES` (float32, as the model file stores them); ``x`` the temperature
+    regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
+    (ny, nx) float32: NaN where the model is.
     """
-    z = (1.0, x, ln_t)
     for r in range(signal.shape[0]):
         for c in range(signal.shape[1]):
-            e = dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c]
+            e, q = _linear(dark, cov, x, ln_t, r, c)
             s = np.exp(min(e, _MAX_EXPONENT))
-            q = 0.0
-            for k in range(6):
-                i, j = COVARIANCE_PLANES[k]
-                q += (1.0 if i == j else 2.0) * z[i] * z[j] * cov[k, r, c]
             signal[r, c] = s
             variance[r, c] = s * s * q
+
+
+@_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))
+def predict_log_rate(dark, cov, x, ln_t, ln_rate, variance):
+    """ln of the dark rate DC / t of every pixel, lnA + slope x + (gamma - 1) ln t, and its variance.
+
+    Arguments as :func:`predict_dark`; writes ``ln_rate`` and ``variance`` (ny, nx) float64.
+    """
+    for r in range(ln_rate.shape[0]):
+        for c in range(ln_rate.shape[1]):
+            e, q = _linear(dark, cov, x, ln_t, r, c)
+            ln_rate[r, c] = e - ln_t
+            variance[r, c] = q
 
 
 @_kernel((_in(_F4, 2), _I8, _out(_F4, 2)))
@@ -1003,9 +1024,9 @@ def expected_variance(nframes, read_var, signal, inv_gain, bias_cov, temperature
 
 
 @_kernel((_in(_F4, 2), _in(_F4, 2), _in(_F4, 2), _in(_I2, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B,
-          _in(_B, 2), _in(_B, 2), _F8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3)))
+          _in(_B, 2), _in(_B, 2), _F8, _I8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3), _out(_F4, 2)))
 def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_gain, bias_cov, temperature, use_bias,
-                   good, hot, snr_min, factor, mae, mape, previews):
+                   good, hot, snr_min, factor, step, mae, mape, previews, sample):
     """Compare a synthetic frame with a master in one pass: residual maps, their sums and previews.
 
     Parameters
@@ -1020,12 +1041,16 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
         MAPE only where |master| > snr_min * sigma.
     factor : int
         Block size f of the previews.
+    step : int
+        Every ``step``-th pixel of ``good`` (in row-major order) goes into ``sample``.
     mae, mape : ndarray of float32, shape (ny, nx) (out)
         |prediction - master| [DN] and 100 |prediction - master| / |master| [%] (NaN where not
         significant).
     previews : ndarray of float32, shape (5, ny // f, nx // f) (out)
         NaN-aware f x f block means (as :func:`block_mean`) of master, prediction, mae, mape and
         z = (prediction - master) / sigma over ``good`` (NaN elsewhere).
+    sample : ndarray of float32, shape (2, >= ceil(pixels of good / step)) (out)
+        mae and mape of the sampled pixels of ``good`` (for medians).
 
     Returns
     -------
@@ -1040,6 +1065,7 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
     sums = np.zeros((2, 8))
     t2, tt2 = np.float32(temperature * temperature), np.float32(2 * temperature)
     gain = np.float32(inv_gain)
+    taken, skip = 0, 0  # pixels sampled; good pixels to pass before the next
     for row in range(ny):
         for col in range(nx):
             m, p = master[row, col], prediction[row, col]
@@ -1052,6 +1078,12 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
             usable = np.isfinite(r) and s > 0
             mae[row, col] = a
             mape[row, col] = 100.0 * a / abs(m) if significant else np.nan
+            if good[row, col]:
+                if skip == 0:
+                    sample[0, taken], sample[1, taken] = mae[row, col], mape[row, col]
+                    taken += 1
+                    skip = step
+                skip -= 1
             for k in range(2):
                 if usable and (good[row, col] if k == 0 else hot[row, col]):
                     sums[k, 0] += 1.0

@@ -23,11 +23,11 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
-from .darkfit import KELVIN, design, linear_variance, temperature_feature
+from .darkfit import KELVIN, temperature_feature
 from .errors import CampaignError, OutOfRangeWarning
-from .fitsio import provenance, write_atomic, write_hdus
+from .fitsio import provenance, write_hdus
 from .hotpix import dq_table
-from .kernels import predict_dark
+from .kernels import predict_dark, predict_log_rate
 from .products import MODEL_FILE
 
 __all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "write_synthetic"]
@@ -177,7 +177,7 @@ class CalibrationModel:
         signal, variance = (np.empty(self.dq.shape, np.float32) for _ in range(2))
         x = float(temperature_feature(temperature, self.tmin, self.form))
         predict_dark(np.ascontiguousarray(self.dark, dtype=np.float64),
-                     np.ascontiguousarray(self.dark_cov, dtype=np.float64), x, float(np.log(exptime)), signal, variance)
+                     np.ascontiguousarray(self.dark_cov, dtype=np.float32), x, float(np.log(exptime)), signal, variance)
         return signal, variance
 
     def _dark(self, temperature, exptime) -> np.ndarray:
@@ -189,9 +189,12 @@ class CalibrationModel:
 
     def log_rate(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
         """ln of the dark rate DC / t [DN/s] at (T, t), and its variance from the parameter covariance."""
-        z = design(temperature, exptime, self.tmin, self.form)
-        ln_rate = self.dark[0] + z[1] * self.dark[1] + z[2] * self.dark[2] - np.log(exptime)
-        return ln_rate, linear_variance(self.dark_cov, z)
+        ln_rate, variance = (np.empty(self.dq.shape) for _ in range(2))
+        x = float(temperature_feature(temperature, self.tmin, self.form))
+        predict_log_rate(np.ascontiguousarray(self.dark, dtype=np.float64),
+                         np.ascontiguousarray(self.dark_cov, dtype=np.float32), x, float(np.log(exptime)), ln_rate,
+                         variance)
+        return ln_rate, variance
 
     def dark_frame(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic full dark frame, bias + dark signal [DN]."""
@@ -235,15 +238,10 @@ class CalibrationModel:
                   ("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
                   ("DQ", self.dq, "")]
-        hdus = [fits.PrimaryHDU(header=header)]
-        for name, data, unit in images:
-            dtype = {"DQ": np.uint16, "DARK_NVALID": np.int16}.get(name, np.float32)
-            hdu = fits.ImageHDU(np.asarray(data, dtype=dtype), name=name)
-            hdu.header["BUNIT"] = unit
-            hdus.append(hdu)
-        hdus.append(fits.table_to_hdu(dq_table()))
-        hdus[-1].name = "DQ_DEF"
-        return write_atomic(fits.HDUList(hdus), path, checksum=True)
+        extensions = [(name, np.asarray(data, dtype={"DQ": np.uint16, "DARK_NVALID": np.int16}.get(name, np.float32)),
+                       unit) for name, data, unit in images]
+        return write_hdus(path, None, header, extensions + [("DQ_DEF", fits.table_to_hdu(dq_table()), "")],
+                          checksum=True)
 
     @classmethod
     def read(cls, path: str | Path) -> CalibrationModel:
@@ -284,7 +282,7 @@ class CalibrationModel:
                 dark[0] = np.log(native("DARK_A", np.float64))
             dark[1], dark[2] = hdul["DARK_B" if form == "exponential" else "DARK_EA"].data, hdul["DARK_GAMMA"].data
             return cls(bias_a=native("BIAS_A"), bias_b=native("BIAS_B"), bias_cov=native("BIAS_COV"),
-                       read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV", np.float64),
+                       read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV"),
                        chi2r=native("DARK_CHI2R"), nvalid=native("DARK_NVALID") if "DARK_NVALID" in names else None,
                        dq=native("DQ"), form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
                        trange=(h["TCALMIN"], h["TCALMAX"]), exprange=(h["TEXPMIN"], h["TEXPMAX"]),

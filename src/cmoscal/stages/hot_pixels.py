@@ -72,12 +72,13 @@ def run(params: dict) -> dict:
     write_table(table, out(params, "dark_model", "hot_pixels.ecsv"))
     header = model.header()
     header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
+    definitions = dq_table(dq)
     write_hdus(out(params, "dark_model", "dq_map.fits"), dq, header,
-               [("DQ_DEF", fits.table_to_hdu(dq_table(dq)), "")], checksum=True)
+               [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True)
     header["DESCRIP"], header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
     mask = ((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0).astype(np.uint8)
     write_hdus(out(params, "dark_model", "hot_pixel_mask.fits"), mask, header, checksum=True)
     model.write(out(params, MODEL_FILE))
     note(hot=int(hot.sum()), warm=int((~hot).sum()))
     return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
-                rate_ref=rate_ref, reference_temperature=tref, flagged=table, dq_table=dq_table(dq))
+                rate_ref=rate_ref, reference_temperature=tref, flagged=table, dq_table=definitions)

@@ -188,15 +188,20 @@ def read_stack(refs, rows: slice, scale: float, saturation: float, out: np.ndarr
 
 
 # --- products -----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4096)
-def _layout(path: str, mtime: int, ext):
+@functools.lru_cache(maxsize=1024)
+def _layouts(path: str, mtime: int) -> dict:
+    """Where the data of each image HDU of a product is, by index and by EXTNAME (one parse of the file):
+    (offset, dtype, shape, bscale, bzero)."""
+    found = {}
     with fits.open(path, mode="readonly", lazy_load_hdus=True) as hdul:
-        hdu = hdul[ext]
-        index = hdul.index_of(ext)
-        header = hdu.header
-        dtype = np.dtype(">" + _BITPIX[header["BITPIX"]])
-        shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
-        return hdul.fileinfo(index)["datLoc"], dtype, shape, header.get("BSCALE", 1), header.get("BZERO", 0)
+        for index, hdu in enumerate(hdul):
+            header = hdu.header
+            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or header["BITPIX"] not in _BITPIX:
+                continue
+            shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
+            found[index] = found[hdu.name] = (hdul.fileinfo(index)["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),
+                                              shape, header.get("BSCALE", 1), header.get("BZERO", 0))
+    return found
 
 
 def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
@@ -206,7 +211,11 @@ def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
     in native byte order, scaled when the extension has BSCALE/BZERO (e.g. uint16).
     """
     path = str(path)
-    offset, dtype, shape, bscale, bzero = _layout(path, os.stat(path).st_mtime_ns, ext)
+    layouts = _layouts(path, os.stat(path).st_mtime_ns)
+    key = ext.upper() if isinstance(ext, str) else ext
+    if key not in layouts:
+        raise KeyError(f"{path}: no image extension {ext!r}")
+    offset, dtype, shape, bscale, bzero = layouts[key]
     data = np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[..., rows, :])
     if bscale == 1 and bzero == 32768 and dtype.kind == "i" and dtype.itemsize == 2:  # uint16
         return (data.astype(np.int32) + 32768).astype(np.uint16)

@@ -246,11 +246,6 @@ def run(params: dict) -> dict:
         dropped_parts.append(part[6])
     dark, cov, chi2r, nvalid, flags, saturated = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
-    comparison = compare_models(params, sample_inputs(params, index, inv_gain), options, tmin, fit_gamma)
-    write_table(comparison, out(params, "dark_model", "model_comparison.ecsv"))
-    if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
-        warnings.warn(f"dark_form={params['dark_form']} but {comparison.meta['verdict']}: consider dark_form: "
-                      f"{comparison.meta['better']}", CampaignWarning, stacklevel=2)
     bias = bias_stage.load(params)
     dq = np.where(saturated, DQ_BITS["SATURATED"][0], 0).astype(np.uint16)
     for flag, bit in FIT_DQ.items():
@@ -272,7 +267,13 @@ def run(params: dict) -> dict:
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
-    concurrently([lambda: write_maps(params, model), lambda: model.write(out(params, MODEL_FILE))], params)
+    *_, comparison = concurrently([lambda: model.write(out(params, MODEL_FILE)), lambda: write_maps(params, model),
+                                   lambda: compare_models(params, sample_inputs(params, index, inv_gain), options,
+                                                          tmin, fit_gamma)], params)
+    write_table(comparison, out(params, "dark_model", "model_comparison.ecsv"))
+    if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
+        warnings.warn(f"dark_form={params['dark_form']} but {comparison.meta['verdict']}: consider dark_form: "
+                      f"{comparison.meta['better']}", CampaignWarning, stacklevel=2)
     note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
     return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,

@@ -37,8 +37,23 @@ def test_compare_gives_the_numpy_residual_statistics_and_previews():
     significant = np.abs(master) > 5.0 * np.sqrt(variance)
     assert np.isclose(stats["mape_share"], (significant & use).sum() / use.sum())
     assert np.allclose(mape[significant], 100 * np.abs(residual[significant] / master[significant]), rtol=1e-6)
+    for name, values in (("mae_median", mae[good]), ("mape_median", mape[good])):
+        assert stats[name] == np.median(values[np.isfinite(values)])
     factor = 4  # ceil(56 / 16): pure noise averaged over 4 x 4 pixels, scaled back to sigma 1
     expected = [downsample(image, 16) for image in (master, synthetic, mae, mape, np.where(use, z, np.nan))]
     expected[4] *= factor
     for shown, image in zip(previews, expected):
         assert shown.shape == (10, 14) and np.allclose(shown, image, rtol=1e-6, equal_nan=True)
+
+
+def test_medians_on_a_large_sensor_use_every_fourth_good_pixel():
+    rng = np.random.default_rng(4)
+    shape = (1030, 1030)  # more than 2^20 good pixels
+    master = rng.uniform(50, 150, shape).astype(np.float32)
+    synthetic = (master + rng.normal(0, 3, shape)).astype(np.float32)
+    noise = Noise(np.full((1, *shape), 4, np.int16), np.full(shape, 9, np.float32), 0.5)
+    good = rng.random(shape) > 0.01
+    mae, mape, stats, _ = compare(synthetic, master, np.zeros(shape, np.float32), noise, 0.0, good, ~good, 3.0)
+    sample = mae[good][::4], mape[good][::4]
+    assert stats["mae_median"] == np.median(sample[0])
+    assert stats["mape_median"] == np.median(sample[1][np.isfinite(sample[1])])

@@ -199,7 +199,7 @@ def _layouts(path: str, mtime: int) -> dict:
             if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or header["BITPIX"] not in _BITPIX:
                 continue
             shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
-            found[index] = found[hdu.name] = (hdul.fileinfo(index)["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),
+            found[index] = found[hdu.name] = (hdu.fileinfo()["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),
                                               shape, header.get("BSCALE", 1), header.get("BZERO", 0))
     return found
 
@@ -318,8 +318,8 @@ def _word_sum(block) -> int:
     """Sum of the big-endian 32-bit words of ``block`` (bytes-like; a last partial word padded with zeros)."""
     raw = np.frombuffer(block, np.uint8)
     whole = raw.size // 4 * 4
-    tail = bytes(raw[whole:]).ljust(4, b"\0") if whole < raw.size else b"\0" * 4
-    return int(raw[:whole].view(">u4").sum(dtype=np.uint64)) + int.from_bytes(tail, "big")
+    tail = int.from_bytes(bytes(raw[whole:]).ljust(4, b"\0"), "big")
+    return int(raw[:whole].view(">u4").sum(dtype=np.uint64)) + tail
 
 
 def _fold(total: int) -> int:

@@ -2,10 +2,11 @@
 
 All notebooks of a run execute in one Jupyter kernel (started once, IPC transport) through
 one client, so the modules are imported once; each page is converted to HTML in the background
-while the next notebook runs. A run folder ``report_dir/<run-id>/`` keeps, per stage, the executed notebook
-and its HTML page (code hidden, figures embedded), plus the parameters used, the inputs,
-``manifest.json`` (software versions and timings) and ``index.html``; ``report_dir/latest``
-points to the newest run. The index's verdict always describes the products on disk.
+while the next notebook runs. A run folder ``report_dir/<run-id>/`` keeps, per stage, the
+executed notebook and its HTML page (code hidden, figures embedded), plus the parameters used,
+the inputs, ``manifest.json`` (software versions and timings) and ``index.html``;
+``report_dir/latest`` points to the newest run. The index's verdict always describes the
+products on disk.
 """
 
 from __future__ import annotations

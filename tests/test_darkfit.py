@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from numba import njit
 
 from cmoscal.darkfit import compare_forms, covariance_matrix, design, fit_dark, fit_loglinear, predict, predict_variance
-from cmoscal.kernels import FIT_FLAGS
+from cmoscal.kernels import FIT_FLAGS, _exp
 from cmoscal.noise import Noise
 
 T = np.repeat([-10.0, -5, 0, 5, 10, 15, 20, 25], 5)
@@ -180,3 +181,17 @@ def test_out_of_bounds_fits_fall_back_and_predictions_stay_finite():
 def test_unknown_form_is_an_error():
     with pytest.raises(ValueError, match="unknown form"):
         design(T, t, -10.0, "linear")
+
+
+@njit
+def _exp_of(values, out):
+    for i in range(values.size):
+        out[i] = _exp(values[i])
+
+
+def test_the_fit_s_inline_exp_is_within_one_ulp_of_libm():
+    x = np.concatenate([np.random.default_rng(8).uniform(-700, 700, 200_000),
+                        [0.0, -80.0, 80.0, 0.5 * np.log(2), -0.5 * np.log(2), 1e-300]])
+    out = np.empty_like(x)
+    _exp_of(x, out)
+    assert np.max(np.abs(out - np.exp(x)) / np.spacing(np.exp(x))) <= 1 and out[x == 0] == 1.0

@@ -15,8 +15,10 @@ import functools
 import threading
 
 import numpy as np
+from llvmlite import ir
 from numba import njit
 from numba import types as nt
+from numba.extending import intrinsic
 
 __all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "compile_kernels",
            "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame",
@@ -301,6 +303,33 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
             nclip[r, x] = k[x] - m
 
 
+# --- an exp that vectorizes ---------------------------------------------------------------------
+# numba's exp calls libm once per value (the PyPI build of its LLVM has no vector math library):
+# 5 ns a value, a fifth of the dark fit. This one is inline arithmetic, so a loop over samples runs
+# it on whole vector registers (about 1 ns a value); it is within 1 ulp of libm for |x| <= 700.
+_INV_LN2, _LN2_HI, _LN2_LO = 1.4426950408889634, 6.93147180369123816490e-01, 1.90821492927058770002e-10
+
+
+@intrinsic
+def _as_float(typingctx, bits):
+    """The float64 whose IEEE 754 bits are the int64 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return nt.float64(nt.int64), codegen
+
+
+@njit(cache=True)
+def _exp(x):
+    """e**x for |x| <= 700: x = k ln2 + r with |r| <= ln2 / 2, e**r by its Taylor series to r**13
+    (truncation below 1e-17 relative), times 2**k built from its exponent bits."""
+    k = np.floor(x * _INV_LN2 + 0.5)
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
+        1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r * (
+            1 / 479001600 + r / 6227020800))))))))))))
+    return p * _as_float((np.int64(k) + 1023) << 52)
+
+
 # --- the dark fit -------------------------------------------------------------------------------
 # The per-sample loops below keep their sums in scalars (Z always has 3 columns; those beyond P
 # are not used): sums held in the small H and g arrays went through memory on every sample.
@@ -308,8 +337,9 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
 def _model(Z, offset, theta, P, out):
     t0, t1, t2 = theta[0], theta[1] if P > 1 else 0.0, theta[2] if P > 2 else 0.0
     for i in range(Z.shape[0]):
-        e = offset[i] + Z[i, 0] * t0 + Z[i, 1] * t1 + Z[i, 2] * t2
-        out[i] = np.exp(min(max(e, -_MAX_EXPONENT), _MAX_EXPONENT))
+        out[i] = min(max(offset[i] + Z[i, 0] * t0 + Z[i, 1] * t1 + Z[i, 2] * t2, -_MAX_EXPONENT), _MAX_EXPONENT)
+    for i in range(Z.shape[0]):  # a loop of its own, over contiguous values: it vectorizes
+        out[i] = _exp(out[i])
 
 
 @njit(cache=True, error_model="numpy")

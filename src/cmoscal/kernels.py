@@ -410,13 +410,14 @@ def _solve(A, b, P, x, work):
 def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
+    for i in range(y.shape[0]):  # a loop of its own: the divisions vectorize
+        weights[i] = 1.0 / (base[i] + shot[i] * m[i])
     sums = (0.0,) * 9
     chi2 = 0.0
     for i in range(y.shape[0]):
         if not valid[i]:
             continue
-        w = 1.0 / (base[i] + shot[i] * m[i])
-        weights[i] = w
+        w = weights[i]
         r = y[i] - m[i]
         chi2 += w * r * r
         wm = w * m[i]

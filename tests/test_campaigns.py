@@ -181,7 +181,8 @@ def test_two_temperatures_give_n_a_checks_and_no_absurd_numbers(tmp_path):
     (dict(temperatures=(-5,)), r"darks cover 1 temperature \(-[45]\.\d degC\): the dark model needs >= 2, "
                                r"leave-one-out >= 3"),
     (dict(bias_frames=0), "no usable bias frames"),
-    (dict(bias_frames=1), "every bias group has 1 frame: the read noise needs a bias group of >= 2 frames"),
+    (dict(bias_frames=1, temperatures=(-10, 10)), "every bias group has 1 frame and there are 2: the read noise needs "
+                                                  "a bias group of >= 2 frames or biases at >= 3 temperatures"),
 ])
 def test_a_campaign_that_cannot_be_calibrated_stops_after_the_inventory(tmp_path, layout, message):
     simulate_campaign(tmp_path, **{**SMALL, **layout, "seed": 37})

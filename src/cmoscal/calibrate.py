@@ -48,13 +48,9 @@ def mask_value(names) -> int:
 def _conditions(header, params: dict, temperature, exptime) -> tuple[float, float]:
     """The frame's temperature [degC] and exposure [s]: given, else from its header (the inventory's rules)."""
     if temperature is None:
-        temperature = frame_temperature(header, params["temperature_keys"])[0]
-        if temperature is None:
-            raise CampaignError(f"no temperature (none of {', '.join(params['temperature_keys'])})")
+        temperature = frame_temperature(header, params)[0]
     if exptime is None:
-        exptime = frame_exposure(header, params["exposure_keys"], params["exposure_unit"])[0]
-        if exptime is None:
-            raise CampaignError(f"no exposure (none of {', '.join(params['exposure_keys'])})")
+        exptime = frame_exposure(header, params)[0]
     return float(temperature), float(exptime)
 
 
@@ -68,7 +64,7 @@ def calibrate_ccd(ccd: CCDData, model: CalibrationModel, params: dict, temperatu
         The raw frame in the camera's units (raw = DN x SCALEFAC of the model), with its header.
     model : CalibrationModel
     params : dict
-        temperature_keys, exposure_keys, exposure_unit (as the inventory reads them) and
+        temperature_keys, temperature_unit, exposure_keys, exposure_unit (as the inventory reads them) and
         calibration_mask (the DQ bits that make the MASK).
     temperature, exptime : float, optional
         degC and s; default from the header.

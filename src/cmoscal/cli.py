@@ -30,11 +30,25 @@ class ChecksFailed(Exception):
     """The run finished but a check failed (exit status 3)."""
 
 
+def _finite(text: str) -> float:
+    """A finite number (argparse type): nan and inf are refused by name."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _floats(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.replace(",", " ").split()]
+        values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected finite numbers separated by commas, got {text!r}")
+    return values
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -63,7 +77,9 @@ def _simulate(args) -> None:
     simulate_campaign(args.outdir, shape=args.shape, temperatures=args.temps, exptimes=args.exptimes,
                       frames=args.frames, bias_frames=args.bias_frames, law=args.law, bad_files=args.bad_files,
                       odd_files=args.odd_files, real_folder=args.real_folder, cosmics=args.cosmics,
-                      full_well=args.full_well, age=args.age, held_out=args.held_out, seed=args.seed)
+                      full_well=args.full_well, age=args.age, held_out=args.held_out, bitpix=args.bitpix,
+                      nan_pixels=args.nan_pixels, temperature_style=args.temperature_style,
+                      date_style=args.date_style, light_leak=args.light_leak, seed=args.seed)
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
@@ -125,10 +141,12 @@ def _report(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .products import hold
+    from .products import campaign_warnings, hold
     from .stages import evaluation, summary
 
     params = _load(args)
+    for _, message in campaign_warnings(params["output_dir"], ["inventory"]):
+        print(f"cmoscal: warning: {message}", file=sys.stderr)
     with hold(params["output_dir"], f"cmoscal evaluate {args.params}"):
         table = evaluation.run(params)["summary"]
         checks = summary.run(params)
@@ -141,7 +159,7 @@ def _evaluate(args) -> None:
 def _calibrate(args) -> None:
     from .config import default_params
     from .inventory import find_fits
-    from .model import MODEL_FILE, CalibrationModel
+    from .model import MODEL_FILE, usable_model
     from .stages.calibration import calibrate_files
 
     params = _load(args) if args.params else default_params()
@@ -158,7 +176,7 @@ def _calibrate(args) -> None:
             files.append((item, None))
         else:
             raise UserError(f"{item}: no such file or folder")
-    CalibrationModel.read(model)  # a one-line error when it is not a model
+    usable_model(model, "cmoscal calibrate")  # a one-line error when it is not a usable model
     table = calibrate_files(files, model, output, params, args.electrons)
     table["input", "status", "temperature", "exptime", "mean", "std", "noise"].pprint(max_lines=-1, max_width=-1)
     refused = table[table["status"] == "refused"]
@@ -171,9 +189,10 @@ def _calibrate(args) -> None:
 
 def _compare(args) -> None:
     from .compare import compare_models, describe
-    from .model import CalibrationModel
+    from .model import usable_model
 
-    result = compare_models(CalibrationModel.read(args.reference), CalibrationModel.read(args.current), args.sigma)
+    reference, current = (usable_model(path, "cmoscal compare") for path in (args.reference, args.current))
+    result = compare_models(reference, current, args.sigma)
     print(f"{args.current} against {args.reference}; dark rates compared at {result.temperature:.1f} degC, "
           f"{result.exptime:.3g} s")
     result.changes.pprint(max_lines=-1, max_width=-1)
@@ -184,9 +203,9 @@ def _compare(args) -> None:
 
 def _synth(args) -> None:
     from .inventory import frame_label
-    from .model import CalibrationModel, write_synthetic
+    from .model import usable_model, write_synthetic
 
-    model = CalibrationModel.read(args.model)
+    model = usable_model(args.model, f"cmoscal {args.command}")
     output = Path(args.output)
     exptime = getattr(args, "exptime", None)
     if output.is_dir() or not output.suffix:
@@ -199,6 +218,8 @@ def _synth(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .simulate import BITPIXES, DATE_STYLES, TEMPERATURE_STYLES
+
     parser = argparse.ArgumentParser(prog="cmoscal", description="Per-pixel bias and dark calibration of CMOS "
                                      "cameras: models, synthetic frames, evaluation, reports.",
                                      epilog="exit status: 0 success, 1 error, 2 usage, 3 a check failed")
@@ -221,11 +242,20 @@ def _parser() -> argparse.ArgumentParser:
                    "a duplicate and a light-leak frame")
     p.add_argument("--real-folder", action="store_true", help="flats, lights, a second readout configuration, "
                    "a burst cube and NaN pixels in the folder")
-    p.add_argument("--cosmics", type=float, default=0.0, help="cosmic-ray hits per megapixel per second")
-    p.add_argument("--full-well", type=float, default=0.0, help="share of pixels reaching full well")
-    p.add_argument("--age", type=float, default=0.0, help="years of ageing: new hot pixels, shifted bias")
+    p.add_argument("--cosmics", type=_finite, default=0.0, help="cosmic-ray hits per megapixel per second")
+    p.add_argument("--full-well", type=_finite, default=0.0, help="share of pixels reaching full well")
+    p.add_argument("--age", type=_finite, default=0.0, help="years of ageing: new hot pixels, shifted bias")
     p.add_argument("--held-out", action="store_true", help="also dark frames between the calibrated (T, t), "
                    "in OUTDIR/held_out, to calibrate as science frames")
+    p.add_argument("--bitpix", type=int, choices=BITPIXES, default=16,
+                   help="how the frames store their values: 16 (uint16, default), 32, -32 or -64")
+    p.add_argument("--nan-pixels", type=_finite, default=0.0, help="share of NaN pixels in floating-point frames")
+    p.add_argument("--temperature-style", choices=TEMPERATURE_STYLES, default="degC",
+                   help="how CCD-TEMP is written: a degC number (default), a string with its unit ('-10.00 C'), "
+                   "degF or kelvin named by its comment, or only the set point SET-TEMP")
+    p.add_argument("--date-style", choices=DATE_STYLES, default="iso",
+                   help="how DATE-OBS is written: ISO (default), ISO with a space and UTC, or DD/MM/YY")
+    p.add_argument("--light-leak", action="store_true", help="one more dark with a 3000 DN light leak (not saturated)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sensor (default 0)")
     p.set_defaults(func=_simulate)
 
@@ -251,16 +281,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="what changed between two campaigns of the same sensor")
     p.add_argument("reference", help="output_dir (or calibration_model.fits) of the earlier campaign")
     p.add_argument("current", help="output_dir (or calibration_model.fits) of the later campaign")
-    p.add_argument("--sigma", type=float, default=5.0, help="significance threshold (default 5)")
+    p.add_argument("--sigma", type=_finite, default=5.0, help="significance threshold (default 5)")
     p.set_defaults(func=_compare)
 
     for name, text in (("synth-bias", "synthetic bias frame at a temperature"),
                        ("synth-dark", "synthetic dark frame at a temperature and exposure")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--model", required=True, help="output_dir of a campaign, or its calibration_model.fits")
-        p.add_argument("--temperature", type=float, required=True, help="degC")
+        p.add_argument("--temperature", type=_finite, required=True, help="degC")
         if name == "synth-dark":
-            p.add_argument("--exptime", type=float, required=True, help="s")
+            p.add_argument("--exptime", type=_finite, required=True, help="s")
             p.add_argument("--signal-only", action="store_true", help="dark signal alone, without the bias")
         p.add_argument("--output", required=True, help="FITS file, or a directory for the default name")
         p.add_argument("--raw16", action="store_true", help="quantized raw 16-bit convention instead of DN")

@@ -82,6 +82,16 @@ def _interval(value):
     return None
 
 
+def _iso_date(value):
+    from .inventory import observation_date
+
+    try:
+        observation_date(value if isinstance(value, str) else "?")
+    except ValueError:
+        return "must be an ISO date (YYYY-MM-DD[Thh:mm:ss])"
+    return None
+
+
 def _optional(check):
     return lambda value: None if value is None else check(value)
 
@@ -109,6 +119,7 @@ _CHECKS = {
     "frame_type_keys": _keywords,
     "temperature_keys": _keywords,
     "exposure_keys": _keywords,
+    "temperature_unit": _choice("auto", "degC", "K", "degF"),
     "exposure_unit": _choice("s", "ms", "us"),
     "gain_keys": _patterns,
     "readout_keys": _patterns,
@@ -116,6 +127,7 @@ _CHECKS = {
     "max_zero_fraction": _number(0, 1),
     "max_saturated_fraction": _number(0, 1),
     "max_nan_fraction": _number(0, 1),
+    "frame_outlier_sigma": _number(0, open_lo=True),
     "temperature_tolerance": _number(0, open_lo=True),
     "exptime_tolerance": _number(0, 1),
     "min_frames": _number(1, integer=True),
@@ -153,7 +165,7 @@ _CHECKS = {
     "instrument.detector": _text(optional=True),
     "instrument.author": _text(optional=True),
     "instrument.pedigree": _choice("GROUND", "INFLIGHT", "SIMULATION"),
-    "instrument.useafter": _text(optional=True),
+    "instrument.useafter": _optional(_iso_date),
     "max_exposure_factor": _number(1),
     "snr_min": _number(0),
     "loo_pixels": _number(0, integer=True),
@@ -162,7 +174,7 @@ _CHECKS = {
     "checks.loo_noise_max": _number(1),
     "checks.hot_fraction_max": _number(0, 1),
     "checks.rejected_fraction_max": _number(0, 1),
-    "kernel": _text(),
+    "kernel": _text(optional=True),
     "memory_budget": _number(0, open_lo=True),
     "progress": _flag_or_auto,
     "compute.scheduler": _text(),

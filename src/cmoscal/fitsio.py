@@ -29,7 +29,8 @@ from .compute import scratch
 from .kernels import decode_be16, mark_frame
 
 __all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "provenance", "read_image", "read_product",
-           "read_rows", "read_stack", "read_table", "reference", "write_atomic", "write_hdus", "write_table"]
+           "read_rows", "read_stack", "read_table", "reference", "set_card", "write_atomic", "write_hdus",
+           "write_table"]
 
 _BITPIX = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
@@ -251,10 +252,20 @@ def provenance(header: fits.Header, *, bunit: str, description: str, inputs=(), 
     header["CREATOR"] = (f"cmoscal {__version__}", "software that wrote this file")
     header["DATE"] = (datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC creation time")
     for key, value in keywords.items():
-        header[key.upper()] = value
+        set_card(header, key.upper(), value)
     for item in inputs:
         header.add_history(f"input: {item}")
     return header
+
+
+def set_card(header: fits.Header, key: str, value) -> None:
+    """``header[key] = value``, except a non-finite number (FITS holds none): left out, a COMMENT says so."""
+    number = value[0] if isinstance(value, tuple) else value
+    if isinstance(number, (float, np.floating)) and not np.isfinite(number):
+        header.remove(key, ignore_missing=True)
+        header.add_comment(f"{key} not stated: {number} (a FITS header holds finite numbers only)")
+    else:
+        header[key] = value
 
 
 def reference(params: dict, inventory_meta: dict, reftype: str) -> dict:
@@ -284,18 +295,25 @@ os.umask(_UMASK)  # read once: os.umask is process-wide, so never toggled while 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    A failure to write (no permission, disk full, ...) is one OSError naming ``path``, never
+    the temporary name, and leaves nothing behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are as readable as any file
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; products are as readable as any file
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -> Path:

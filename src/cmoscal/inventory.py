@@ -20,13 +20,14 @@ import os
 import re
 import warnings
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .errors import CampaignWarning
+from .errors import CampaignError, CampaignWarning
 from .fitsio import FrameRef, frames_in, read_rows
 
 __all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage",
@@ -36,9 +37,6 @@ __all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius",
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 COMPRESSED_SUFFIXES = (".fz", ".gz")
 KELVIN = 273.15
-_KELVIN_ABOVE = 150.0  # a "degC" reading above this is a kelvin reading
-_UNITS = (("us", 1e-6, r"\b(us|usec|microsec\w*|µs)\b"), ("ms", 1e-3, r"\b(ms|msec|millisec\w*)\b"),
-          ("s", 1.0, r"\b(s|sec|secs|seconds?)\b"))
 _SCALE_ROWS, _SCALE_FRAMES = 8, 8  # rows of frames read to recognise the raw scale
 _IDENTITY = ("INSTRUME", "TELESCOP", "DETECTOR")
 
@@ -110,27 +108,153 @@ def _number(header: fits.Header, keys):
     return None, ""
 
 
-def frame_temperature(header: fits.Header, keys):
-    """Sensor temperature [degC], the keyword, and a note when it was converted from kelvin."""
-    value, key = _number(header, keys)
-    if value is None:
-        return None, "", ""
-    comment = header.comments[key].lower()
-    if value > _KELVIN_ABOVE or re.search(r"\b(k|kelvin)\b", comment):
-        return value - KELVIN, key, f"{key}={value:g} read as kelvin"
-    return value, key, ""
+_VALUE = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*?)\s*")
+#: unit -> (its names, lower case; factor, offset to degC or s)
+TEMPERATURE_UNITS = {"degF": (("f", "degf", "deg f", "°f", "fahrenheit"), 5 / 9, -32 * 5 / 9),
+                     "K": (("k", "kelvin", "°k"), 1.0, -KELVIN),
+                     "degC": (("c", "degc", "deg c", "deg. c", "°c", "celsius", "centigrade", "deg", "degrees"),
+                              1.0, 0.0)}
+EXPOSURE_UNITS = {"us": (("us", "usec", "µs", "microsec", "microsecond", "microseconds"), 1e-6, 0.0),
+                  "ms": (("ms", "msec", "millisec", "millisecond", "milliseconds"), 1e-3, 0.0),
+                  "s": (("s", "sec", "secs", "second", "seconds"), 1.0, 0.0)}
+_WARMEST = 150.0  # degC: no sensor is calibrated above this; such a reading is a unit error
+_SET_POINT = re.compile(r"SET.*TEMP|TEMP.*SET|SETPOINT")
 
 
-def frame_exposure(header: fits.Header, keys, unit: str):
-    """Exposure [s], the keyword and the unit it was read in (from its comment, else ``unit``)."""
-    value, key = _number(header, keys)
-    if value is None:
-        return None, "", ""
-    comment = header.comments[key].lower()
-    for name, factor, pattern in _UNITS:
-        if re.search(pattern, comment):
-            return value * factor, key, name
-    return value * dict((u, f) for u, f, _ in _UNITS)[unit], key, unit
+def _named_unit(text: str, units: dict, whole: bool) -> str | None:
+    """The unit ``text`` names: all of it (a value's suffix), or a word of it (a keyword comment)."""
+    text = text.strip().lower()
+    for unit, (names, _, _) in units.items():
+        if whole and text.strip("[]() ") in names:
+            return unit
+        if not whole and any(re.search(rf"(?<![\w°]){re.escape(n)}(?![\w.])", text) for n in names):
+            return unit
+    return None
+
+
+def _reading(header: fits.Header, key: str, units: dict, default: str, what: str) -> tuple[float, str, str]:
+    """A header value converted by ``units``, the unit it was read in and where that came from.
+
+    The unit comes from the value (``'-10.0 C'``), else the keyword comment (``[degF]``), else
+    ``default``. Raises ValueError (the value quoted) when it is not a finite number or names
+    a unit that is not one of ``units``.
+    """
+    value = header[key]
+    suffix = ""
+    if isinstance(value, str):
+        match = _VALUE.fullmatch(value)
+        if not match:
+            raise ValueError(f"{key}={value!r} is not a number")
+        number, suffix = float(match[1]), match[2]
+    elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ValueError(f"{key} has no numeric value ({value!r})")
+    if not np.isfinite(number):
+        raise ValueError(f"{key}={value!r} is not a finite number")
+    unit, source = (_named_unit(suffix, units, True), "value") if suffix else (None, "")
+    if suffix and unit is None:
+        raise ValueError(f"{key}={value!r}: unit {suffix!r} is not a {what} unit ({', '.join(units)})")
+    if unit is None:
+        unit, source = _named_unit(header.comments[key], units, False), "comment"
+    if unit is None:
+        unit, source = default, "parameter"
+    _, factor, offset = units[unit]
+    return number * factor + offset, unit, source
+
+
+def frame_temperature(header: fits.Header, params: dict) -> tuple[float, str]:
+    """Sensor temperature [degC] of a frame and a note of how it was read ('' for a plain degC number).
+
+    The first of ``temperature_keys`` with a usable value is taken, in the unit its value or
+    comment names, else ``temperature_unit`` (auto: degC, kelvin above 150). A set point
+    (SET-TEMP) is used only when listed in ``temperature_keys``, and the note says so.
+
+    Raises
+    ------
+    CampaignError
+        No usable value: the values tried are quoted, and a set point in the header is named.
+    """
+    keys, unit = params["temperature_keys"], params["temperature_unit"]
+    problems = []
+    for key in (k for k in keys if k in header):
+        try:
+            value, read_as, source = _reading(header, key, TEMPERATURE_UNITS, "degC" if unit == "auto" else unit,
+                                              "temperature")
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if unit == "auto" and source == "parameter" and value > _WARMEST:
+            value, read_as, source = value - KELVIN, "K", f"value above {_WARMEST:g}"
+        if value <= -KELVIN:
+            problems.append(f"temperature {key}={header[key]!r} is {value:g} degC, below absolute zero")
+        elif value > _WARMEST:
+            problems.append(f"temperature {key}={header[key]!r} is {value:g} degC: no sensor is calibrated above "
+                            f"{_WARMEST:g} degC (set temperature_unit?)")
+        elif _SET_POINT.search(key):
+            return value, f"{key} is the set point, not a measured temperature"
+        else:
+            plain = read_as == "degC" and not isinstance(header[key], str)
+            name = {"K": "kelvin", "degF": "degF", "degC": "degC"}[read_as]
+            return value, "" if plain else f"temperature read as {name}: {key}={header[key]!r} (unit from its {source})"
+    if problems:
+        raise CampaignError("; ".join(problems))
+    set_points = [k for k in header if _SET_POINT.search(k) and k not in keys]
+    hint = (f"; {', '.join(set_points)} is the set point, not a measurement: add it to temperature_keys to use it"
+            if set_points else "")
+    raise CampaignError(f"no temperature (none of {', '.join(keys)}){hint}")
+
+
+def frame_exposure(header: fits.Header, params: dict) -> tuple[float, str]:
+    """Exposure [s] of a frame and a note of the unit it was read in ('' for plain seconds).
+
+    Raises
+    ------
+    CampaignError
+        No keyword of ``exposure_keys``, or a value that is not a non-negative number (quoted).
+    """
+    keys = params["exposure_keys"]
+    problems = []
+    for key in (k for k in keys if k in header):
+        try:
+            value, unit, source = _reading(header, key, EXPOSURE_UNITS, params["exposure_unit"], "time")
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if value < 0:
+            problems.append(f"exposure {key}={header[key]!r} is negative")
+            continue
+        plain = unit == "s" and not isinstance(header[key], str)
+        return value, "" if plain else f"exposure in {unit}: {key}={header[key]!r} (unit from its {source})"
+    raise CampaignError("; ".join(problems) or f"no exposure (none of {', '.join(keys)})")
+
+
+_ISO_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(?:\.\d*)?)?)?\s*(?:Z|UTC|UT)?")
+
+
+def observation_date(text: str) -> str:
+    """DATE-OBS as ISO 8601 (``YYYY-MM-DDThh:mm:ss``); '' when absent.
+
+    ISO dates with a space or T, fractional seconds and a Z/UTC suffix are read; the old
+    ``DD/MM/YY`` form and anything else is ambiguous or unknown.
+
+    Raises
+    ------
+    ValueError
+        The text is not an unambiguous date (the message quotes it).
+    """
+    text = str(text).strip()
+    if not text:
+        return ""
+    match = _ISO_DATE.fullmatch(text)
+    if match:
+        parts = [int(v or 0) for v in match.groups()]
+        try:
+            return datetime(*parts).strftime("%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            pass
+    raise ValueError(f"DATE-OBS {text!r} is not an ISO date (YYYY-MM-DD[Thh:mm:ss]); forms such as DD/MM/YY are "
+                     "ambiguous in day, month and century")
 
 
 def _frame_type(header: fits.Header, relative: Path, exposure: float, params: dict) -> str:
@@ -163,23 +287,38 @@ def _row(relative: Path, status: str = "rejected", reason: str = "") -> dict:
                 bzero=0.0, blank=-1, has_blank=False, saturate=np.nan, egain=np.nan)
 
 
+def _read_header(path: Path):
+    """Header and frames of a file, and the header cards astropy had to fix (one note); raises when unreadable."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("error", message=".*truncated.*")
+        warnings.simplefilter("ignore", ResourceWarning)  # astropy leaves a file open when it fails
+        header, refs = frames_in(path)
+        repr(header)  # astropy fixes (and says so) non-standard cards as they are read
+    messages = [str(w.message) for w in caught if issubclass(w.category, fits.verify.VerifyWarning)]
+    unfixable = [m for m in messages if "unfixable" in m.lower()]
+    if unfixable:
+        raise ValueError(unfixable[0].splitlines()[0])
+    fixed = [m.split(".")[0] for m in messages if "fixed" in m.lower()]
+    return header, refs, ("header fixed: " + "; ".join(fixed)) if fixed else ""
+
+
 def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]:
     """Inventory rows of one file (one per frame)."""
     relative = path.relative_to(raw_dir)
     row = _row(relative)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", fits.verify.VerifyWarning)
-            warnings.filterwarnings("error", message=".*truncated.*")
-            warnings.simplefilter("ignore", ResourceWarning)  # astropy leaves a file open when it fails
-            header, refs = frames_in(path)
+        header, refs, fixed = _read_header(path)
     except Exception as err:  # any failure to read is a reason to reject, never a crash
         return [dict(row, reason=f"unreadable FITS ({type(err).__name__}: {str(err).splitlines()[0][:120]})")]
     if not refs:
         return [dict(row, status="skipped", reason="no image data")]
-    clues[row["path"]] = {k: header[k] for k in header if re.search("TEMP|EXP", k) and k != "SET-TEMP"}
-    clues[row["path"]]["identity"] = tuple(str(header.get(k, "")).strip() for k in _IDENTITY)
-    clues[row["path"]]["date"] = str(header.get("DATE-OBS", "")).strip()
+    clue = clues[row["path"]] = {k: header[k] for k in header if re.search("TEMP|EXP", k)}
+    clue["identity"] = tuple(str(header.get(k, "")).strip() for k in _IDENTITY)
+    try:
+        clue["date"] = observation_date(header.get("DATE-OBS", ""))
+    except ValueError as err:
+        clue["date"], clue["bad_date"] = "", str(err)
     ref = refs[0]
     row.update(hdu=ref.hdu, shape=f"{ref.shape[0]}x{ref.shape[1]}", offset=ref.offset, bitpix=ref.bitpix,
                bscale=ref.bscale, bzero=ref.bzero, blank=-1 if ref.blank is None else ref.blank,
@@ -187,27 +326,25 @@ def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]
     level, _ = _number(header, ["SATURATE", "DATAMAX"])
     egain, _ = _number(header, params["gain_keys"])
     row.update(saturate=np.nan if level is None else level, egain=np.nan if egain is None else egain)
-    temperature, _, note = frame_temperature(header, params["temperature_keys"])
-    exposure, _, unit = frame_exposure(header, params["exposure_keys"], params["exposure_unit"])
-    kind = _frame_type(header, relative, exposure if exposure is not None else np.inf, params)
-    row.update(type=kind, note="; ".join(n for n in (note, f"exposure in {unit}" if unit not in ("", "s") else "")
-                                         if n))
+    values, notes, problems = {}, [fixed], []
+    for what, read in (("temperature", frame_temperature), ("exposure", frame_exposure)):
+        try:
+            values[what], note = read(header, params)
+            notes.append(note)
+        except CampaignError as err:
+            problems.append(str(err))
+    row.update(values)
+    exposure = values.get("exposure")
+    kind = _frame_type(header, relative, np.inf if exposure is None else exposure, params)
+    row.update(type=kind, note="; ".join(n for n in notes if n))
     if kind not in ("bias", "dark"):
         row.update(status="skipped", reason=f"{kind} frame: not a bias or dark")
-    elif temperature is None:
-        row["reason"] = f"no temperature (none of {', '.join(params['temperature_keys'])})"
-    elif temperature < -KELVIN:
-        row["reason"] = f"temperature {temperature:g} degC is below absolute zero"
-    elif exposure is None or exposure < 0:
-        row["reason"] = f"no exposure (none of {', '.join(params['exposure_keys'])})"
+    elif problems:
+        row["reason"] = "; ".join(problems)
     elif kind == "dark" and exposure <= 0:
         row["reason"] = "dark frame with zero exposure"
     else:
         row["status"] = "ok"
-    if temperature is not None:
-        row["temperature"] = temperature
-    if exposure is not None:
-        row["exposure"] = exposure
     return [dict(row, plane=r.plane, offset=r.offset) for r in refs]
 
 
@@ -261,16 +398,20 @@ def _power_of_two(values: np.ndarray) -> int:
     return 1
 
 
-def _raw_scale(table: Table, refs: dict, params: dict) -> tuple[float, list[str]]:
-    """The scale factor (raw / scale = DN) and warnings, from a few rows of a few frames."""
+def _raw_sample(table: Table, refs: dict) -> np.ndarray:
+    """Raw values of a few rows of a few usable frames (to recognise the raw scale and range)."""
     ok = np.flatnonzero(table["status"] == "ok")
     pick = ok[np.linspace(0, len(ok) - 1, min(len(ok), _SCALE_FRAMES)).astype(int)] if len(ok) else []
-    samples = []
+    samples = [np.array([])]
     for i in pick:
         ref = refs[i]
         step = max(1, ref.shape[0] // _SCALE_ROWS)
-        samples.append(np.concatenate([read_rows(ref, slice(y, y + 1)).ravel() for y in range(0, ref.shape[0], step)]))
-    values = np.concatenate(samples) if samples else np.array([])
+        samples += [read_rows(ref, slice(y, y + 1)).ravel() for y in range(0, ref.shape[0], step)]
+    return np.concatenate(samples)
+
+
+def _raw_scale(values: np.ndarray, params: dict) -> tuple[float, list[str]]:
+    """The scale factor (raw / scale = DN) and warnings, from a sample of raw values."""
     found = _power_of_two(values)
     if params["scale_factor"] == "auto":
         return float(found), []
@@ -284,8 +425,15 @@ def _raw_scale(table: Table, refs: dict, params: dict) -> tuple[float, list[str]
     return scale, []
 
 
-def _saturation(table: Table, refs: dict, scale: float, params: dict) -> tuple[float, list[str]]:
-    """Saturation [DN]: the parameter, else SATURATE/DATAMAX in the headers, else the ADC range of the data."""
+_UINT16_MAX = 65535
+
+
+def _saturation(table: Table, refs: dict, values: np.ndarray, scale: float, params: dict) -> tuple[float, list[str]]:
+    """Saturation [DN]: the parameter, else SATURATE/DATAMAX in the headers, else the ADC range of the data.
+
+    Floating-point frames have no integer range: when every sampled value is a whole number
+    within 0..65535 they hold 16-bit data (a capture program's float copy) and saturate there.
+    """
     if params["saturation"] != "auto":
         return float(params["saturation"]), []
     ok = table["status"] == "ok"
@@ -296,6 +444,10 @@ def _saturation(table: Table, refs: dict, scale: float, params: dict) -> tuple[f
         return float(Counter(stated).most_common(1)[0][0]) / scale, []
     tops = Counter(refs[i].adc_max for i in np.flatnonzero(ok))
     top = tops.most_common(1)[0][0] if tops else np.inf
+    finite = values[np.isfinite(values)]
+    if not np.isfinite(top) and finite.size and np.all(finite == np.round(finite)) and \
+            0 <= finite.min() and finite.max() <= _UINT16_MAX:
+        top = _UINT16_MAX
     if not np.isfinite(top):
         return np.inf, ["saturation: the frames are floating point and no header states a saturation level "
                         "(SATURATE, DATAMAX): no sample is excluded as saturated; set saturation if the sensor "
@@ -386,7 +538,12 @@ def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
     elif len(bias_T) < 3:
         notes.append(f"biases cover {len(bias_T)} temperatures: the bias leave-one-out needs >= 3 (shown as n/a)")
     if bias and max(n for _, _, n in bias) < 2:
-        problems.append("every bias group has 1 frame: the read noise needs a bias group of >= 2 frames")
+        if len(bias) < 3:
+            problems.append(f"every bias group has 1 frame and there are {len(bias)}: the read noise needs a bias "
+                            "group of >= 2 frames or biases at >= 3 temperatures")
+        else:
+            notes.append(f"every bias group has 1 frame: the read noise comes from the bias-fit residuals "
+                         f"({len(bias) - 2} degrees of freedom per pixel)")
     dark_T = set_points([T for T, _, _ in dark])
     exposures = sorted({round(t, 6) for _, t, _ in dark})
     two_d = params["dark_model"] == "2d" or (params["dark_model"] == "auto" and len(exposures) >= 2)
@@ -412,6 +569,25 @@ def coverage(table: Table, params: dict) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
+_NOT_CARDS = ("identity", "date", "bad_date")  # what a file's clues hold besides its temperature/exposure cards
+
+
+def _header_warnings(table: Table, clues: dict) -> list[str]:
+    """Frames whose temperature is a set point, and dates of frames used that are not read."""
+    ok = table["status"] == "ok"
+    messages = []
+    set_point = ok & np.array(["is the set point" in n for n in table["note"]], dtype=bool)
+    if set_point.any():
+        messages.append(f"{int(set_point.sum())} frame(s) take their temperature from a set point "
+                        f"({table['note'][set_point][0].split(' is the')[0]}), not a measured one: the sensor may "
+                        "differ from it, and the models with it")
+    bad = [clues[p]["bad_date"] for p in sorted(set(table["path"][ok])) if "bad_date" in clues.get(p, {})]
+    if bad:
+        messages.append(f"{len(bad)} file(s) used have a DATE-OBS that is not read: {bad[0]}. USEAFTER and "
+                        "PEDIGREE leave them out (set instrument.useafter)")
+    return messages
+
+
 def _rejection_summary(table: Table, clues: dict) -> list[str]:
     """When most calibration files are rejected: the top reasons and the keywords their headers do have."""
     considered = table["status"] != "skipped"
@@ -424,7 +600,7 @@ def _rejection_summary(table: Table, clues: dict) -> list[str]:
     examples = {}
     for path in rejected["path"]:
         for key, value in clues.get(path, {}).items():
-            if key not in ("identity", "date"):
+            if key not in _NOT_CARDS:
                 keys[key] += 1
                 examples.setdefault(key, value)
     found = ", ".join(f"{k}={examples[k]!r}" for k, _ in keys.most_common(6))
@@ -472,13 +648,14 @@ def build_inventory(params: dict) -> Table:
     table["group_exptime"] = np.full(len(table), np.nan)
     table.meta.update(raw_dir=str(raw_dir), shape=shape, readout=readout)
     refs = dict(zip(np.flatnonzero(table["status"] == "ok"), frame_refs(table, table["status"] == "ok")))
-    scale, messages = _raw_scale(table, refs, params)
-    saturation, more = _saturation(table, refs, scale, params)
+    values = _raw_sample(table, refs)
+    scale, messages = _raw_scale(values, params)
+    saturation, more = _saturation(table, refs, values, scale, params)
     _assign_groups(table, params)
     for name in ("path", "type", "readout", "shape", "group", "status", "reason", "note"):
         table[name] = table[name].astype(str)
     problems, notes = coverage(table, params)
-    messages += more + _exposure_warnings(table) + _rejection_summary(table, clues)
+    messages += more + _exposure_warnings(table) + _header_warnings(table, clues) + _rejection_summary(table, clues)
     used = [clues[p] for p in set(table["path"][table["status"] == "ok"]) if p in clues]
     identity = Counter(c["identity"] for c in used).most_common(1)
     dates = sorted(c["date"] for c in used if c["date"])

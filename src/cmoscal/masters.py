@@ -25,8 +25,9 @@ from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 
-__all__ = ["MasterSet", "combine", "frame_problem", "gain_sums", "group_noise", "inverse_gain", "load_masters",
-           "make_master", "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
+__all__ = ["MasterSet", "combine", "frame_levels", "frame_problem", "gain_sums", "group_noise", "inverse_gain",
+           "level_departure", "load_masters", "make_master", "master_index", "master_path", "pixel_series",
+           "summarize_masters", "write_master"]
 
 _EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
 
@@ -56,6 +57,50 @@ def frame_problem(counts, npix: int, params: dict) -> str:
     if nnan > params["max_nan_fraction"] * npix:
         return f"{nnan / npix:.0%} of pixels are NaN"
     return ""
+
+
+def _robust_sigma(values: np.ndarray, axis=None) -> np.ndarray:
+    """1.4826 x the median absolute deviation, NaN ignored."""
+    median = np.nanmedian(values, axis=axis, keepdims=True)
+    return 1.4826 * np.nanmedian(np.abs(values - median), axis=axis)
+
+
+def frame_levels(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Level (median) and spatial robust sigma [DN] of each frame of a (N, rows, X) sample (bias removed)."""
+    flat = sample.reshape(len(sample), -1)
+    flat = np.where(np.isfinite(flat), flat, np.nan)
+    return np.nanmedian(flat, axis=1), _robust_sigma(flat, axis=1)
+
+
+def level_departure(level: float, expected: float, sigma: float, kind: str, params: dict) -> str:
+    """Why a frame's level is not its group's ('' when it is): ``frame_outlier_sigma`` x ``sigma`` beyond
+    ``expected`` and, for darks, more than a factor of two from it (what no temperature error explains)."""
+    departure = level - expected
+    limit = params["frame_outlier_sigma"] * sigma
+    if not np.isfinite(departure) or abs(departure) <= limit:
+        return ""
+    if kind == "dark" and expected > 0 and level > 0 and 0.5 <= level / expected <= 2:
+        return ""
+    return (f"level {level:.1f} DN departs by {departure:+.1f} DN ({abs(departure) / max(sigma, 1e-9):.0f} sigma) "
+            f"from the {expected:.1f} DN of its group (light leak or shutter fault?)")
+
+
+def _level_outliers(sample: np.ndarray, kind: str, params: dict) -> list[str]:
+    """Reasons (or '') for the frames of a group of >= 3 whose level departs from the others' (sample rows, bias
+    removed): the median departure of each from the per-pixel median, against the pixels' scatter (the median
+    over frame pairs of the robust sigma of their difference, / sqrt 2)."""
+    n = len(sample)
+    if n < 3:
+        return [""] * n
+    flat = sample.reshape(n, -1)
+    finite = flat[:, np.isfinite(flat).all(axis=0)]  # pixels valid in every frame
+    if not finite.size:
+        return [""] * n
+    departure = np.median(finite - np.median(finite, axis=0), axis=1)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)][:64]
+    sigma = float(np.median([_robust_sigma(finite[i] - finite[j]) for i, j in pairs])) / np.sqrt(2)
+    reference = float(np.median(finite))
+    return [level_departure(reference + d, reference, sigma, kind, params) for d in departure]
 
 
 def _fingerprint(frame: np.ndarray, whole: bool = False) -> bytes:
@@ -190,7 +235,7 @@ def _remove_bias(stack, source, temperatures, rows) -> None:
 
 
 def make_master(refs, names, temperatures, exptime, kind, path, params, scale, saturation, bias_source=None,
-                read_noise_map=None) -> dict:
+                read_noise_map=None, excluded=None) -> dict:
     """Read, judge, combine and write the master of one group (a task: a thread or a dask worker).
 
     Every frame is read once when the group fits the tile budget; a larger group is judged
@@ -213,13 +258,20 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
         Bias to remove from each frame (darks), see :func:`_remove_bias`.
     read_noise_map : Path, optional
         Read noise [DN], for the gain sums of dark groups.
+    excluded : dict, optional
+        Frame index -> reason: frames already judged unusable (by their neighbouring groups).
+
+    A frame is rejected when unusable on its own (:func:`frame_problem`), a duplicate, or, in a
+    group of >= 3, when its level departs from the others' (:func:`level_departure`).
 
     Returns
     -------
     dict
         path, frames (name, status, reason, saturated and NaN fractions per frame), nbytes read,
-        noise (the group's clipping noise model), gain sums (over the fixed sample rows), clipped samples.
+        noise (the group's clipping noise model), gain sums (over the fixed sample rows), clipped samples,
+        levels (level and spatial sigma [DN] of each frame used, on the sample rows, bias removed).
     """
+    excluded = excluded or {}
     ny, nx = refs[0].shape
     npix = ny * nx
     typical_read_var = None
@@ -231,7 +283,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     if one_pass:
         stack, counts, nbytes = read_stack(refs, slice(None), scale, saturation,
                                            scratch("stack", (len(refs), ny, nx), np.float32))
-        reasons = [frame_problem(c, npix, params) for c in counts]
+        reasons = [excluded.get(i) or frame_problem(c, npix, params) for i, c in enumerate(counts)]
         prints = {}
         for i, reason in enumerate(reasons):
             if not reason:
@@ -246,7 +298,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             frame, c, n = read_stack([ref], slice(None), scale, saturation)
             nbytes += n
             counts.append(c[0])
-            reason = frame_problem(c[0], npix, params)
+            reason = excluded.get(i) or frame_problem(c[0], npix, params)
             key = _fingerprint(frame[0], whole=True)
             if not reason and key in prints:
                 reason = f"duplicate of {names[prints[key]]}"
@@ -254,23 +306,36 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             reasons.append(reason)
         counts = np.array(counts)
     good = [i for i, r in enumerate(reasons) if not r]
+    if good and one_pass:
+        stack = stack[good] if len(good) < len(refs) else stack
+        if bias_source is not None:
+            _remove_bias(stack, bias_source, [temperatures[i] for i in good], slice(None))
+        sample = stack[:, rows]
+    elif good:
+        sample = np.concatenate([read_stack([refs[i] for i in good], slice(y, y + 1), scale, saturation)[0]
+                                 for y in rows], axis=1)
+        if bias_source is not None:
+            _remove_bias(sample, bias_source, [temperatures[i] for i in good], rows)
+    if good:
+        departs = _level_outliers(sample, kind, params)
+        for i, reason in zip(good, departs):
+            reasons[i] = reason
+        keep = [k for k, reason in enumerate(departs) if not reason]
+        good = [good[k] for k in keep]
+        sample = sample[keep]
+        if one_pass and len(keep) < len(departs):
+            stack = stack[keep]
     frames = [(names[i], "rejected" if r else "used", r, counts[i][0] / npix, counts[i][2] / npix)
               for i, r in enumerate(reasons)]
     if not good:
-        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=np.zeros(5), clipped=0)
+        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=np.zeros(5), clipped=0,
+                    levels=[])
     use_refs = [refs[i] for i in good]
     use_T = [temperatures[i] for i in good]
+    noise = group_noise(sample, typical_read_var)
     if one_pass:
-        stack = stack[good] if len(good) < len(refs) else stack
-        if bias_source is not None:
-            _remove_bias(stack, bias_source, use_T, slice(None))
-        noise = group_noise(stack[:, rows], typical_read_var)
         parts = [combine(stack, params["combine"], params["clip_sigma"], noise)]
     else:
-        sample = np.concatenate([read_stack(use_refs, slice(y, y + 1), scale, saturation)[0] for y in rows], axis=1)
-        if bias_source is not None:
-            _remove_bias(sample, bias_source, use_T, rows)
-        noise = group_noise(sample, typical_read_var)
         band_rows = max(1, int(tile_budget(params) // (len(good) * nx * 4 * 3)))
         parts = []
         for start in range(0, ny, band_rows):
@@ -292,7 +357,9 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
                       "nearest: the master bias nearest in temperature")
     write_master(path, combined, kind=kind, temperatures=use_T, exptime=exptime, inputs=inputs, params=params,
                  scale=scale, saturation=saturation, noise=noise, rejected=rejected, subtracted=subtracted, gain=gain)
-    return dict(path=path, frames=frames, nbytes=nbytes, noise=noise, gain=gain, clipped=int(combined[4].sum()))
+    levels = [(names[i], *values) for i, *values in zip(good, *frame_levels(sample))]
+    return dict(path=path, frames=frames, nbytes=nbytes, noise=noise, gain=gain, clipped=int(combined[4].sum()),
+                levels=levels)
 
 
 def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:

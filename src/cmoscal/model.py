@@ -25,17 +25,18 @@ from astropy.io import fits
 from .bias import bias_at, bias_variance_at
 from .darkfit import KELVIN, temperature_feature
 from .errors import CampaignError, OutOfRangeWarning
-from .fitsio import provenance, write_hdus
+from .fitsio import provenance, set_card, write_hdus
 from .hotpix import dq_table
 from .kernels import predict_dark, predict_log_rate
-from .products import MODEL_FILE
+from .products import LEDGER, MODEL_FILE, require_current
 
-__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "write_synthetic"]
+__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "usable_model", "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
-         "TREFHOT": "degC, reference of hot_rate_min",
+         "RNSOURCE": "what READ_NOISE comes from",
+         "TREFHOT": "degC, reference of hot_rate_min", "DQCLASS": "DQ has the hot_pixels classification",
          "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
          "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
          "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}
@@ -221,7 +222,7 @@ class CalibrationModel:
         header.add_comment("BIAS, A (bias) and DC in DN; T, TMIN in degC; T_K = T + 273.15; t in s; "
                            "dark A in DN/s^gamma, B in 1/degC, EA in eV")
         for key, value in self.meta.items():
-            header[key] = (value, _META.get(key, ""))
+            set_card(header, key, (value, _META.get(key, "")))
         for line in self.history:
             header.add_history(line)
         return header
@@ -290,6 +291,29 @@ class CalibrationModel:
                        prior=tuple(float(h.get(k, np.nan)) for k in _PRIOR),
                        meta={k: h[k] for k in _META if k in h},
                        history=[str(line) for line in h.get("HISTORY", [])])
+
+
+def usable_model(path: str | Path, user: str) -> CalibrationModel:
+    """The model at ``path`` (an output_dir or its file) for ``user`` to apply, if it may be used.
+
+    Where a ledger is beside the file, the hot_pixels stage must be current (it wrote the DQ
+    after the fit); a file alone must say that its DQ holds the classification (DQCLASS).
+
+    Raises
+    ------
+    CampaignError
+        A stale model, or one whose DQ lacks the hot-pixel classification; the message says
+        which stages to run.
+    """
+    path = Path(path)
+    path = path / MODEL_FILE if path.is_dir() else path
+    if (path.parent / LEDGER).exists():
+        require_current(path.parent, "hot_pixels", user)
+    model = CalibrationModel.read(path)
+    if model.meta.get("DQCLASS") is False:
+        raise CampaignError(f"{path}: its DQ lacks the warm and hot pixels (the dark_model stage wrote it and the "
+                            "hot_pixels stage has not run since): run the hot_pixels stage first")
+    return model
 
 
 @functools.lru_cache(maxsize=1)

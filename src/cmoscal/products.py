@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .errors import CampaignWarning, LockError
+from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "LEDGER", "MODEL_FILE", "campaign_warnings", "hold", "ledger", "note", "out", "require",
-           "stage", "stage_states"]
+           "require_current", "stage", "stage_states"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
@@ -185,6 +185,33 @@ def stage_states(output_dir) -> dict:
     return states
 
 
+def _upstream(name: str) -> set:
+    """``name`` and every stage whose products it reads, directly or not."""
+    found = {name}
+    for dep in DEPENDS[name]:
+        found |= _upstream(dep)
+    return found
+
+
+def require_current(output_dir, name: str, user: str) -> None:
+    """Refuse, naming what to rerun, when the products of stage ``name`` in ``output_dir`` are not current.
+
+    Raises
+    ------
+    CampaignError
+        ``user`` (a stage or a command) would read products that are missing, stale or
+        half-written; the message lists the stages to run, in order.
+    """
+    states = stage_states(output_dir)
+    state, reason = states[name]
+    if state == "current":
+        return
+    plan = [s for s in DEPENDS if s in _upstream(name) and states[s][0] != "current"]
+    what = "has not run" if state == "not run" else f"is {state}" + (f" ({reason})" if reason else "")
+    todo = f"the {plan[0]} stage" if len(plan) == 1 else f"the stages {', '.join(plan)}"
+    raise CampaignError(f"{user} reads the products of {name} in {output_dir}, which {what}: run {todo} first")
+
+
 def campaign_warnings(output_dir, stages=None) -> list[tuple[str, str]]:
     """``(stage, message)`` of every campaign warning recorded by the stages (in pipeline order)."""
     book = ledger(output_dir).get("stages", {})
@@ -205,19 +232,37 @@ def _clear(output_dir: Path, name: str) -> None:
                 path.unlink()
 
 
-def stage(name: str):
-    """Decorate the ``run(params)`` of stage ``name``: lock, clean start, warnings, ledger."""
+def _record(entry: dict, caught) -> None:
+    """Record the campaign warnings caught in a stage and show them (once each); show the others as they are."""
+    for item in caught:
+        if issubclass(item.category, CampaignWarning):
+            message = str(item.message)
+            if message not in entry["warnings"]:
+                entry["warnings"].append(message)
+                warnings.warn_explicit(message, item.category, item.filename, item.lineno)
+        elif not issubclass(item.category, ResourceWarning):  # astropy's unclosed failed files
+            warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+
+
+def stage(name: str, reads_stale: bool = False):
+    """Decorate the ``run(params)`` of stage ``name``: lock, clean start, warnings, ledger.
+
+    The products the stage reads must be current (:func:`require_current`), unless
+    ``reads_stale`` (the summary, whose checks say which products are stale). Campaign
+    warnings are recorded and shown whether the stage finishes or fails.
+    """
     def decorate(func):
         @functools.wraps(func)
         def run(params: dict, *args, **kwargs):
             global _current
             output_dir = Path(params["output_dir"])
             with hold(output_dir, f"stage {name}"):
+                for dep in DEPENDS[name]:
+                    if reads_stale and stage_states(output_dir)[dep][0] == "stale":
+                        continue
+                    require_current(output_dir, dep, name)
                 book = ledger(output_dir)
                 stages = book.setdefault("stages", {})
-                for dep in DEPENDS[name]:
-                    if stages.get(dep, {}).get("status") != "done":
-                        raise FileNotFoundError(f"{name} reads the products of {dep}: run the {dep} stage first")
                 book["seq"] = book.get("seq", 0) + 1
                 entry = dict(seq=book["seq"], status="running", cmoscal=__version__,
                              started=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -230,24 +275,18 @@ def stage(name: str):
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        result = func(params, *args, **kwargs)
+                        try:
+                            result = func(params, *args, **kwargs)
+                        finally:
+                            _current = None
+                            entry["seconds"] = round(time.perf_counter() - start, 2)
                     entry["status"] = "done"
                 except BaseException as err:
                     entry.update(status="failed", error=f"{type(err).__name__}: {err}")
                     raise
                 finally:
-                    _current = None
-                    entry["seconds"] = round(time.perf_counter() - start, 2)
+                    _record(entry, caught)
                     _save(output_dir, book)
-                for item in caught:
-                    if issubclass(item.category, CampaignWarning):
-                        message = str(item.message)
-                        if message not in entry["warnings"]:
-                            entry["warnings"].append(message)
-                            warnings.warn_explicit(message, item.category, item.filename, item.lineno)
-                    elif not issubclass(item.category, ResourceWarning):  # astropy's unclosed failed files
-                        warnings.showwarning(item.message, item.category, item.filename, item.lineno)
-                _save(output_dir, book)
                 return result
         run.stage_name = name
         return run

@@ -22,6 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from queue import Empty
@@ -39,7 +40,7 @@ sys.modules.setdefault("rfc3987_syntax", None)
 
 __all__ = ["NOTEBOOK_DIR", "ReportError", "export_html", "notebook_for", "run_report", "software_versions"]
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOK_DIR = Path(str(resources.files("cmoscal").joinpath("notebooks")))  # shipped inside the package
 _EXTERNAL_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>|'
                               r'<script type="module">(?:(?!</script>).)*?https?://.*?</script>', re.S)
 # %reset collects the garbage itself; freezing what survives (the modules) keeps each later
@@ -112,6 +113,29 @@ def _clear(kernel, client, timeout: float = 120) -> None:
             continue
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"clearing the kernel failed: {reply['content'].get('evalue', '')}")
+
+
+def _kernel_manager(name: str | None, sockets: str):
+    """A manager of the kernel the pages run in: the registered kernel ``name``, or (None) this very Python.
+
+    This Python needs no registered kernel: ``pip install cmoscal`` is enough to write a report.
+    """
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+    from jupyter_client.manager import KernelManager
+
+    class ThisPython(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                              display_name=f"Python ({sys.executable})", language="python")
+
+    manager = KernelManager(kernel_name=name or "this-python", transport="ipc", ip=str(Path(sockets) / "kernel"),
+                            **({} if name else {"kernel_spec_manager": ThisPython()}))
+    try:
+        _ = manager.kernel_spec  # looked up now, so that a missing kernel is one line
+    except NoSuchKernel:
+        raise ReportError(f"kernel: no Jupyter kernel named {name!r} is registered (jupyter kernelspec list); "
+                          "null runs the report in this Python") from None
+    return manager
 
 
 @functools.cache
@@ -203,8 +227,6 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
     ReportError
         When a stage fails: its HTML page is written, later stages are not run.
     """
-    from jupyter_client.manager import KernelManager
-
     from .index import current_checks, write_index
 
     report_dir = Path(params["report_dir"])
@@ -217,7 +239,7 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
     results, said = [], set()
     with hold(params["output_dir"], f"cmoscal report {params_file}"), tempfile.TemporaryDirectory() as sockets, \
             ThreadPoolExecutor(max_workers=1) as exporter:
-        kernel = KernelManager(kernel_name=params["kernel"], transport="ipc", ip=str(Path(sockets) / "kernel"))
+        kernel = _kernel_manager(params["kernel"], sockets)
         pages, client = [], None
         try:
             kernel.start_kernel(cwd=str(NOTEBOOK_DIR))

@@ -24,7 +24,8 @@ from astropy.io import fits
 
 from .fitsio import provenance, write_atomic, write_hdus
 
-__all__ = ["BOLTZMANN_EV", "age_truth", "dark_truth", "held_out_points", "simulate_campaign", "truth_maps"]
+__all__ = ["BITPIXES", "BOLTZMANN_EV", "DATE_STYLES", "TEMPERATURE_STYLES", "age_truth", "dark_truth",
+           "held_out_points", "simulate_campaign", "truth_maps"]
 
 BOLTZMANN_EV = 8.617333262e-5  # eV / K
 KELVIN = 273.15
@@ -147,6 +148,41 @@ def _write(path: Path, data, header) -> None:
     write_atomic(fits.HDUList([fits.PrimaryHDU(data, header)]), path)
 
 
+#: how a camera may write its sensor temperature: CCD-TEMP as a plain degC number (the default), a string
+#: with its unit, a number in degF or kelvin named by the comment, or only the set point SET-TEMP
+TEMPERATURE_STYLES = ("degC", "string", "degF", "kelvin", "set-point")
+#: how a camera may write DATE-OBS: ISO (the default), ISO with a space and UTC, the old FITS DD/MM/YY
+DATE_STYLES = ("iso", "space-utc", "dd/mm/yy")
+BITPIXES = (16, 32, -32, -64)
+
+
+def _camera(data: np.ndarray, header: fits.Header, temperature_style: str, date_style: str, bitpix: int,
+            nan_share: float, rng) -> tuple[np.ndarray, fits.Header]:
+    """A frame (raw uint16) and its header as a camera of the given style writes them."""
+    header = header.copy()
+    T = header["CCD-TEMP"]
+    if temperature_style == "string":
+        header["CCD-TEMP"] = (f"{T:.2f} C", "sensor temperature")
+    elif temperature_style == "degF":
+        header["CCD-TEMP"] = (round(T * 9 / 5 + 32, 3), "[degF] sensor temperature")
+    elif temperature_style == "kelvin":
+        header["CCD-TEMP"] = (round(T + KELVIN, 3), "[K] sensor temperature")
+    elif temperature_style == "set-point":
+        del header["CCD-TEMP"]
+        header["SET-TEMP"] = (round(T), "[degC] set point of the cooler")
+    date = header["DATE-OBS"]
+    if date_style == "space-utc":
+        header["DATE-OBS"] = date.replace("T", " ") + " UTC"
+    elif date_style == "dd/mm/yy":
+        header["DATE-OBS"] = f"{date[8:10]}/{date[5:7]}/{date[2:4]}"
+    if bitpix == 16:
+        return data, header
+    stored = data.astype({32: np.int32, -32: np.float32, -64: np.float64}[bitpix])
+    if bitpix < 0 and nan_share:
+        stored[rng.random(stored.shape) < nan_share] = np.nan
+    return stored, header
+
+
 def _write_bad_files(raw: Path, shape, rng) -> None:
     """Five unusable files: truncated, no temperature, all zero, wrong shape, not FITS."""
     good = (rng.integers(50, 70, shape) * 16).astype(np.uint16)
@@ -243,7 +279,8 @@ def held_out_points(temperatures, exptimes) -> list[tuple[float, float]]:
 def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10, 15, 20, 25),
                       exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
                       bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
-                      age=0.0, held_out=False, seed=0) -> dict:
+                      age=0.0, held_out=False, bitpix=16, nan_pixels=0.0, temperature_style="degC",
+                      date_style="iso", light_leak=False, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -277,6 +314,16 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     held_out : bool, default False
         Also write one dark frame at each of :func:`held_out_points` into ``outdir/held_out``
         (not in the campaign: for calibrating as science frames).
+    bitpix : {16, 32, -32, -64}, default 16
+        How the campaign frames store their (x16) values: uint16, int32, float32 or float64.
+    nan_pixels : float, default 0
+        Share of NaN pixels in each floating-point campaign frame.
+    temperature_style : str, default "degC"
+        How the frames state their temperature, one of :data:`TEMPERATURE_STYLES`.
+    date_style : str, default "iso"
+        How the frames write DATE-OBS, one of :data:`DATE_STYLES`.
+    light_leak : bool, default False
+        Also write, into the middle dark group, a frame with a light leak of 3000 DN (not saturated).
     seed : int, default 0
         Random seed (the sensor's truth depends on it, not on ``age``).
 
@@ -292,19 +339,29 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     if age:
         truth = age_truth(truth, age, seed)
     hits = np.zeros(shape, np.int32)
+    style = np.random.default_rng(seed + 7)  # the camera's quirks do not change the frames' noise
+
+    def write(path, data, header):
+        _write(path, *_camera(data, header, temperature_style, date_style, bitpix, nan_pixels, style))
+
     index = 0
     for setpoint in temperatures:
         for i in range(bias_frames):
             T = setpoint + rng.normal(0, jitter)
-            _write(raw / "bias" / f"bias_{setpoint:+.0f}C_{i:03d}.fits", _frame(truth, T, 0.0, rng, cosmics, hits),
-                   _header("BIAS", T, 0.0, index))
+            write(raw / "bias" / f"bias_{setpoint:+.0f}C_{i:03d}.fits", _frame(truth, T, 0.0, rng, cosmics, hits),
+                  _header("BIAS", T, 0.0, index))
             index += 1
         for t in exptimes:
             for i in range(frames):
                 T = setpoint + rng.normal(0, jitter)
-                _write(raw / "dark" / f"dark_{setpoint:+.0f}C_{t:g}s_{i:03d}.fits",
-                       _frame(truth, T, t, rng, cosmics, hits), _header("DARK", T, t, index))
+                write(raw / "dark" / f"dark_{setpoint:+.0f}C_{t:g}s_{i:03d}.fits",
+                      _frame(truth, T, t, rng, cosmics, hits), _header("DARK", T, t, index))
                 index += 1
+    if light_leak:
+        T, t = sorted(temperatures)[len(temperatures) // 2], sorted(exptimes)[len(exptimes) // 2]
+        leaked = _frame(truth, T, t, np.random.default_rng(seed + 8)).astype(np.int64) + 3000 * 16
+        write(raw / "dark" / f"dark_{T:+.0f}C_{t:g}s_light_leak.fits", np.minimum(leaked, 4095 * 16).astype(np.uint16),
+              _header("DARK", T, t, index + 1))
     if held_out:
         for T0, t in held_out_points(sorted(temperatures), sorted(exptimes)):
             T = T0 + rng.normal(0, jitter)
@@ -321,7 +378,8 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     maps = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
     header = provenance(fits.Header(), bunit="", description="truth of a simulated cmoscal campaign",
                         GAIN=(truth["gain"], "e-/DN"), TREF=(truth["tref"], "degC, reference of DARK_A"),
-                        LAW=law, SEED=seed, AGE=(age, "years"))
+                        LAW=law, SEED=seed, AGE=(age, "years"), BITPIX0=(bitpix, "BITPIX of the frames"),
+                        TSTYLE=(temperature_style, "how the frames state T"))
     write_hdus(outdir / "truth.fits", np.zeros((1, 1), np.float32), header,
                [(name.upper(), np.asarray(value, np.float32 if value.dtype != bool else np.uint8), "")
                 for name, value in maps.items()])

@@ -13,29 +13,67 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
+from scipy.stats import theilslopes
 
 from ..bias import fit_bias
 from ..compute import row_bands, run_tiles, sample_rows
 from ..errors import CampaignError
 from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
 from ..inventory import frame_refs, natural_key
-from ..masters import load_masters, make_master, master_index, master_path, summarize_masters
+from ..masters import level_departure, load_masters, make_master, master_index, master_path, summarize_masters
 from ..model import equations
 from ..noise import read_variance
 from ..products import note, out, require, stage
 from . import inventory as inventory_stage
 
-__all__ = ["frames_table", "load", "make_masters", "run"]
+__all__ = ["RESIDUALS", "frames_table", "load", "make_masters", "run"]
 
+RESIDUALS = "bias-fit residuals"  # RNSOURCE of a read noise from the line fit (one frame per bias group)
 MAPS = ("bias_a_map", "bias_b_map", "bias_a_sigma_map", "bias_b_sigma_map", "bias_rms_map", "read_noise_map",
         "bias_covariance", "bias_fallback_map")
+
+
+def _expected_level(temperature: float, peers, log: bool) -> float:
+    """Level [DN] at ``temperature`` from the (T, level) of up to 4 nearest peer groups, by a Theil-Sen line
+    (in ln level when ``log``): robust to one bad peer."""
+    peers = sorted(peers, key=lambda p: abs(p[0] - temperature))[:4]
+    T, level = np.array(peers).T
+    y = np.log(level) if log else level
+    slope, intercept, _, _ = theilslopes(y, T)
+    value = intercept + slope * temperature
+    return float(np.exp(value) if log else value)
+
+
+def _neighbour_outliers(results, tasks, kind: str, params: dict) -> dict:
+    """Frames of groups with 1-2 usable frames whose level departs from that of the neighbouring groups
+    (same exposure, >= 3 of them): ``{group index: {frame index: reason}}``."""
+    medians = [np.median([lv for _, lv, _ in r["levels"]]) if r["levels"] else np.nan for r in results]
+    found = {}
+    for g, (result, task) in enumerate(zip(results, tasks)):
+        if not 0 < len(result["levels"]) < 3:
+            continue
+        t = task[3]
+        peers = [(np.mean(other[2]), medians[k]) for k, other in enumerate(tasks) if k != g and np.isfinite(medians[k])
+                 and (kind == "bias" or abs(other[3] / t - 1) <= params["exptime_tolerance"])]
+        if len(peers) < 3:
+            continue
+        temperature = float(np.mean(task[2]))
+        expected = _expected_level(temperature, peers, kind == "dark" and min(p[1] for p in peers) > 0)
+        for name, level, sigma in result["levels"]:
+            reason = level_departure(level, expected, sigma, kind, params)
+            if reason:
+                found.setdefault(g, {})[task[1].index(name)] = reason.replace("of its group", "expected from the "
+                                                                               "neighbouring groups")
+    return found
 
 
 def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, read_noise_map=None) -> Table:
     """Make the master of every group of ``kind`` (groups run as tiles); return the frames table.
 
     The frames table (also written as ``frames.ecsv`` beside the masters) has one row per frame:
-    name, group, status (used / rejected), reason, saturated and NaN fractions.
+    name, group, status (used / rejected), reason, saturated and NaN fractions. A group of 1-2
+    frames is remade without those whose level departs from the neighbouring groups'
+    (:func:`_neighbour_outliers`; groups of >= 3 judge their frames themselves).
     """
     ok = (inventory["status"] == "ok") & (inventory["type"] == kind)
     groups = sorted(set(inventory["group"][ok]), key=natural_key)
@@ -47,10 +85,14 @@ def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, re
         tasks.append((frame_refs(inventory, rows), names, list(inventory["temperature"][rows]), t, kind,
                       master_path(params["output_dir"], kind, T, t), params, inventory.meta["scale_factor"],
                       inventory.meta["saturation"], bias_source, read_noise_map))
-    records, nbytes = [], 0
-    for group, result in zip(groups, run_tiles(make_master, tasks, params, f"{kind} masters")):
-        nbytes += result["nbytes"]
-        records += [(name, group, *rest) for name, *rest in result["frames"]]
+    results = list(run_tiles(make_master, tasks, params, f"{kind} masters"))
+    nbytes = sum(r["nbytes"] for r in results)
+    for g, excluded in _neighbour_outliers(results, tasks, kind, params).items():
+        results[g] = make_master(*tasks[g], excluded=excluded)
+        nbytes += results[g]["nbytes"]
+        if results[g]["path"] is None:
+            tasks[g][5].unlink(missing_ok=True)
+    records = [(name, group, *rest) for group, result in zip(groups, results) for name, *rest in result["frames"]]
     table = Table(rows=records, names=("frame", "group", "status", "reason", "saturated_fraction", "nan_fraction"),
                   dtype=(str, str, str, str, float, float)) if records else Table()
     folder = out(params, "bias_grouped_by_temp" if kind == "bias" else "dark_masters")
@@ -66,17 +108,29 @@ def frames_table(params: dict, kind: str) -> Table:
     return read_table(require(out(params, folder, "frames.ecsv"), kind if kind == "bias" else "dark_masters"))
 
 
-def _bias_tile(index, rows, prior) -> tuple:
-    """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker)."""
+def _bias_tile(index, rows, prior, from_residuals: bool) -> tuple:
+    """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker).
+
+    The read variance is pooled from the scatter inside the bias groups, or (``from_residuals``,
+    when no group has two frames) taken from the residuals of each pixel's own line fit, with
+    its usable masters - 2 degrees of freedom (NaN with none).
+    """
     masters = load_masters(index, rows, extensions=("VARIANCE", "NFRAMES", "NSATUR"))
-    rv = read_variance(masters.variance, masters.nframes)
     weights = np.where(masters.valid, masters.nframes, 0)
-    return (*fit_bias(masters.temperature, masters.data, weights, rv, prior), rv)
+    if not from_residuals:
+        rv = read_variance(masters.variance, masters.nframes)
+        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior), rv)
+    a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights,
+                                        np.ones(masters.data.shape[1:], np.float32), prior)
+    used = np.count_nonzero(weights > 0, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rv = np.where(used > 2, rms.astype(np.float64) ** 2 * used / (used - 2), np.nan).astype(np.float32)
+    return a, b, (cov * rv).astype(np.float32), rms, fallback, rv
 
 
-def _population_slope(index, ny: int) -> tuple[float, float]:
+def _population_slope(index, ny: int, from_residuals: bool) -> tuple[float, float]:
     """Median and robust variance of the bias slope over fixed sample rows (for pixels that need it)."""
-    _, b, _, _, fallback, _ = _bias_tile(index, sample_rows(ny), None)
+    _, b, _, _, fallback, _ = _bias_tile(index, sample_rows(ny), None, from_residuals)
     own = np.isfinite(b) & ~fallback
     if not own.any():
         return 0.0, 0.0
@@ -100,12 +154,15 @@ def run(params: dict) -> dict:
     if len(temperatures) < 2:
         raise CampaignError(f"the bias model needs master biases at >= 2 temperatures, found {len(temperatures)} "
                             "(see bias_grouped_by_temp/frames.ecsv for rejected frames)")
-    if max(h["NCOMBINE"] for _, h in index) < 2:
-        raise CampaignError("every master bias has 1 usable frame: the read noise needs a group of >= 2")
+    from_residuals = max(h["NCOMBINE"] for _, h in index) < 2
+    if from_residuals and len(index) < 3:
+        raise CampaignError(f"every master bias has 1 usable frame and there are {len(index)}: the read noise needs "
+                            "a bias group of >= 2 frames or biases at >= 3 temperatures (bias-fit residuals)")
     ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
-    prior = _population_slope(index, ny)
+    prior = _population_slope(index, ny, from_residuals)
     bands = row_bands(ny, len(index) * nx * 64, params)
-    parts = zip(*run_tiles(_bias_tile, [(index, band, prior) for band in bands], params, "bias model"))
+    tasks = [(index, band, prior, from_residuals) for band in bands]
+    parts = zip(*run_tiles(_bias_tile, tasks, params, "bias model"))
     a, b, cov, rms, fallback, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
     T = [h["TEMP"] for _, h in index]
     counts = [h["NCOMBINE"] for _, h in index]
@@ -113,7 +170,9 @@ def run(params: dict) -> dict:
                     TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
                     NBIASM=(len(index), "master biases"), NBIAS=(int(sum(counts)), "frames"),
                     NBIASMED=(float(np.median(counts)), "median frames per master"),
-                    RNDOF=(int(sum(n - 1 for n in counts)), "degrees of freedom of the read noise"),
+                    RNDOF=(len(index) - 2 if from_residuals else int(sum(n - 1 for n in counts)),
+                           "degrees of freedom of the read noise"),
+                    RNSOURCE=(RESIDUALS if from_residuals else "bias groups", "what the read noise comes from"),
                     BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"))
     inputs = [p.name for p, _ in index]
     maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),
@@ -121,7 +180,8 @@ def run(params: dict) -> dict:
             "bias_a_sigma_map": (np.sqrt(cov[0]), "DN", "1-sigma uncertainty of bias a"),
             "bias_b_sigma_map": (np.sqrt(cov[1]), "DN/degC", "1-sigma uncertainty of bias b"),
             "bias_rms_map": (rms, "DN", "RMS residual of the bias fit over the masters"),
-            "read_noise_map": (np.sqrt(rv), "DN", "read noise of one frame, pooled over bias groups"),
+            "read_noise_map": (np.sqrt(rv), "DN", "read noise of one frame, from the " +
+                               (RESIDUALS if from_residuals else "bias groups (pooled)")),
             "bias_covariance": (cov, "var(a) DN2; var(b); cov(a,b)", "bias parameter covariance planes"),
             "bias_fallback_map": (fallback.astype(np.uint8), "", "1 = fewer than 2 temperatures: population slope")}
     for name, (data, unit, text) in maps.items():

@@ -18,7 +18,7 @@ from astropy.io import fits
 from ..compare import CLASSES, Comparison, compare_models
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import provenance, read_table, write_hdus, write_table
-from ..model import CalibrationModel
+from ..model import CalibrationModel, usable_model
 from ..products import MODEL_FILE, note, out, require, stage
 
 __all__ = ["load", "run"]
@@ -38,7 +38,7 @@ def run(params: dict) -> Comparison | None:
     own = out(params, MODEL_FILE)
     if Path(reference_path).resolve() in (out(params).resolve(), own.resolve()):
         raise CampaignError("reference_campaign: it is this campaign's own output_dir; give an earlier campaign's")
-    reference = CalibrationModel.read(reference_path)
+    reference = usable_model(reference_path, "the comparison stage")
     current = CalibrationModel.read(require(own, "hot_pixels"))
     for key in ("INSTRUME", "DETECTOR"):
         before, now = reference.meta.get(key, "UNKNOWN"), current.meta.get(key, "UNKNOWN")

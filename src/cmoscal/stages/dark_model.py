@@ -251,7 +251,6 @@ def run(params: dict) -> dict:
     for flag, bit in FIT_DQ.items():
         dq |= np.where(flags & FIT_FLAGS[flag], DQ_BITS[bit][0], 0).astype(np.uint16)
     dq |= np.where(bias["fallback"] > 0, DQ_BITS["FALLBACK"][0], 0).astype(np.uint16)
-    per_master = _record_dropped(params, index, dropped, (ny, nx))
     bias_T = [h["TEMP"] for _, h in bias_index]
     model = CalibrationModel(
         bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
@@ -262,11 +261,13 @@ def run(params: dict) -> dict:
         meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
                   NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index), RNDOF=bias["header"]["RNDOF"],
-                  NDARK=sum(h["NCOMBINE"] for _, h in index)))
+                  RNSOURCE=bias["header"].get("RNSOURCE", "bias groups"),
+                  NDARK=sum(h["NCOMBINE"] for _, h in index), DQCLASS=False))
     keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
+    per_master = _record_dropped(params, index, dropped, model)
     *_, comparison = concurrently([lambda: model.write(out(params, MODEL_FILE)), lambda: write_maps(params, model),
                                    lambda: compare_models(params, sample_inputs(params, index, inv_gain), options,
                                                           tmin, fit_gamma)], params)
@@ -280,21 +281,28 @@ def run(params: dict) -> dict:
                 prior=prior)
 
 
-def _record_dropped(params, index, dropped, shape) -> Table:
+def _record_dropped(params, index, dropped, model: CalibrationModel) -> Table:
     """Write ``dark_model/outliers.fits`` (one row per dropped sample: master, x, y, signal and model
-    [DN]) and return the counts per master."""
-    m, y, x, signal, model = dropped
+    [DN]; the model's header) and return the counts per master."""
+    m, y, x, signal, prediction = dropped
     T = np.array([h["TEMP"] for _, h in index])
     t = np.array([h["EXPTIME"] for _, h in index])
     names = [frame_label("dark", a, b) for a, b in zip(T, t)]
     samples = Table({"MASTER": np.array(names, dtype=str)[m] if len(m) else np.array([], dtype=str),
                      "X": x.astype(np.int32), "Y": y.astype(np.int32), "SIGNAL": signal.astype(np.float32),
-                     "MODEL": model.astype(np.float32)})
-    hdu = fits.table_to_hdu(samples)
-    write_hdus(out(params, "dark_model", "outliers.fits"), None, fits.Header(), [("SAMPLES", hdu, "")])
+                     "MODEL": prediction.astype(np.float32)},
+                    descriptions={"MASTER": "master dark", "X": "column (0-based)", "Y": "row (0-based)",
+                                  "SIGNAL": "bias-subtracted master value", "MODEL": "the pixel's model there"})
+    header = model.header()
+    header["BUNIT"], header["REFTYPE"] = "DN", "OUTLIERS"
+    header["DESCRIP"] = "master samples the dark fit dropped as outliers"
+    table_hdu = fits.table_to_hdu(samples)
+    for name, unit in (("X", "pix"), ("Y", "pix"), ("SIGNAL", "DN"), ("MODEL", "DN")):  # astropy writes no DN itself
+        table_hdu.columns[name].unit = unit
+    write_hdus(out(params, "dark_model", "outliers.fits"), None, header, [("SAMPLES", table_hdu, "")])
     counts = np.bincount(m, minlength=len(index))
     table = Table({"master": names, "temperature": T, "exptime": t, "dropped": counts,
-                   "fraction": counts / (shape[0] * shape[1])})
+                   "fraction": counts / model.dq.size})
     for row in table[table["fraction"] > 0.5]:
         warnings.warn(f"master {row['master']}: {row['fraction']:.0%} of its pixels are outliers of the model and "
                       "were dropped (light leak or wrong temperature/exposure?)", CampaignWarning, stacklevel=3)

@@ -34,8 +34,9 @@ PREVIEW = 128  # longest side of the per-group previews kept for the page
 
 
 def dropped_samples(params: dict) -> Table:
-    """The master samples the dark fit dropped (``dark_model/outliers.fits``)."""
-    return Table.read(require(out(params, "dark_model", "outliers.fits"), "dark_model"), hdu="SAMPLES")
+    """The master samples the dark fit dropped (``dark_model/outliers.fits``; units as the file states them, DN
+    being no unit the FITS standard knows)."""
+    return Table(fits.getdata(require(out(params, "dark_model", "outliers.fits"), "dark_model"), "SAMPLES"))
 
 
 def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dropped) -> tuple:
@@ -128,7 +129,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
         k = position.get((int(y), int(x)))
         if k is not None:
             usable[names.index(master), k] = False
-    options = dark_model_stage.fit_options(params, float(model.meta["SATURATE"]), len(darks) - 1,
+    options = dark_model_stage.fit_options(params, float(model.meta.get("SATURATE", np.inf)), len(darks) - 1,
                                            prior=model.prior)
     common = (inputs["signal"], usable, inputs["noise"], darks.temperature, darks.exptime, model.tmin, model.form,
               model.fit_gamma, options)

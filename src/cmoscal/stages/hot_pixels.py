@@ -56,7 +56,7 @@ def run(params: dict) -> dict:
     dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq, params,
                                      rate_min)
     model.dq = dq
-    model.meta["TREFHOT"] = tref
+    model.meta.update(TREFHOT=tref, DQCLASS=True)
     flagged = np.flatnonzero((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])).ravel())
     y, x = np.unravel_index(flagged, dq.shape)
     hot = (dq.ravel()[flagged] & DQ_BITS["HOT"][0]) > 0

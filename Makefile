@@ -39,6 +39,7 @@ test: env
 bench: env
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/calibration.py
+	$(BIN)/python bench/inputs.py
 	$(BIN)/python bench/performance.py
 
 lab: env

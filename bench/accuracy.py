@@ -18,7 +18,7 @@ from astropy.io import fits
 from common import reference_campaign
 
 from cmoscal.darkfit import design, fit_loglinear, predict
-from cmoscal.hotpix import DQ_BITS
+from cmoscal.dq import DQ
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
 from cmoscal.simulate import dark_truth
@@ -41,7 +41,7 @@ def main():
     hot = truth["hot"].astype(bool)
     model = CalibrationModel.read(root / "out")
     darks = load_masters(root / "out" / "dark_masters")
-    usable = (model.dq & DQ_BITS["FEW_SAMPLES"][0]) == 0
+    usable = (model.dq & DQ.FEW_SAMPLES) == 0
     z = design(darks.temperature, darks.exptime, model.tmin, model.form)
     log_params = fit_loglinear(darks.data.reshape(len(darks), -1),
                                darks.valid.reshape(len(darks), -1).astype(float), z,

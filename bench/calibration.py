@@ -26,15 +26,15 @@ from astropy.io import fits
 from astropy.nddata import CCDData
 from common import reference_campaign
 
+from cmoscal.dq import DQ
 from cmoscal.fitsio import read_image
-from cmoscal.hotpix import DQ_BITS
 from cmoscal.masters import master_index
 from cmoscal.model import CalibrationModel
 from cmoscal.stages import STAGES
 from cmoscal.stages.calibration import calibrate_files
 
 HERE = Path(__file__).resolve().parent
-BAD = DQ_BITS["FRAME_SATURATED"][0] | DQ_BITS["FULL_WELL"][0] | DQ_BITS["DO_NOT_USE"][0]
+BAD = DQ.FRAME_SATURATED | DQ.FULL_WELL | DQ.DO_NOT_USE
 
 
 def ccdproc_way(path: Path, bias_index, dark_index, model: CalibrationModel) -> tuple[np.ndarray, np.ndarray]:

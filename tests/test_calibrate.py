@@ -12,13 +12,13 @@ from conftest import digest, write_params
 
 from cmoscal.calibrate import calibrate_ccd
 from cmoscal.config import load_params
-from cmoscal.hotpix import DQ_BITS
+from cmoscal.dq import DQ, FLAGS
 from cmoscal.model import CalibrationModel
 from cmoscal.simulate import simulate_campaign
 from cmoscal.stages import STAGES
 from cmoscal.stages.dark_model import model_id
 
-BAD = DQ_BITS["FRAME_SATURATED"][0] | DQ_BITS["FULL_WELL"][0] | DQ_BITS["DO_NOT_USE"][0]
+BAD = DQ.FRAME_SATURATED | DQ.FULL_WELL | DQ.DO_NOT_USE
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_calibrated_frames_open_with_ccddata_and_say_what_they_are(calibrated):
     assert abs(header["CALTEMP"] - header["CCD-TEMP"]) < 1e-9 and header["CALEXPT"] == header["EXPTIME"]
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK", "UNCERT", "DQ", "DQ_DEF"]
-        assert list(hdul["DQ_DEF"].data["NAME"]) == list(DQ_BITS)
-        masked = sum(DQ_BITS[name][0] for name in ("HOT", "WARM", "DO_NOT_USE", "NOISY", "FRAME_SATURATED",
+        assert list(hdul["DQ_DEF"].data["NAME"]) == [flag.name for flag in FLAGS]
+        masked = sum(getattr(DQ, name) for name in ("HOT", "WARM", "DO_NOT_USE", "NOISY", "FRAME_SATURATED",
                                                    "FRAME_INVALID", "FULL_WELL"))
         assert np.array_equal(ccd.mask, (hdul["DQ"].data & masked) > 0)
 
@@ -88,7 +88,7 @@ def test_non_finite_pixels_are_flagged_and_leave_their_neighbours_intact(calibra
         raw = CCDData(hdul[0].data.astype(np.float32), unit="adu", header=hdul[0].header)
     raw.data[40, 40] = np.nan
     result = calibrate_ccd(raw, CalibrationModel.read(root / "out"), params)
-    assert result.mask[40, 40] and result.flags[40, 40] & DQ_BITS["FRAME_INVALID"][0]
+    assert result.mask[40, 40] and result.flags[40, 40] & DQ.FRAME_INVALID
     assert np.all(np.isfinite(result.uncertainty.array[39:42, 39:42]))
     assert np.isfinite(result.data[39:42, 39:42]).sum() == 8
 
@@ -108,7 +108,7 @@ def test_electrons_and_out_of_range_frames(calibrated, tmp_path):
     dn = CCDData.read(calibrated["results"]["calibration"]["output"][0])
     same = CCDData.read(tmp_path / "out" / frame.name.replace(".fits", "_cal.fits"))
     assert out.unit == u.electron and not out.header["CALRANGE"]
-    assert np.all(fits.getdata(tmp_path / "out" / "warm_cal.fits", "DQ") & DQ_BITS["OUT_OF_RANGE"][0])
+    assert np.all(fits.getdata(tmp_path / "out" / "warm_cal.fits", "DQ") & DQ.OUT_OF_RANGE)
     np.testing.assert_allclose(same.data, dn.data * gain, rtol=1e-5, atol=1e-3)
 
 

@@ -9,8 +9,8 @@ from astropy.io import fits
 from conftest import read_truth, write_params
 
 from cmoscal.config import load_params
+from cmoscal.dq import DQ
 from cmoscal.errors import CampaignError
-from cmoscal.hotpix import DQ_BITS
 from cmoscal.model import CalibrationModel
 from cmoscal.products import stage_states
 from cmoscal.simulate import dark_truth, simulate_campaign
@@ -47,7 +47,7 @@ def test_odd_inputs_give_the_products_of_the_clean_campaign(twins):
         pulls = np.abs(y - x) / np.sqrt(var)
         assert np.median(pulls) < 0.4 and pulls.max() < 3, name
     assert abs(b.meta["GAIN"] / a.meta["GAIN"] - 1) < 0.01
-    assert np.mean((b.dq & DQ_BITS["SATURATED"][0]) > 0) < 0.01  # the light leak is a rejected frame, not a flag
+    assert np.mean((b.dq & DQ.SATURATED) > 0) < 0.01  # the light leak is a rejected frame, not a flag
     files = files_accounted(params)
     considered = files["status"] != "skipped"
     for check in odd["summary"]:
@@ -129,17 +129,17 @@ def test_one_frame_per_group_with_cosmic_rays_is_as_good_as_without(tmp_path):
         normal = ~truth["hot"]
         errors[name] = np.array([np.sqrt(np.mean((model.dark_signal(T, t) - dark_truth(truth, T, t))[normal] ** 2))
                                  for T, t in ((-7.5, 2.0), (2.5, 20.0), (12.5, 45.0), (22.5, 3.0))])
-        flagged = (model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0
+        flagged = (model.dq & (DQ.HOT | DQ.WARM)) > 0
         assert np.all(flagged[truth["hot"]]), name  # every planted x10..x1000 pixel is masked
         assert np.mean(flagged[normal]) < 0.0005, name
         assert not np.any(flagged & (truth["cosmic_hits"] > 0) & normal), name  # no cosmic ray among hot pixels
-        trusted = (model.dq & DQ_BITS["FALLBACK"][0]) == 0
+        trusted = (model.dq & DQ.FALLBACK) == 0
         assert np.all((model.dark[1][trusted] > -0.1) & (model.dark[1][trusted] < 0.5)), name
         assert np.all(np.isfinite(model.dark_signal(30.0, 120.0))), name
     assert np.all(errors["cosmic"] < 1.2 * errors["clean"]), errors
     hits = fits.getdata(tmp_path / "cosmic" / "out" / "dark_model" / "outliers.fits", "SAMPLES")
     assert len(hits) > 100  # what was removed is recorded
-    assert np.count_nonzero(models["cosmic"].dq & DQ_BITS["OUTLIER"][0]) > 100
+    assert np.count_nonzero(models["cosmic"].dq & DQ.OUTLIER) > 100
 
 
 def test_full_well_pixels_are_flagged_and_keep_a_sensible_model(tmp_path):
@@ -147,9 +147,9 @@ def test_full_well_pixels_are_flagged_and_keep_a_sensible_model(tmp_path):
     _, results = calibrate(tmp_path, stages=("inventory", "bias", "dark_masters", "dark_model"))
     truth, model = read_truth(tmp_path), results["dark_model"]["model"]
     well = np.isfinite(truth["full_well"])
-    assert well.sum() >= 5 and np.all(model.dq[well] & DQ_BITS["FULL_WELL"][0])
+    assert well.sum() >= 5 and np.all(model.dq[well] & DQ.FULL_WELL)
     assert np.all(np.abs(model.dark[1][well] - truth["dark_b"][well]) < 0.02)  # B from the unsaturated samples
-    assert np.count_nonzero(model.dq & DQ_BITS["FULL_WELL"][0]) <= well.sum() + 2
+    assert np.count_nonzero(model.dq & DQ.FULL_WELL) <= well.sum() + 2
 
 
 def test_bias_noise_ratios_are_unbiased_with_two_bias_frames_per_group(tmp_path):
@@ -197,7 +197,7 @@ def test_undetermined_pixels_get_population_values_never_inf(tmp_path):
                       seed=38)  # almost no dark signal: most pixels cannot determine B and gamma
     _params, _results = calibrate(tmp_path, stages=("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"))
     model = CalibrationModel.read(tmp_path / "out")
-    fallback = (model.dq & DQ_BITS["FALLBACK"][0]) > 0
+    fallback = (model.dq & DQ.FALLBACK) > 0
     assert fallback.any()
     assert np.allclose(model.dark[1][fallback], model.prior[0]) and np.all(np.isfinite(model.dark[0][fallback]))
     frame = model.dark_frame(14.0, 4.0)

@@ -5,16 +5,17 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from cmoscal.fitsio import write_hdus
+from cmoscal.fitsio import read_product, write_hdus
 
 
-@pytest.mark.parametrize("primary", ["f4", "f8", "u1", "i2", "u2", "i4", None])
+@pytest.mark.parametrize("primary", ["f4", "f8", "u1", "i2", "u2", "i4", "u4", None])
 def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alone(tmp_path, primary):
     rng = np.random.default_rng(5)
     shape = (301, 517)  # rows of odd length: the data ends inside a 2880-byte block and a buffer chunk
     images = {"f4": rng.normal(size=shape).astype("f4"), "f8": rng.normal(size=(3,) + shape),
               "u1": rng.integers(0, 256, shape).astype("u1"), "i2": rng.integers(-3000, 3000, shape).astype("i2"),
-              "u2": rng.integers(0, 65536, shape).astype("u2"), "i4": rng.integers(-9, 9, shape).astype("i4")}
+              "u2": rng.integers(0, 65536, shape).astype("u2"), "i4": rng.integers(-9, 9, shape).astype("i4"),
+              "u4": rng.integers(0, 1 << 32, shape).astype("u4")}
     images["f4"][0, 0] = np.nan
     copies = {k: v.copy() for k, v in images.items()}
     header = fits.Header([("BUNIT", "DN"), ("TEMP", -5.0, "degC")])
@@ -37,12 +38,15 @@ def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alo
         assert v.dtype.isnative and np.array_equal(v, copies[k], equal_nan=True)
     with fits.open(tmp_path / "streamed.fits") as hdul:
         assert np.array_equal(hdul["U2"].data, images["u2"]) and hdul["TABLE"].data["name"][1] == "bb"
+        assert np.array_equal(hdul["U4"].data, images["u4"])
+    for k, v in images.items():  # and the product reader gives them back, unsigned ones included
+        assert np.array_equal(read_product(tmp_path / "streamed.fits", k.upper()), v, equal_nan=True), k
 
 
 def test_streamed_checksums_verify_and_a_changed_byte_is_caught(tmp_path):
     rng = np.random.default_rng(6)
     images = [("SIGNAL", rng.normal(size=(3, 77, 131)).astype("f4"), "DN"),  # 3 * 77 * 131 * 4 bytes: whole words
-              ("DQ", rng.integers(0, 65536, (77, 131)).astype("u2"), ""),
+              ("DQ", rng.integers(0, 1 << 32, (77, 131)).astype("u4"), ""),
               ("COUNT", rng.integers(0, 256, (77, 131)).astype("u1"), "")]  # ends inside a word
     table = fits.table_to_hdu(Table({"x": [1, 2]}))
     path = write_hdus(tmp_path / "sums.fits", None, fits.Header([("BUNIT", "")]),

@@ -19,9 +19,9 @@ from test_cli import cmoscal
 from test_inventory import frame, params_for
 
 from cmoscal.config import ParamsError, load_params
+from cmoscal.dq import DQ
 from cmoscal.errors import CampaignError, CampaignWarning
 from cmoscal.fitsio import atomic_path, provenance
-from cmoscal.hotpix import DQ_BITS
 from cmoscal.inventory import build_inventory, frame_exposure, frame_temperature, observation_date
 from cmoscal.model import CalibrationModel
 from cmoscal.products import LEDGER
@@ -53,7 +53,7 @@ def assert_same_model(a: CalibrationModel, b: CalibrationModel):
                             ("B", a.dark[1], b.dark[1], a.dark_cov[1]), ("gamma", a.dark[2], b.dark[2], a.dark_cov[2])):
         pulls = np.abs(y - x) / np.sqrt(var)
         assert np.nanmedian(pulls) < 0.1 and np.nanpercentile(pulls, 99) < 1, name
-    assert np.array_equal(a.dq & DQ_BITS["HOT"][0], b.dq & DQ_BITS["HOT"][0])
+    assert np.array_equal(a.dq & DQ.HOT, b.dq & DQ.HOT)
 
 
 @pytest.mark.parametrize("style", [dict(bitpix=-32, nan_pixels=0.002), dict(temperature_style="degF"),
@@ -166,7 +166,7 @@ def test_the_rejection_summary_names_set_temp_and_is_printed_by_run_and_evaluate
 def test_stale_dq_is_never_used(tmp_path):
     simulate_campaign(tmp_path, seed=44, **dict(SMALL, shape=(64, 64)))  # 4 hot pixels
     params, results = run(tmp_path)
-    flagged = DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0]
+    flagged = DQ.HOT | DQ.WARM
     assert (results["hot_pixels"]["model"].dq & flagged).any()
     STAGES["dark_model"](params)  # rewrites the model without the hot-pixel classification
     science = tmp_path / "raw" / "dark" / "dark_+0C_10s_000.fits"

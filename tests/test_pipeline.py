@@ -5,7 +5,7 @@ from astropy.io import fits
 from conftest import digest, read_truth
 
 from cmoscal.darkfit import covariance_matrix, design, fit_loglinear, predict
-from cmoscal.hotpix import DQ_BITS
+from cmoscal.dq import DQ, FLAGS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
 from cmoscal.simulate import dark_truth
@@ -31,7 +31,7 @@ def test_dark_model_recovers_truth_for_normal_and_hot_pixels(campaign):
     truth, model = read_truth(campaign["root"]), campaign["results"]["dark_model"]["model"]
     A_true = truth["dark_a"] * np.exp(truth["dark_b"] * (model.tmin - truth["tref"]))
     true = np.stack([np.log(A_true), truth["dark_b"], truth["dark_gamma"]])
-    usable = (model.dq & (DQ_BITS["SATURATED"][0] | DQ_BITS["FALLBACK"][0])) == 0
+    usable = (model.dq & (DQ.SATURATED | DQ.FALLBACK)) == 0
     cov = covariance_matrix(model.dark_cov)
     for name, pixels in (("normal", usable & ~truth["hot"]), ("hot", usable & truth["hot"])):
         for i in range(3):
@@ -47,7 +47,7 @@ def test_dark_model_recovers_truth_for_normal_and_hot_pixels(campaign):
 def test_held_out_prediction_is_noise_limited_and_beats_log_space(campaign):
     truth, model = read_truth(campaign["root"]), campaign["results"]["dark_model"]["model"]
     darks = load_masters(campaign["root"] / "out" / "dark_masters")
-    good = (model.dq & (DQ_BITS["SATURATED"][0] | DQ_BITS["FEW_SAMPLES"][0])) == 0
+    good = (model.dq & (DQ.SATURATED | DQ.FEW_SAMPLES)) == 0
     signal = darks.data.reshape(len(darks), -1)
     z = design(darks.temperature, darks.exptime, model.tmin, "exponential")
     log_params = fit_loglinear(signal, darks.valid.reshape(len(darks), -1).astype(float), z,
@@ -65,12 +65,12 @@ def test_held_out_prediction_is_noise_limited_and_beats_log_space(campaign):
 
 def test_hot_pixels_are_found(campaign):
     truth, model = read_truth(campaign["root"]), campaign["results"]["hot_pixels"]["model"]
-    flagged = (model.dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0
+    flagged = (model.dq & (DQ.HOT | DQ.WARM)) > 0
     assert np.all(flagged[truth["hot"]])
     assert np.mean(flagged[~truth["hot"]]) < 0.0005
     mask = fits.getdata(campaign["root"] / "out" / "dark_model" / "hot_pixel_mask.fits").astype(bool)
     assert np.array_equal(mask, flagged)
-    noisy = (model.dq & DQ_BITS["NOISY"][0]) > 0
+    noisy = (model.dq & DQ.NOISY) > 0
     assert np.mean(truth["rts"][noisy] > 0) > 0.9
 
 
@@ -102,7 +102,7 @@ def test_products_say_what_they_are(campaign):
     master = fits.getheader(out / "bias_grouped_by_temp" / "master_bias_-10.0C.fits")
     assert master["NCOMBINE"] == 10 and len(master["HISTORY"]) == 10 and master["BUNIT"] == "DN"
     dq_def = fits.getdata(out / "dark_model" / "dq_map.fits", "DQ_DEF")
-    assert list(dq_def["NAME"]) == list(DQ_BITS)
+    assert list(dq_def["NAME"]) == [flag.name for flag in FLAGS]
     assert not list(out.rglob(".*.tmp")) and not list(out.rglob(".*fits"))
     outliers = fits.open(out / "dark_model" / "outliers.fits")
     assert outliers["SAMPLES"].columns.names == ["MASTER", "X", "Y", "SIGNAL", "MODEL"]

@@ -28,9 +28,9 @@ from astropy.time import Time
 from scipy.ndimage import uniform_filter
 
 from .bias import bias_at
+from .dq import DQ, DQ_DTYPE, dq_table, flag_value
 from .errors import CampaignError
 from .fitsio import atomic_path, frames_in, provenance, read_rows
-from .hotpix import DQ_BITS, dq_table
 from .inventory import COMPRESSED_SUFFIXES, FITS_SUFFIXES, frame_exposure, frame_temperature
 from .model import CalibrationModel, shared_model
 
@@ -39,10 +39,10 @@ __all__ = ["calibrate_ccd", "calibrate_file", "mask_value", "refused_row", "rela
 
 def mask_value(names) -> int:
     """The DQ bits (by name) that make a pixel masked."""
-    unknown = [n for n in names if n not in DQ_BITS]
-    if unknown:
-        raise CampaignError(f"calibration_mask: unknown DQ bit(s) {', '.join(unknown)}; known: {', '.join(DQ_BITS)}")
-    return int(np.bitwise_or.reduce([DQ_BITS[n][0] for n in names])) if names else 0
+    try:
+        return flag_value(names)
+    except KeyError as err:
+        raise CampaignError(f"calibration_mask: {err.args[0]}") from None
 
 
 def _conditions(header, params: dict, temperature, exptime) -> tuple[float, float]:
@@ -100,12 +100,11 @@ def calibrate_ccd(ccd: CCDData, model: CalibrationModel, params: dict, temperatu
     charge = dark + np.clip(own, 0, None)
     variance = (model.read_noise.astype(np.float64) ** 2 + (charge / gain if gain else 0.0)
                 + model.bias_variance(temperature) + dark_var)
-    dq = model.dq.astype(np.uint16)
-    dq |= np.where(frame >= float(model.meta.get("SATURATE", np.inf)), DQ_BITS["FRAME_SATURATED"][0], 0
-                   ).astype(np.uint16)
-    dq |= np.where(np.isfinite(frame), 0, DQ_BITS["FRAME_INVALID"][0]).astype(np.uint16)
+    dq = model.dq.astype(DQ_DTYPE)
+    dq[frame >= float(model.meta.get("SATURATE", np.inf))] |= DQ_DTYPE(DQ.FRAME_SATURATED)
+    dq[~np.isfinite(frame)] |= DQ_DTYPE(DQ.FRAME_INVALID)
     if messages:
-        dq |= np.uint16(DQ_BITS["OUT_OF_RANGE"][0])
+        dq |= DQ_DTYPE(DQ.OUT_OF_RANGE)
     factor = gain if electrons else 1.0
     header = ccd.header.copy()
     for key in ("BZERO", "BSCALE", "BLANK", "SATURATE", "DATAMAX"):
@@ -140,7 +139,7 @@ def write_calibrated(ccd: CCDData, path: str | Path) -> Path:
     hdul = ccd.to_hdu(hdu_mask="MASK", hdu_uncertainty="UNCERT", hdu_flags=None)
     hdul[0].data = hdul[0].data.astype(np.float32)
     hdul["UNCERT"].data = hdul["UNCERT"].data.astype(np.float32)
-    dq = fits.ImageHDU(np.asarray(ccd.flags, dtype=np.uint16), name="DQ")
+    dq = fits.ImageHDU(np.asarray(ccd.flags, dtype=DQ_DTYPE), name="DQ")
     dq.header["BUNIT"] = ""
     table = fits.table_to_hdu(dq_table(ccd.flags))
     table.name = "DQ_DEF"

@@ -19,17 +19,17 @@ import numpy as np
 from astropy.stats import mad_std
 from astropy.table import Table
 
+from .dq import DQ, has
 from .errors import CampaignError
-from .hotpix import DQ_BITS
 from .model import CalibrationModel
 
 __all__ = ["CLASSES", "Comparison", "common_point", "compare_models", "describe"]
 
 #: pixel classes of the comparison map, in the order of their codes 0..5
 CLASSES = ("unflagged", "persistent", "new", "gone", "reclassified", "not comparable")
-_FLAGGED = DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0]
-_UNUSABLE = DQ_BITS["DO_NOT_USE"][0]
-_NOT_OWN_FIT = _UNUSABLE | DQ_BITS["FALLBACK"][0] | DQ_BITS["FEW_SAMPLES"][0]
+_FLAGGED = DQ.HOT | DQ.WARM
+_UNUSABLE = DQ.DO_NOT_USE
+_NOT_OWN_FIT = _UNUSABLE | DQ.FALLBACK | DQ.FEW_SAMPLES
 _MEDIAN_EFFICIENCY = np.sqrt(np.pi / 2)  # standard error of a median / that of a mean, for normal scatter
 
 
@@ -150,7 +150,7 @@ def compare_models(reference: CalibrationModel, current: CalibrationModel, sigma
     classes[before & ~after & (rate_z < -sigma)] = 3
     classes[(before ^ after) & (classes == 0)] = 4
     classes[(before | after) & ~both] = 5
-    hot = ((reference.dq | current.dq) & DQ_BITS["HOT"][0]) > 0
+    hot = has(reference.dq | current.dq, DQ.HOT)
     pixels = Table(rows=[(name, int(np.count_nonzero(classes == code)), int(np.count_nonzero((classes == code) & hot)))
                          for code, name in enumerate(CLASSES) if code], names=("class", "warm_or_hot", "hot"))
     y, x = np.nonzero(classes > 1)

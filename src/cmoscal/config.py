@@ -211,11 +211,12 @@ def validate_params(params: dict) -> list[str]:
     reference = flat.get("reference_campaign")
     if isinstance(reference, str) and reference.strip() and not Path(reference).exists():
         problems.append(f"reference_campaign: {reference} does not exist")
-    from .hotpix import DQ_BITS
+    from .dq import flag_value
 
-    unknown = [b for b in flat.get("calibration_mask") or [] if b not in DQ_BITS]
-    if unknown:
-        problems.append(f"calibration_mask: unknown DQ bit(s) {', '.join(unknown)}")
+    try:
+        flag_value(flat.get("calibration_mask") or [])
+    except (KeyError, TypeError) as err:
+        problems.append(f"calibration_mask: {err.args[0]}")
     if not problems and params["warm_sigma"] >= params["hot_sigma"]:
         problems.append("warm_sigma: must be smaller than hot_sigma")
     return problems

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .inventory import chain_groups
-from .kernels import COVARIANCE_PLANES, fit_pixels, kernel_array
+from .kernels import COVARIANCE_PLANES, FIT_FLAGS, fit_pixels, kernel_array
 from .noise import Noise
 
 __all__ = ["BOLTZMANN_EV", "DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear",
@@ -154,7 +154,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
                lo, hi, np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),
                noise.bias is not None, *out)
     params, cov, chi2, nvalid, flags, dropped = out
-    dof = nvalid - np.where(flags & 2, 1, P)
+    dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1, P)
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2r = np.where(dof > 0, chi2 / dof, np.nan)
     return DarkFit(params=params, cov=cov, chi2r=chi2r, nvalid=nvalid, flags=flags, dropped=dropped)

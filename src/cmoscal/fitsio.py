@@ -209,7 +209,7 @@ def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
     """Rows (the second-to-last axis) of an image extension of a product, memory-mapped.
 
     Only the requested rows are read; ``rows`` is a slice or an index array. Values come back
-    in native byte order, scaled when the extension has BSCALE/BZERO (e.g. uint16).
+    in native byte order, scaled when the extension has BSCALE/BZERO (e.g. uint16, uint32).
     """
     path = str(path)
     layouts = _layouts(path, os.stat(path).st_mtime_ns)
@@ -218,8 +218,8 @@ def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
         raise KeyError(f"{path}: no image extension {ext!r}")
     offset, dtype, shape, bscale, bzero = layouts[key]
     data = np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[..., rows, :])
-    if bscale == 1 and bzero == 32768 and dtype.kind == "i" and dtype.itemsize == 2:  # uint16
-        return (data.astype(np.int32) + 32768).astype(np.uint16)
+    if bscale == 1 and dtype.kind == "i" and bzero == _SIGN_BIT.get(dtype.itemsize):  # unsigned, stored signed
+        return (data.astype(np.int64) + int(bzero)).astype(f"u{dtype.itemsize}")
     data = data.astype(dtype.newbyteorder("="))
     if bscale != 1 or bzero != 0:
         return data * bscale + bzero
@@ -323,7 +323,8 @@ def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -
     return Path(path)
 
 
-_STREAMED = {np.dtype(t) for t in ("u1", "i2", "u2", "i4", "f4", "f8")}
+_STREAMED = {np.dtype(t) for t in ("u1", "i2", "u2", "i4", "u4", "f4", "f8")}
+_SIGN_BIT = {2: 1 << 15, 4: 1 << 31}  # unsigned integers are stored signed with this BZERO (the FITS convention)
 _CHUNK = 1 << 20  # bytes converted at a time: the buffer stays in cache
 _EXCLUDED = b":;<=>?@[\\]^_`"  # punctuation the checksum's ASCII encoding avoids
 
@@ -383,8 +384,8 @@ def _stream_image(f, hdu, checksum: bool) -> None:
         buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
         for first in range(0, flat.size, step):
             out = buffer[:min(step, flat.size - first)]
-            if flat.dtype == np.uint16:  # stored as int16 with BZERO 32768 (the FITS convention astropy follows)
-                np.bitwise_xor(flat[first:first + step], 0x8000, out=out)
+            if flat.dtype.kind == "u" and flat.itemsize in _SIGN_BIT:  # stored signed with BZERO, as astropy does
+                np.bitwise_xor(flat[first:first + step], flat.dtype.type(_SIGN_BIT[flat.itemsize]), out=out)
             else:
                 out[...] = flat[first:first + step]
             f.write(out)

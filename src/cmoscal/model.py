@@ -24,9 +24,9 @@ from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
 from .darkfit import KELVIN, temperature_feature
+from .dq import DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, set_card, write_hdus
-from .hotpix import dq_table
 from .kernels import predict_dark, predict_log_rate
 from .products import LEDGER, MODEL_FILE, require_current
 
@@ -77,8 +77,8 @@ class CalibrationModel:
         Reduced chi-square of the dark fit.
     nvalid : ndarray
         Master samples the dark fit used.
-    dq : ndarray (uint16)
-        Bitmask, see :data:`cmoscal.hotpix.DQ_BITS`.
+    dq : ndarray (uint32)
+        Bitmask, see :mod:`cmoscal.dq`.
     form : str
         'exponential' or 'arrhenius'.
     fit_gamma : bool
@@ -239,7 +239,7 @@ class CalibrationModel:
                   ("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
                   ("DQ", self.dq, "")]
-        extensions = [(name, np.asarray(data, dtype={"DQ": np.uint16, "DARK_NVALID": np.int16}.get(name, np.float32)),
+        extensions = [(name, np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)),
                        unit) for name, data, unit in images]
         return write_hdus(path, None, header, extensions + [("DQ_DEF", fits.table_to_hdu(dq_table()), "")],
                           checksum=True)

@@ -18,9 +18,9 @@ from astropy.table import Table
 
 from .config import load_params
 from .darkfit import predict
+from .dq import FLAGS, has
 from .errors import CampaignWarning
 from .evaluate import downsample
-from .hotpix import DQ_BITS
 from .index import format_value
 from .inventory import chain_groups
 
@@ -270,7 +270,7 @@ def significance_histogram(significance: np.ndarray, populations: list, threshol
 
 def flag_map(dq: np.ndarray, block: int | None = None):
     """Flagged pixels per block, one panel per DQ class present (counts, so a lone pixel shows on a large sensor)."""
-    return count_maps({name: (dq & value) > 0 for name, (value, _) in DQ_BITS.items() if np.any(dq & value)}, block,
+    return count_maps({flag.name: has(dq, flag.value) for flag in FLAGS if has(dq, flag.value).any()}, block,
                       empty="no flagged pixels")
 
 

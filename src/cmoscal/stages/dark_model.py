@@ -21,9 +21,9 @@ from astropy.table import Table
 from .. import __version__
 from ..compute import concurrently, row_bands, run_tiles, sample_rows
 from ..darkfit import compare_forms, fit_dark, predict
+from ..dq import DQ, DQ_DTYPE, from_fit_flags
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
-from ..hotpix import DQ_BITS, FIT_DQ
 from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
 from ..masters import inverse_gain, load_masters, master_index
@@ -247,10 +247,9 @@ def run(params: dict) -> dict:
     dark, cov, chi2r, nvalid, flags, saturated = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params)
-    dq = np.where(saturated, DQ_BITS["SATURATED"][0], 0).astype(np.uint16)
-    for flag, bit in FIT_DQ.items():
-        dq |= np.where(flags & FIT_FLAGS[flag], DQ_BITS[bit][0], 0).astype(np.uint16)
-    dq |= np.where(bias["fallback"] > 0, DQ_BITS["FALLBACK"][0], 0).astype(np.uint16)
+    dq = from_fit_flags(flags, FIT_FLAGS)
+    dq[saturated] |= DQ_DTYPE(DQ.SATURATED)
+    dq[bias["fallback"] > 0] |= DQ_DTYPE(DQ.FALLBACK)
     bias_T = [h["TEMP"] for _, h in bias_index]
     model = CalibrationModel(
         bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,

@@ -16,10 +16,10 @@ from astropy.table import Table
 
 from ..bias import bias_at
 from ..compute import run_tiles
+from ..dq import DQ, has
 from ..errors import OutOfRangeWarning
 from ..evaluate import compare, held_out_dark, leave_one_out_bias
 from ..fitsio import cube_writer, provenance, write_table
-from ..hotpix import DQ_BITS
 from ..inventory import frame_label
 from ..masters import load_masters, master_index
 from ..model import CalibrationModel, shared_model
@@ -46,7 +46,7 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
     T, t = float(masters.temperature[0]), float(masters.exptime[0])
-    good = ((model.dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0) & valid
+    good = ~has(model.dq, DQ.ANY & ~DQ.OUTLIER) & valid
     if dropped is not None:
         good[dropped] = False
     if kind == "bias":
@@ -57,7 +57,7 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
         synth, var_pred = model.prediction(T, t)
         bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
         noise = Noise(masters.nframes, model.read_variance, inv_gain, bias)
-    hot = ((model.dq & DQ_BITS["HOT"][0]) > 0) & valid
+    hot = has(model.dq, DQ.HOT) & valid
     mae, mape, stats, previews = compare(synth, master, var_pred, noise, T, good, hot, params["snr_min"], PREVIEW)
     row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)
     return row, previews, (mae, mape) if params["save_eval_fits"] else None
@@ -147,7 +147,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
                                   flat(np.where(bias_m.valid, bias_m.nframes, 0)),
                                   sample(model.read_noise.astype(np.float64)) ** 2 * ratio_factor(model.meta["RNDOF"]))
     dq = sample(model.dq)
-    g, h = (dq & ~np.uint16(DQ_BITS["OUTLIER"][0])) == 0, (dq & DQ_BITS["HOT"][0]) > 0
+    g, h = ~has(dq, DQ.ANY & ~DQ.OUTLIER), has(dq, DQ.HOT)
     table_rows = []
     for kind, zz, ee, T, t in (("bias", zb, errb, bias_m.temperature, np.zeros(len(bias_m))),
                                ("dark", z, err, darks.temperature, darks.exptime)):

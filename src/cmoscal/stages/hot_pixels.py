@@ -12,16 +12,15 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from ..dq import DQ, DQ_DTYPE, dq_table, has, set_by
 from ..errors import CampaignError
 from ..fitsio import write_hdus, write_table
-from ..hotpix import DQ_BITS, classify_pixels, dq_table, log_rate_significance
+from ..hotpix import classify_pixels, log_rate_significance
 from ..model import CalibrationModel
 from ..products import MODEL_FILE, note, out, require, stage
 
-__all__ = ["CLASSIFICATION_BITS", "log_rates", "run"]
+__all__ = ["log_rates", "run"]
 
-#: the bits this stage sets (cleared first, so a rerun with new thresholds starts clean)
-CLASSIFICATION_BITS = DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0] | DQ_BITS["NOISY"][0] | DQ_BITS["POOR_FIT"][0]
 
 
 def log_rates(model: CalibrationModel, temperature: float):
@@ -37,8 +36,8 @@ def run(params: dict) -> dict:
     the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
     """
     model = CalibrationModel.read(require(out(params, MODEL_FILE), "dark_model"))
-    fit_dq = (model.dq & ~np.uint16(CLASSIFICATION_BITS)).astype(np.uint16)
-    usable = (fit_dq & DQ_BITS["DO_NOT_USE"][0]) == 0
+    fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
+    usable = ~has(fit_dq, DQ.DO_NOT_USE)
     ends, significance, populations, ln_rates = model.trange, [], [], {}
     for T in ends:
         ln_rates[T], var = log_rates(model, T)
@@ -57,9 +56,9 @@ def run(params: dict) -> dict:
                                      rate_min)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True)
-    flagged = np.flatnonzero((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])).ravel())
+    flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())
     y, x = np.unravel_index(flagged, dq.shape)
-    hot = (dq.ravel()[flagged] & DQ_BITS["HOT"][0]) > 0
+    hot = has(dq.ravel()[flagged], DQ.HOT)
     table = Table({"x": x, "y": y, "class": np.where(hot, "HOT", "WARM"),
                    f"rate_{ends[0]:.1f}C": np.exp(ln_rates[ends[0]].ravel()[flagged]),
                    f"rate_{ends[1]:.1f}C": np.exp(ln_rates[ends[1]].ravel()[flagged]),
@@ -76,7 +75,7 @@ def run(params: dict) -> dict:
     write_hdus(out(params, "dark_model", "dq_map.fits"), dq, header,
                [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True)
     header["DESCRIP"], header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
-    mask = ((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0).astype(np.uint8)
+    mask = has(dq, DQ.HOT | DQ.WARM).astype(np.uint8)
     write_hdus(out(params, "dark_model", "hot_pixel_mask.fits"), mask, header, checksum=True)
     model.write(out(params, MODEL_FILE))
     note(hot=int(hot.sum()), warm=int((~hot).sum()))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
+from ..dq import DQ, dq_table, has
 from ..fitsio import read_table, write_table
-from ..hotpix import DQ_BITS, dq_table
 from ..model import CalibrationModel, shared_model
 from ..products import MODEL_FILE, out, require, stage, stage_states
 from . import bias as bias_stage
@@ -120,7 +120,7 @@ def run(params: dict) -> Table:
             "no group can be left out with two temperatures (and exposures) remaining"))
         rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
                            np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason))
-    flagged = float(np.mean((dq & (DQ_BITS["HOT"][0] | DQ_BITS["WARM"][0])) > 0))
+    flagged = float(np.mean(has(dq, DQ.HOT | DQ.WARM)))
     rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
                        limits["hot_fraction_max"]))
     files = files_accounted(params)

@@ -108,6 +108,33 @@ def test_forms_are_told_apart_only_when_the_data_can():
     assert narrow["better"] == "" and "no significant difference" in narrow["verdict"]
 
 
+def test_a_form_added_to_the_registry_takes_part_in_fits_and_the_comparison(monkeypatch):
+    """A third law, declared once: the fit, the prediction and the comparison of the best two use it."""
+    from cmoscal import forms
+
+    power = forms.Form("power", "C", "", "dark power-law index C", "(1 + T - TMIN)^C",
+                       lambda T, tmin: np.log1p(T - tmin))
+    monkeypatch.setitem(forms.FORMS, "power", power)
+    rng = np.random.default_rng(13)
+    temps = np.repeat(np.arange(-20.0, 41.0, 10.0), 5)
+    times = np.tile([1.0, 5, 10, 30, 60], 7)
+    params = np.stack([np.full(2000, np.log(0.01)), rng.normal(0.65, 0.01, 2000), np.ones(2000)])
+    truth = predict(params, temps[:, None], times[:, None], -20.0, "arrhenius")
+    noise = Noise(np.ones(truth.shape), np.full(2000, 0.3), 0.1)
+    signal = truth + rng.normal(size=truth.shape) * np.sqrt(0.3 + 0.1 * truth)
+    chi2 = {}
+    for name in forms.FORMS:
+        fit = fit_dark(signal, noise, temps, times, -20.0, name)
+        chi2[name] = fit.chi2r * (fit.nvalid - 3)
+    assert np.nanmedian(chi2["power"]) > 2 * np.nanmedian(chi2["arrhenius"])  # a law the data reject
+    result = compare_forms(chi2)
+    assert result["better"] == "arrhenius" and "power" not in result["verdict"]
+    assert forms.dark_form("power").equation(False) == "DC = A * t * (1 + T - TMIN)^C"
+    assert forms.dark_form("power").extension == "DARK_C"
+    with pytest.raises(ValueError, match="unknown form 'quadratic'"):
+        forms.dark_form("quadratic")
+
+
 def test_pixels_without_enough_samples_get_population_values_and_a_flag():
     rng = np.random.default_rng(9)
     _, _, signal, noise = simulate(10, rng)

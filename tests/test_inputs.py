@@ -78,7 +78,9 @@ def test_camera_styles_give_the_products_of_their_integer_twin(plain, tmp_path, 
 @pytest.mark.parametrize("bitpix", [32, -64])
 def test_other_bitpix_read_the_same_values(plain, tmp_path, bitpix):
     simulate_campaign(tmp_path, seed=41, **SMALL, bitpix=bitpix)
-    _, results = run(tmp_path, stages=("inventory", "bias"))
+    with pytest.warns(CampaignWarning, match="16-bit data assumed, saturating at 65535 raw"):
+        _, results = run(tmp_path, stages=("inventory", "bias"))
+    assert results["inventory"].meta["saturation"] == plain[2]["inventory"].meta["saturation"] == 4095
     assert np.array_equal(results["bias"]["a"], plain[2]["bias"]["a"])
 
 
@@ -168,13 +170,13 @@ def test_stale_dq_is_never_used(tmp_path):
     params, results = run(tmp_path)
     flagged = DQ.HOT | DQ.WARM
     assert (results["hot_pixels"]["model"].dq & flagged).any()
-    STAGES["dark_model"](params)  # rewrites the model without the hot-pixel classification
+    STAGES["dark_model"](params)  # a new fit, without the hot-pixel classification: the model is stale
     science = tmp_path / "raw" / "dark" / "dark_+0C_10s_000.fits"
     result = cmoscal("calibrate", science, "--model", "out", "--output", "cal", cwd=tmp_path)
     assert result.returncode == 1 and not (tmp_path / "cal").exists()
     assert "which is stale (dark_model ran after it): run the hot_pixels stage first" in result.stderr
-    alone = tmp_path / "copied.fits"  # the file without its ledger says so itself
-    shutil.copy(tmp_path / "out" / "calibration_model.fits", alone)
+    alone = tmp_path / "copied.fits"  # the dark fit without its ledger says so itself
+    shutil.copy(tmp_path / "out" / "dark_model" / "dark_fit.fits", alone)
     for args in (("synth-dark", "--exptime", "10"), ("synth-bias",)):
         result = cmoscal(*args, "--model", alone, "--temperature", "0", "--output", "s.fits", cwd=tmp_path)
         assert result.returncode == 1 and "its DQ lacks the warm and hot pixels" in result.stderr

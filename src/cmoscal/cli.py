@@ -218,6 +218,7 @@ def _synth(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .forms import FORMS
     from .simulate import BITPIXES, DATE_STYLES, TEMPERATURE_STYLES
 
     parser = argparse.ArgumentParser(prog="cmoscal", description="Per-pixel bias and dark calibration of CMOS "
@@ -235,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="dark exposure times in s (default 1,5,10,30,60)")
     p.add_argument("--frames", type=int, default=5, help="dark frames per (T, t) (default 5)")
     p.add_argument("--bias-frames", type=int, default=10, help="bias frames per T (default 10)")
-    p.add_argument("--law", choices=("exponential", "arrhenius"), default="exponential",
+    p.add_argument("--law", choices=tuple(FORMS), default="exponential",
                    help="dark-current temperature law of the truth (default exponential)")
     p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
     p.add_argument("--odd-files", action="store_true", help="fpack, gzip, extension, float32, ms, kelvin, "

@@ -21,6 +21,7 @@ from astropy.table import Table
 
 from .dq import DQ, has
 from .errors import CampaignError
+from .forms import dark_form
 from .model import CalibrationModel
 
 __all__ = ["CLASSES", "Comparison", "common_point", "compare_models", "describe"]
@@ -127,8 +128,8 @@ def compare_models(reference: CalibrationModel, current: CalibrationModel, sigma
                    both),
                   (rate, "%", 100 * (ln1 - ln0), 1e4 * (var0 + var1), both)]
     if reference.form == current.form:
-        name, unit = ("B", "1/degC") if current.form == "exponential" else ("Ea", "eV")
-        quantities.append((name, unit, current.dark[1] - reference.dark[1],
+        law = dark_form(current.form)
+        quantities.append((law.slope, law.unit, current.dark[1] - reference.dark[1],
                            reference.dark_cov[1] + current.dark_cov[1], own_fit))
     if reference.fit_gamma and current.fit_gamma:
         quantities.append(("gamma", "", current.dark[2] - reference.dark[2],

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .forms import FORMS
+
 __all__ = ["ParamsError", "default_params", "load_params", "validate_params"]
 
 
@@ -136,14 +138,13 @@ _CHECKS = {
     "gain": _optional(_number(0, open_lo=True)),
     "dark_bias": _choice("model", "nearest"),
     "dark_model": _choice("auto", "2d", "1d"),
-    "dark_form": _choice("exponential", "arrhenius"),
+    "dark_form": _choice(*FORMS),
     "max_iterations": _number(1, integer=True),
     "min_dof": _number(0, integer=True),
     "outlier_sigma": _number(2),
     "max_outlier_fraction": _number(0, 0.5),
     "full_well_level": _number(0, 1),
-    "fit_bounds.B": _interval,
-    "fit_bounds.Ea": _interval,
+    **{f"fit_bounds.{law.slope}": _interval for law in FORMS.values()},
     "fit_bounds.gamma": _interval,
     "warm_sigma": _number(0, open_lo=True),
     "hot_sigma": _number(0, open_lo=True),

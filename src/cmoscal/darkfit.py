@@ -1,10 +1,7 @@
 """Dark-signal models fitted to every pixel at once.
 
-Every form is ``DC = exp(lnA + slope * x(T) + gamma * ln t)``:
-
-- exponential: x = T - Tmin [degC], slope = B [1/degC];
-- arrhenius:   x = -(1/T_K - 1/Tmin_K) / k_B [1/eV], slope = Ea [eV];
-- 2d fits gamma; 1d fixes gamma = 1 (signal per second).
+Every form (:data:`cmoscal.forms.FORMS`: exponential, Arrhenius) is
+``DC = exp(lnA + slope * x(T) + gamma * ln t)``; 2d fits gamma, 1d fixes gamma = 1 (signal per second).
 
 The estimator is noise-weighted nonlinear least squares: Levenberg-Marquardt steps, started
 from the log-linear solution and reweighted from the model (the variance of a master depends
@@ -21,28 +18,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .forms import FORMS, dark_form
 from .inventory import chain_groups
 from .kernels import COVARIANCE_PLANES, FIT_FLAGS, fit_pixels, kernel_array
 from .noise import Noise
 
-__all__ = ["BOLTZMANN_EV", "DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear",
-           "linear_variance",
+__all__ = ["DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear", "linear_variance",
            "predict", "predict_variance", "temperature_feature"]
-
-BOLTZMANN_EV = 8.617333262e-5  # eV / K
-KELVIN = 273.15
 _TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
 _LN_A_LOW = np.log(1e-9)  # A floor, DN/s^gamma: 1 DN in 30 years; keeps var(lnA) of dark-less pixels finite
 
 
-def temperature_feature(temperature, tmin: float, form: str):
-    """The temperature regressor x(T) of ``form`` ('exponential' or 'arrhenius')."""
-    temperature = np.asarray(temperature, dtype=np.float64)
-    if form == "exponential":
-        return temperature - tmin
-    if form == "arrhenius":
-        return -(1 / (temperature + KELVIN) - 1 / (tmin + KELVIN)) / BOLTZMANN_EV
-    raise ValueError(f"dark_form: unknown form {form!r} (exponential or arrhenius)")
+def temperature_feature(temperature, tmin: float, name: str):
+    """The temperature regressor x(T) of the form ``name`` (:data:`cmoscal.forms.FORMS`)."""
+    return dark_form(name).feature(np.asarray(temperature, dtype=np.float64), tmin)
 
 
 def design(temperature, exptime, tmin: float, form: str) -> np.ndarray:
@@ -105,7 +94,8 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
         Master temperatures [degC] and exposures [s].
     tmin : float
         Reference temperature of A [degC].
-    form : {"exponential", "arrhenius"}, default "exponential"
+    form : str, default "exponential"
+        A name of :data:`cmoscal.forms.FORMS`.
     fit_gamma : bool, default True
         2d model; False fixes gamma = 1 (1d model, A in DN/s).
     usable : ndarray of bool, shape (M, npix), optional
@@ -194,23 +184,26 @@ def fit_loglinear(y, weights, Z, offset):
     return theta
 
 
-def compare_forms(chi2: dict, names=("exponential", "arrhenius"), z_min: float = 3.0, delta_min: float = 0.1) -> dict:
-    """Which of two non-nested forms with equal parameter counts fits better, with its significance.
+def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dict:
+    """Which of the non-nested forms with equal parameter counts fits best, with its significance.
 
-    Vuong's test on the per-pixel chi-square differences d = chi2_a - chi2_b: z = mean(d) /
-    (std(d) / sqrt(n)). A form fits better only if the difference is both significant
-    (|z| >= ``z_min``) and material (|mean(d)| >= ``delta_min``, i.e. the forms differ by more
-    than ~0.3 sigma summed over a pixel's masters); otherwise the answer is "no significant
-    difference", the usual and correct one over a narrow temperature range.
+    The two forms of lowest mean chi-square are compared by Vuong's test on the per-pixel
+    chi-square differences d = chi2_a - chi2_b (a before b in :data:`cmoscal.forms.FORMS`):
+    z = mean(d) / (std(d) / sqrt(n)). A form fits better only if the difference is both
+    significant (|z| >= ``z_min``) and material (|mean(d)| >= ``delta_min``, i.e. the forms differ
+    by more than ~0.3 sigma summed over a pixel's masters); otherwise the answer is "no
+    significant difference", the usual and correct one over a narrow temperature range.
 
     Parameters
     ----------
     chi2 : dict
         form name -> per-pixel chi-square (same pixels).
     """
-    a, b = (np.asarray(chi2[name], dtype=np.float64) for name in names)
-    both = np.isfinite(a) & np.isfinite(b)
-    d = a[both] - b[both]
+    values = {name: np.asarray(chi2[name], dtype=np.float64) for name in FORMS if name in chi2}
+    common = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
+    ranked = sorted(values, key=lambda name: values[name][common].mean() if common.any() else 0.0)
+    names = [name for name in values if name in ranked[:2]]  # the two best, in registry order
+    d = values[names[0]][common] - values[names[1]][common]
     n = int(d.size)
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
     z = float(d.mean() / (sd / np.sqrt(n))) if sd > 0 else 0.0

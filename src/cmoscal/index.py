@@ -22,7 +22,7 @@ from astropy.table import Table
 
 from .compare import describe
 from .fitsio import atomic_path, read_table
-from .products import DEPENDS, MODEL_FILE, campaign_warnings, out, stage_states
+from .products import DEPENDS, campaign_warnings, product, stage_states
 from .stages import summary as summary_stage
 
 __all__ = ["current_checks", "format_value", "write_index"]
@@ -64,7 +64,7 @@ def format_value(value, digits: int = 4) -> str:
 
 def current_checks(params: dict) -> Table | None:
     """The checks, if the summary stage is current (its products describe the data); else None."""
-    path = out(params, "checks.ecsv")
+    path = product(params, "checks")
     if stage_states(params["output_dir"])["summary"][0] != "current" or not path.exists():
         return None
     return read_table(path)
@@ -114,7 +114,7 @@ def _campaign(params: dict, files: Table | None) -> str:
             if reasons:
                 parts.append(f"<p>Main reasons {status}:</p><ul>" + "".join(
                     f"<li>{count} x {_cell(reason)}</li>" for reason, count in reasons) + "</ul>")
-    model = out(params, MODEL_FILE)
+    model = product(params, "model")
     if model.exists():
         h = fits.getheader(model)
         parts.append(_table(("calibrated", "range", "inputs"), [
@@ -125,7 +125,7 @@ def _campaign(params: dict, files: Table | None) -> str:
         parts.append(f"<p class='muted'>Instrument {_cell(h.get('INSTRUME', '?'))}, detector "
                      f"{_cell(h.get('DETECTOR', '?'))}; pedigree {_cell(h.get('PEDIGREE', '?'))}; use after "
                      f"{_cell(h.get('USEAFTER', '?'))}; model id <code>{_cell(h.get('MODELID', '?'))}</code>.</p>")
-    science = out(params, "calibrated", "frames.ecsv")
+    science = product(params, "calibrated", "frames.ecsv")
     if stage_states(params["output_dir"])["calibration"][0] == "current" and science.exists():
         frames = read_table(science)
         done = frames["status"] == "calibrated"
@@ -154,7 +154,7 @@ def _numbers(record: dict | None) -> str:
 
 def _comparison(params: dict, pages: dict) -> str:
     state = stage_states(params["output_dir"])["comparison"][0]
-    folder = out(params, "comparison")
+    folder = product(params, "comparison")
     if state != "current" or not (folder / "changes.ecsv").exists():
         return ""
     changes, pixels = read_table(folder / "changes.ecsv"), read_table(folder / "pixels.ecsv")

@@ -431,8 +431,9 @@ _UINT16_MAX = 65535
 def _saturation(table: Table, refs: dict, values: np.ndarray, scale: float, params: dict) -> tuple[float, list[str]]:
     """Saturation [DN]: the parameter, else SATURATE/DATAMAX in the headers, else the ADC range of the data.
 
-    Floating-point frames have no integer range: when every sampled value is a whole number
-    within 0..65535 they hold 16-bit data (a capture program's float copy) and saturate there.
+    A container wider than 16 bits (float, 32-bit integers) whose sampled values are all whole
+    numbers within 0..65535 holds 16-bit data (a capture program's copy) and saturates there,
+    with a warning that says so.
     """
     if params["saturation"] != "auto":
         return float(params["saturation"]), []
@@ -445,14 +446,18 @@ def _saturation(table: Table, refs: dict, values: np.ndarray, scale: float, para
     tops = Counter(refs[i].adc_max for i in np.flatnonzero(ok))
     top = tops.most_common(1)[0][0] if tops else np.inf
     finite = values[np.isfinite(values)]
-    if not np.isfinite(top) and finite.size and np.all(finite == np.round(finite)) and \
+    messages = []
+    if top > _UINT16_MAX and finite.size and np.all(finite == np.round(finite)) and \
             0 <= finite.min() and finite.max() <= _UINT16_MAX:
         top = _UINT16_MAX
+        messages.append(f"saturation: the frames store whole numbers within 0..{_UINT16_MAX} in a wider type and no "
+                        f"header states a level (SATURATE, DATAMAX): 16-bit data assumed, saturating at "
+                        f"{_UINT16_MAX} raw; set saturation if the sensor clips elsewhere")
     if not np.isfinite(top):
         return np.inf, ["saturation: the frames are floating point and no header states a saturation level "
                         "(SATURATE, DATAMAX): no sample is excluded as saturated; set saturation if the sensor "
                         "clips"]
-    return float(np.floor((top - (scale - 1)) / scale)), []
+    return float(np.floor((top - (scale - 1)) / scale)), messages
 
 
 def _exposure_warnings(table: Table) -> list[str]:

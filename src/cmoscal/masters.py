@@ -24,6 +24,7 @@ from .compute import sample_rows, scratch, tile_budget
 from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
+from .products import product
 
 __all__ = ["MasterSet", "combine", "frame_levels", "frame_problem", "gain_sums", "group_noise", "inverse_gain",
            "level_departure", "load_masters", "make_master", "master_index", "master_path", "pixel_series",
@@ -365,8 +366,8 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
 def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: float = 0.0) -> Path:
     """Path of a master file, with the original pipelines' names."""
     if kind == "bias":
-        return Path(output_dir) / "bias_grouped_by_temp" / f"master_bias_{celsius(temperature)}.fits"
-    return Path(output_dir) / "dark_masters" / f"darks_T{celsius(temperature)}_texp{exptime:g}s.fits"
+        return product(output_dir, "bias_masters", f"master_bias_{celsius(temperature)}.fits")
+    return product(output_dir, "dark_masters", f"darks_T{celsius(temperature)}_texp{exptime:g}s.fits")
 
 
 def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, params: dict, scale: float,

@@ -23,14 +23,16 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
-from .darkfit import KELVIN, temperature_feature
+from .darkfit import temperature_feature
 from .dq import DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, set_card, write_hdus
+from .forms import FORMS, KELVIN, dark_form
 from .kernels import predict_dark, predict_log_rate
 from .products import LEDGER, MODEL_FILE, require_current
 
-__all__ = ["MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "usable_model", "write_synthetic"]
+__all__ = ["BIAS_EQUATION", "MODEL_FILE", "CalibrationModel", "equations", "shared_model", "to_raw16", "usable_model",
+           "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
@@ -47,14 +49,12 @@ _REQUIRED = ("BIAS_A", "BIAS_B", "BIAS_COV", "READ_NOISE", "DARK_A", "DARK_GAMMA
 _RANGE_TOLERANCE = (0.5, 0.02)  # degC and relative: inside this, a request counts as calibrated
 
 
+BIAS_EQUATION = "BIAS = A + B * T"
+
+
 def equations(form: str, fit_gamma: bool) -> tuple[str, str]:
     """Human-readable bias and dark model equations."""
-    time = "t^gamma" if fit_gamma else "t"
-    if form == "exponential":
-        dark = f"DC = A * {time} * exp(B * (T - TMIN))"
-    else:
-        dark = f"DC = A * {time} * exp(-EA/k * (1/T_K - 1/TMIN_K))"
-    return "BIAS = A + B * T", dark
+    return BIAS_EQUATION, dark_form(form).equation(fit_gamma)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class CalibrationModel:
     dq : ndarray (uint32)
         Bitmask, see :mod:`cmoscal.dq`.
     form : str
-        'exponential' or 'arrhenius'.
+        A name of :data:`cmoscal.forms.FORMS`.
     fit_gamma : bool
         True for the 2d model, False for 1d (gamma = 1).
     tmin : float
@@ -209,7 +209,7 @@ class CalibrationModel:
         header = fits.Header()
         provenance(header, bunit="DN", description="cmoscal per-pixel bias and dark calibration model",
                    BIASEQ=bias_eq, DARKEQ=dark_eq,
-                   DARKFORM=(self.form, "exponential or arrhenius"),
+                   DARKFORM=(self.form, " or ".join(FORMS)),
                    DARKDIM=("2d" if self.fit_gamma else "1d", "2d fits gamma, 1d fixes gamma=1"),
                    TMIN=(self.tmin, "degC, reference temperature of DARK_A"),
                    TCALMIN=(self.trange[0], "degC, coldest calibrated"),
@@ -230,12 +230,12 @@ class CalibrationModel:
     def write(self, path: str | Path) -> Path:
         """Write the multi-extension model file atomically (with checksums)."""
         header = self.header()
-        slope = ("DARK_B", "1/degC") if self.form == "exponential" else ("DARK_EA", "eV")
+        law = dark_form(self.form)
         images = [("BIAS_A", self.bias_a, "DN"), ("BIAS_B", self.bias_b, "DN/degC"),
                   ("BIAS_COV", self.bias_cov, "var(a) DN2; var(b) (DN/degC)2; cov(a,b) DN2/degC"),
                   ("READ_NOISE", self.read_noise, "DN"),
                   ("DARK_A", np.exp(self.dark[0]), "DN/s^gamma" if self.fit_gamma else "DN/s"),
-                  (slope[0], self.dark[1], slope[1]), ("DARK_GAMMA", self.dark[2], ""),
+                  (law.extension, self.dark[1], law.unit), ("DARK_GAMMA", self.dark[2], ""),
                   ("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
                   ("DQ", self.dq, "")]
@@ -281,7 +281,7 @@ class CalibrationModel:
             dark = np.empty((3,) + hdul["DARK_A"].data.shape)
             with np.errstate(divide="ignore"):
                 dark[0] = np.log(native("DARK_A", np.float64))
-            dark[1], dark[2] = hdul["DARK_B" if form == "exponential" else "DARK_EA"].data, hdul["DARK_GAMMA"].data
+            dark[1], dark[2] = hdul[dark_form(form).extension].data, hdul["DARK_GAMMA"].data
             return cls(bias_a=native("BIAS_A"), bias_b=native("BIAS_B"), bias_cov=native("BIAS_COV"),
                        read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV"),
                        chi2r=native("DARK_CHI2R"), nvalid=native("DARK_NVALID") if "DARK_NVALID" in names else None,

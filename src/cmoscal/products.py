@@ -27,56 +27,94 @@ import time
 import uuid
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
-__all__ = ["DEPENDS", "LEDGER", "MODEL_FILE", "campaign_warnings", "hold", "ledger", "note", "out", "require",
-           "require_current", "stage", "stage_states"]
+__all__ = ["DEPENDS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings", "hold", "ledger",
+           "note", "out", "product", "require", "require_current", "required", "stage", "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
 _LOCK = ".lock"
 _ENV = "CMOSCAL_LOCK"
 
-#: stage -> the stages whose products it reads
-DEPENDS = {
-    "inventory": (),
-    "bias": ("inventory",),
-    "dark_masters": ("inventory", "bias"),
-    "dark_model": ("bias", "dark_masters"),
-    "hot_pixels": ("dark_model",),
-    "synthesis": ("hot_pixels",),
-    "evaluation": ("bias", "dark_masters", "hot_pixels"),
-    "summary": ("inventory", "hot_pixels", "evaluation"),
-    "calibration": ("hot_pixels",),
-    "comparison": ("hot_pixels",),
-}
 
-#: stage -> glob patterns (relative to output_dir) of the products it owns
-OWNS = {
-    "inventory": ("inventory.ecsv",),
-    "bias": ("bias_grouped_by_temp/*", "bias_model/*"),
-    "dark_masters": ("dark_masters/*",),
-    "dark_model": ("dark_model/dark_*", "dark_model/model_comparison.ecsv", "dark_model/outliers.fits",
-                   MODEL_FILE),
-    "hot_pixels": ("dark_model/dq_map.fits", "dark_model/hot_pixel_mask.fits", "dark_model/hot_pixels.ecsv"),
-    "synthesis": ("synthetic/*",),
-    "evaluation": ("evaluation/*",),
-    "summary": ("checks.ecsv", "model_numbers.ecsv", "dq_counts.ecsv", "files.ecsv"),
-    "calibration": ("calibrated/*",),
-    "comparison": ("comparison/*",),
-}
+@dataclass(frozen=True)
+class Stage:
+    """What a stage is: its name, the stages whose products it reads, and the products it owns.
+
+    Attributes
+    ----------
+    name : str
+        Also its module in :mod:`cmoscal.stages` and (numbered by its place) its notebook.
+    reads : tuple of str
+        Stages whose products it reads: it runs only when they are current, and is stale
+        when one of them runs again.
+    products : dict
+        Product name -> path relative to ``output_dir`` (a folder ends with ``/``, a pattern
+        may hold ``*``). One product, one owner: a stage that runs again removes these first.
+    """
+
+    name: str
+    reads: tuple
+    products: dict
+
+    @property
+    def notebook(self) -> str:
+        """File name of the stage's notebook."""
+        return f"{[s.name for s in PIPELINE].index(self.name) + 1:02d}_{self.name}.ipynb"
+
+    @property
+    def owns(self) -> tuple:
+        """Glob patterns (relative to output_dir) of the files the stage owns."""
+        return tuple(path + "*" if path.endswith("/") else path for path in self.products.values())
+
+
+#: the stages in pipeline order: every dependency, ownership, stale state and product path derives from these
+PIPELINE = (
+    Stage("inventory", (), {"inventory": "inventory.ecsv"}),
+    Stage("bias", ("inventory",), {"bias_masters": "bias_grouped_by_temp/", "bias_model": "bias_model/"}),
+    Stage("dark_masters", ("inventory", "bias"), {"dark_masters": "dark_masters/"}),
+    Stage("dark_model", ("bias", "dark_masters"),
+          {"dark_maps": "dark_model/dark_*", "dark_fit": "dark_model/dark_fit.fits",
+           "model_comparison": "dark_model/model_comparison.ecsv", "outliers": "dark_model/outliers.fits"}),
+    Stage("hot_pixels", ("dark_model",),
+          {"model": MODEL_FILE, "dq_map": "dark_model/dq_map.fits", "hot_pixel_mask": "dark_model/hot_pixel_mask.fits",
+           "hot_pixels": "dark_model/hot_pixels.ecsv"}),
+    Stage("synthesis", ("hot_pixels",), {"synthetic": "synthetic/"}),
+    Stage("evaluation", ("bias", "dark_masters", "hot_pixels"), {"evaluation": "evaluation/"}),
+    Stage("summary", ("inventory", "hot_pixels", "evaluation"),
+          {"checks": "checks.ecsv", "model_numbers": "model_numbers.ecsv", "dq_counts": "dq_counts.ecsv",
+           "files": "files.ecsv"}),
+    Stage("calibration", ("hot_pixels",), {"calibrated": "calibrated/"}),
+    Stage("comparison", ("hot_pixels",), {"comparison": "comparison/"}),
+)
+STAGE = {s.name: s for s in PIPELINE}
+#: stage -> the stages whose products it reads
+DEPENDS = {s.name: s.reads for s in PIPELINE}
+_OWNER = {key: s for s in PIPELINE for key in s.products}
 
 _current: dict | None = None  # the ledger entry of the stage running in this process
 
 
 def out(params_or_dir, *parts) -> Path:
-    """Path of a product: ``output_dir / parts``."""
+    """Path below ``output_dir``: ``output_dir / parts``."""
     root = params_or_dir["output_dir"] if isinstance(params_or_dir, dict) else params_or_dir
     return Path(root).joinpath(*parts)
+
+
+def product(params_or_dir, name: str, *parts) -> Path:
+    """Path of the product ``name`` (a key of a :class:`Stage`'s products), or of ``parts`` inside its folder."""
+    return out(params_or_dir, _OWNER[name].products[name], *parts)
+
+
+def required(params_or_dir, name: str, *parts) -> Path:
+    """:func:`product`, or a one-line error naming the stage that makes it when it is missing."""
+    return require(product(params_or_dir, name, *parts), _OWNER[name].name)
 
 
 def require(path: Path, stage: str) -> Path:
@@ -173,10 +211,10 @@ def stage_states(output_dir) -> dict:
         else:
             states[name] = ("current", "")
             for dep in depends:
-                upstream = book.get(dep)
-                if upstream is None:
+                before = book.get(dep)
+                if before is None:
                     states[name] = ("stale", f"{dep} has not run")
-                elif upstream.get("seq") != entry["upstream"].get(dep):
+                elif before.get("seq") != entry["upstream"].get(dep):
                     states[name] = ("stale", f"{dep} ran after it")
                 elif states[dep][0] != "current":
                     states[name] = ("stale", f"{dep} is {states[dep][0]}")
@@ -185,11 +223,11 @@ def stage_states(output_dir) -> dict:
     return states
 
 
-def _upstream(name: str) -> set:
+def upstream(name: str) -> set:
     """``name`` and every stage whose products it reads, directly or not."""
     found = {name}
     for dep in DEPENDS[name]:
-        found |= _upstream(dep)
+        found |= upstream(dep)
     return found
 
 
@@ -206,7 +244,7 @@ def require_current(output_dir, name: str, user: str) -> None:
     state, reason = states[name]
     if state == "current":
         return
-    plan = [s for s in DEPENDS if s in _upstream(name) and states[s][0] != "current"]
+    plan = [s for s in DEPENDS if s in upstream(name) and states[s][0] != "current"]
     what = "has not run" if state == "not run" else f"is {state}" + (f" ({reason})" if reason else "")
     todo = f"the {plan[0]} stage" if len(plan) == 1 else f"the stages {', '.join(plan)}"
     raise CampaignError(f"{user} reads the products of {name} in {output_dir}, which {what}: run {todo} first")
@@ -226,7 +264,7 @@ def note(**facts) -> None:
 
 
 def _clear(output_dir: Path, name: str) -> None:
-    for pattern in OWNS[name]:
+    for pattern in STAGE[name].owns:
         for path in output_dir.glob(pattern):
             if path.is_file():
                 path.unlink()

@@ -31,7 +31,7 @@ import yaml
 
 from . import __version__
 from .fitsio import atomic_path
-from .products import campaign_warnings, hold, ledger
+from .products import STAGE, campaign_warnings, hold, ledger
 
 # nbformat imports jsonschema, whose format checkers import rfc3987_syntax when installed: it builds ~40
 # parsers at import (2-4 s here) for IRI formats no notebook schema uses. Mark it absent, as jsonschema
@@ -54,11 +54,11 @@ class ReportError(RuntimeError):
 
 
 def notebook_for(stage: str) -> Path:
-    """The notebook of ``stage`` (``notebooks/NN_<stage>.ipynb``)."""
-    found = sorted(NOTEBOOK_DIR.glob(f"[0-9][0-9]_{stage}.ipynb"))
-    if not found:
+    """The notebook of ``stage`` (:attr:`cmoscal.products.Stage.notebook`, shipped with the package)."""
+    path = NOTEBOOK_DIR / STAGE[stage].notebook
+    if not path.exists():
         raise FileNotFoundError(f"no notebook for stage {stage} in {NOTEBOOK_DIR}")
-    return found[0]
+    return path
 
 
 def software_versions() -> dict:

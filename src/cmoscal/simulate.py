@@ -23,12 +23,11 @@ import numpy as np
 from astropy.io import fits
 
 from .fitsio import provenance, write_atomic, write_hdus
+from .forms import FORMS, KELVIN, dark_form
 
-__all__ = ["BITPIXES", "BOLTZMANN_EV", "DATE_STYLES", "TEMPERATURE_STYLES", "age_truth", "dark_truth",
+__all__ = ["BITPIXES", "DATE_STYLES", "TEMPERATURE_STYLES", "age_truth", "dark_truth",
            "held_out_points", "simulate_campaign", "truth_maps"]
 
-BOLTZMANN_EV = 8.617333262e-5  # eV / K
-KELVIN = 273.15
 GAIN = 1.5  # e- / DN
 SATURATION = 4095
 
@@ -61,13 +60,17 @@ def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full
         "gain": GAIN,
         "tref": float(tref),
     }
-    if law == "exponential":
-        truth["dark_b"] = np.where(hot, 0.07, 0.10) + rng.normal(0, 0.005, shape)
-    elif law == "arrhenius":
-        truth["dark_ea"] = np.where(hot, 0.45, 0.65) + rng.normal(0, 0.02, shape)
-    else:
-        raise ValueError(f"law: unknown dark-current law {law!r} (exponential or arrhenius)")
+    normal, hot_slope, spread = _SLOPES[dark_form(law).name]
+    truth[_slope_key(law)] = np.where(hot, hot_slope, normal) + rng.normal(0, spread, shape)
     return truth
+
+
+#: the simulated sensor's slope of each form: normal pixels, hot pixels (a lower activation), pixel spread
+_SLOPES = {"exponential": (0.10, 0.07, 0.005), "arrhenius": (0.65, 0.45, 0.02)}
+
+
+def _slope_key(law: str) -> str:
+    return f"dark_{FORMS[law].slope.lower()}"
 
 
 def age_truth(truth: dict, years: float, seed: int = 0) -> dict:
@@ -88,11 +91,8 @@ def age_truth(truth: dict, years: float, seed: int = 0) -> dict:
 
 def dark_truth(truth: dict, temperature, exptime) -> np.ndarray:
     """True mean dark signal [DN] at ``temperature`` [degC] and ``exptime`` [s] (before full well)."""
-    if "dark_b" in truth:
-        activation = truth["dark_b"] * (temperature - truth["tref"])
-    else:
-        inverse = 1 / (temperature + KELVIN) - 1 / (truth["tref"] + KELVIN)
-        activation = -truth["dark_ea"] / BOLTZMANN_EV * inverse
+    law = next(name for name in FORMS if _slope_key(name) in truth)
+    activation = truth[_slope_key(law)] * FORMS[law].feature(temperature, truth["tref"])
     return truth["dark_a"] * exptime ** truth["dark_gamma"] * np.exp(activation)
 
 

@@ -21,13 +21,14 @@ from ..errors import CampaignError
 from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
 from ..inventory import frame_refs, natural_key
 from ..masters import level_departure, load_masters, make_master, master_index, master_path, summarize_masters
-from ..model import equations
+from ..model import BIAS_EQUATION
 from ..noise import read_variance
-from ..products import note, out, require, stage
+from ..products import note, product, required, stage
 from . import inventory as inventory_stage
 
 __all__ = ["RESIDUALS", "frames_table", "load", "make_masters", "run"]
 
+_MASTERS = {"bias": "bias_masters", "dark": "dark_masters"}  # the product holding the masters of each kind
 RESIDUALS = "bias-fit residuals"  # RNSOURCE of a read noise from the line fit (one frame per bias group)
 MAPS = ("bias_a_map", "bias_b_map", "bias_a_sigma_map", "bias_b_sigma_map", "bias_rms_map", "read_noise_map",
         "bias_covariance", "bias_fallback_map")
@@ -95,7 +96,7 @@ def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, re
     records = [(name, group, *rest) for group, result in zip(groups, results) for name, *rest in result["frames"]]
     table = Table(rows=records, names=("frame", "group", "status", "reason", "saturated_fraction", "nan_fraction"),
                   dtype=(str, str, str, str, float, float)) if records else Table()
-    folder = out(params, "bias_grouped_by_temp" if kind == "bias" else "dark_masters")
+    folder = product(params, _MASTERS[kind])
     write_table(table, folder / "frames.ecsv")
     raw = sum(r.nbytes for task in tasks for r in task[0])
     note(bytes_read=int(nbytes), raw_bytes=int(raw), masters=len(list(folder.glob("*.fits"))))
@@ -104,8 +105,7 @@ def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, re
 
 def frames_table(params: dict, kind: str) -> Table:
     """The frames table written by :func:`make_masters` for ``kind``."""
-    folder = "bias_grouped_by_temp" if kind == "bias" else "dark_masters"
-    return read_table(require(out(params, folder, "frames.ecsv"), kind if kind == "bias" else "dark_masters"))
+    return read_table(required(params, _MASTERS[kind], "frames.ecsv"))
 
 
 def _bias_tile(index, rows, prior, from_residuals: bool) -> tuple:
@@ -148,7 +148,7 @@ def run(params: dict) -> dict:
     inventory = inventory_stage.load(params)
     inventory_stage.raise_problems(inventory)
     frames = make_masters(params, inventory, "bias")
-    folder = out(params, "bias_grouped_by_temp")
+    folder = product(params, "bias_masters")
     index = master_index(folder)
     temperatures = sorted({round(h["TEMP"], 1) for _, h in index})
     if len(temperatures) < 2:
@@ -166,7 +166,7 @@ def run(params: dict) -> dict:
     a, b, cov, rms, fallback, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
     T = [h["TEMP"] for _, h in index]
     counts = [h["NCOMBINE"] for _, h in index]
-    keywords = dict(BIASEQ=(equations("exponential", True)[0], "a in DN, b in DN/degC, T in degC"),
+    keywords = dict(BIASEQ=(BIAS_EQUATION, "a in DN, b in DN/degC, T in degC"),
                     TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
                     NBIASM=(len(index), "master biases"), NBIAS=(int(sum(counts)), "frames"),
                     NBIASMED=(float(np.median(counts)), "median frames per master"),
@@ -188,7 +188,7 @@ def run(params: dict) -> dict:
         header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
                             CAMPAIGN=params["campaign"], **keywords,
                             **reference(params, inventory.meta, name.removesuffix("_map").upper()))
-        write_hdus(out(params, "bias_model", f"{name}.fits"), data, header)
+        write_hdus(product(params, "bias_model", f"{name}.fits"), data, header)
     note(fallback_pixels=int(fallback.sum()))
     return dict(masters=summarize_masters(folder), frames=frames, a=a, b=b, cov=cov, rms=rms,
                 read_noise=np.sqrt(rv), fallback=fallback)
@@ -196,10 +196,10 @@ def run(params: dict) -> dict:
 
 def load(params: dict, rows=slice(None)) -> dict:
     """Rows of the bias model maps: a, b, cov, read_noise, fallback, and the header of bias_a_map."""
-    folder = out(params, "bias_model")
+    folder = product(params, "bias_model")
 
     def get(name):
-        return read_image(require(folder / f"{name}.fits", "bias"), 0, rows)
+        return read_image(required(params, "bias_model", f"{name}.fits"), 0, rows)
 
     return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=read_product(folder / "bias_covariance.fits", 0, rows),
                 read_noise=get("read_noise_map"), fallback=read_product(folder / "bias_fallback_map.fits", 0, rows),
@@ -210,4 +210,4 @@ def load(params: dict, rows=slice(None)) -> dict:
 
 def masters_path(params: dict) -> Path:
     """The folder of the master biases."""
-    return out(params, "bias_grouped_by_temp")
+    return product(params, "bias_masters")

@@ -21,7 +21,7 @@ from ..errors import CampaignWarning
 from ..fitsio import write_table
 from ..inventory import find_fits
 from ..model import CalibrationModel
-from ..products import MODEL_FILE, note, out, require, stage
+from ..products import note, product, required, stage
 
 __all__ = ["before_after", "calibrate_files", "normalized_residuals", "run"]
 
@@ -57,8 +57,8 @@ def run(params: dict) -> Table:
         table.meta["note"] = "science_dir is not set: no science frames to calibrate"
         return table
     files = [(path, params["science_dir"]) for path, skip in find_fits(params["science_dir"]) if not skip]
-    folder = out(params, "calibrated")
-    table = calibrate_files(files, require(out(params, MODEL_FILE), "hot_pixels"), folder, params)
+    folder = product(params, "calibrated")
+    table = calibrate_files(files, required(params, "model"), folder, params)
     write_table(table, folder / "frames.ecsv")
     refused = table[table["status"] == "refused"]
     for row in refused:
@@ -71,7 +71,7 @@ def before_after(params: dict, output: str) -> dict:
     """The maps of one calibrated frame (DN) for :func:`cmoscal.plots.image_grid`: the raw frame, the
     bias(T) + dark(T, t) removed, the result, its uncertainty and its mask."""
     ccd = CCDData.read(output)
-    model = CalibrationModel.read(out(params, MODEL_FILE))
+    model = CalibrationModel.read(product(params, "model"))
     removed = model.bias(ccd.header["CALTEMP"]) + model.dark_signal(ccd.header["CALTEMP"], ccd.header["CALEXPT"])
     return {"raw frame": (ccd.data + removed, "DN"),
             f"bias + dark removed (T = {ccd.header['CALTEMP']:.2f} degC, t = {ccd.header['CALEXPT']:.3g} s)":

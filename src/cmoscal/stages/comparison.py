@@ -19,7 +19,7 @@ from ..compare import CLASSES, Comparison, compare_models
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import provenance, read_table, write_hdus, write_table
 from ..model import CalibrationModel, usable_model
-from ..products import MODEL_FILE, note, out, require, stage
+from ..products import note, out, product, required, stage
 
 __all__ = ["load", "run"]
 
@@ -35,11 +35,11 @@ def run(params: dict) -> Comparison | None:
     reference_path = params["reference_campaign"]
     if not reference_path:
         return None
-    own = out(params, MODEL_FILE)
+    own = product(params, "model")
     if Path(reference_path).resolve() in (out(params).resolve(), own.resolve()):
         raise CampaignError("reference_campaign: it is this campaign's own output_dir; give an earlier campaign's")
     reference = usable_model(reference_path, "the comparison stage")
-    current = CalibrationModel.read(require(own, "hot_pixels"))
+    current = CalibrationModel.read(required(params, "model"))
     for key in ("INSTRUME", "DETECTOR"):
         before, now = reference.meta.get(key, "UNKNOWN"), current.meta.get(key, "UNKNOWN")
         if "UNKNOWN" not in (before, now) and before != now:
@@ -49,7 +49,7 @@ def run(params: dict) -> Comparison | None:
     meta = dict(reference=str(reference_path), reference_campaign=reference.meta.get("CAMPAIGN", ""),
                 reference_model=reference.meta.get("MODELID", ""), model=current.meta.get("MODELID", ""),
                 temperature=float(result.temperature), exptime=float(result.exptime), sigma=float(result.sigma))
-    folder = out(params, "comparison")
+    folder = product(params, "comparison")
     for table, name in ((result.changes, "changes"), (result.pixels, "pixels"), (result.changed, "changed_pixels")):
         table.meta.update(meta)
         write_table(table, folder / f"{name}.ecsv")
@@ -74,6 +74,6 @@ def run(params: dict) -> Comparison | None:
 
 def load(params: dict) -> dict:
     """The comparison tables written by :func:`run` (changes, pixels, changed)."""
-    folder = require(out(params, "comparison", "changes.ecsv"), "comparison").parent
+    folder = required(params, "comparison", "changes.ecsv").parent
     return {name: read_table(folder / f"{file}.ecsv")
             for name, file in (("changes", "changes"), ("pixels", "pixels"), ("changed", "changed_pixels"))}

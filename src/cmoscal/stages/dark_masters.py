@@ -13,7 +13,7 @@ from astropy.table import Table
 
 from ..errors import CampaignError
 from ..masters import master_index
-from ..products import out, stage
+from ..products import product, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
@@ -28,9 +28,9 @@ def run(params: dict) -> Table:
     if params["dark_bias"] == "model":
         source = ("model", str(bias["paths"]["a"]), str(bias["paths"]["b"]))
     else:
-        index = master_index(out(params, "bias_grouped_by_temp"))
+        index = master_index(product(params, "bias_masters"))
         source = ("nearest", [str(p) for p, _ in index], [h["TEMP"] for _, h in index])
     frames = bias_stage.make_masters(params, inventory, "dark", source, str(bias["paths"]["read_noise"]))
-    if not list(out(params, "dark_masters").glob("*.fits")):
+    if not list(product(params, "dark_masters").glob("*.fits")):
         raise CampaignError("no usable dark frames: every dark frame was rejected (see dark_masters/frames.ecsv)")
     return frames

@@ -24,12 +24,13 @@ from ..darkfit import compare_forms, fit_dark, predict
 from ..dq import DQ, DQ_DTYPE, from_fit_flags
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
+from ..forms import FORMS, dark_form
 from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
 from ..masters import inverse_gain, load_masters, master_index
 from ..model import CalibrationModel
 from ..noise import Noise
-from ..products import MODEL_FILE, note, out, require, stage
+from ..products import note, product, required, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
@@ -101,7 +102,7 @@ def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
 
 def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
     """Keyword arguments of :func:`cmoscal.darkfit.fit_dark` from the parameters."""
-    slope = params["fit_bounds"]["B" if params["dark_form"] == "exponential" else "Ea"]
+    slope = dark_form(params["dark_form"]).bounds(params["fit_bounds"])
     top = np.log(10 * saturation) if np.isfinite(saturation) else 60.0
     return dict(max_iterations=params["max_iterations"], min_dof=params["min_dof"],
                 full_well=params["full_well_level"] * saturation if np.isfinite(saturation) else 0.0,
@@ -175,7 +176,8 @@ def _population(params, index, inv_gain, options, tmin, fit_gamma) -> tuple:
 
 
 def compare_models(params: dict, inputs: dict, options: dict, tmin: float, fit_gamma: bool) -> Table:
-    """Fit every model (exponential / Arrhenius, 2d / 1d) to the sample pixels; test which fits better.
+    """Fit every model (each form of :data:`cmoscal.forms.FORMS`, 2d / 1d) to the sample pixels; test which fits
+    better.
 
     ``meta['verdict']`` says whether the forms differ significantly (Vuong's test on the
     per-pixel chi-square of the dimension in use), ``meta['better']`` names the better form
@@ -184,19 +186,18 @@ def compare_models(params: dict, inputs: dict, options: dict, tmin: float, fit_g
     """
     dims = (True, False) if fit_gamma else (False,)
     chi2, rows = {}, []
-    for form in ("exponential", "arrhenius"):
+    for form in FORMS.values():
         for g in dims:
-            bounds_key = "B" if form == "exponential" else "Ea"
-            opts = dict(options, bounds=dict(options["bounds"], slope=tuple(params["fit_bounds"][bounds_key])),
+            opts = dict(options, bounds=dict(options["bounds"], slope=form.bounds(params["fit_bounds"])),
                         prior=(np.nan, np.nan, 0.0, 0.0))
-            fit = _fit(inputs, form, g, opts, tmin)
+            fit = _fit(inputs, form.name, g, opts, tmin)
             own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
             dof = fit.nvalid - (3 if g else 2)
-            chi2[(form, g)] = np.where(own & (dof > 0), fit.chi2r * dof, np.nan)
+            chi2[(form.name, g)] = np.where(own & (dof > 0), fit.chi2r * dof, np.nan)
             c = fit.chi2r[own]
-            rows.append((form, "2d" if g else "1d", float(np.nanmedian(c)), float(np.nanmean(c)), int(own.sum())))
+            rows.append((form.name, "2d" if g else "1d", float(np.nanmedian(c)), float(np.nanmean(c)), int(own.sum())))
     table = Table(rows=rows, names=("form", "dimension", "chi2r_median", "chi2r_mean", "npix"))
-    test = compare_forms({form: chi2[(form, fit_gamma)] for form in ("exponential", "arrhenius")})
+    test = compare_forms({name: chi2[(name, fit_gamma)] for name in FORMS})
     table.meta.update(better=test["better"], verdict=test["verdict"], vuong_z=test["z"], used=params["dark_form"])
     if fit_gamma:
         a, b = chi2[(params["dark_form"], False)], chi2[(params["dark_form"], True)]
@@ -219,8 +220,8 @@ def run(params: dict) -> dict:
     the gain.
     """
     inventory = inventory_stage.load(params)
-    index = master_index(require(out(params, "dark_masters"), "dark_masters"))
-    bias_index = master_index(out(params, "bias_grouped_by_temp"))
+    index = master_index(required(params, "dark_masters"))
+    bias_index = master_index(product(params, "bias_masters"))
     ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
     saturation = float(inventory.meta["saturation"])
     exptimes = np.array([h["EXPTIME"] for _, h in index])
@@ -267,10 +268,10 @@ def run(params: dict) -> dict:
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
     per_master = _record_dropped(params, index, dropped, model)
-    *_, comparison = concurrently([lambda: model.write(out(params, MODEL_FILE)), lambda: write_maps(params, model),
+    *_, comparison = concurrently([lambda: model.write(product(params, "dark_fit")), lambda: write_maps(params, model),
                                    lambda: compare_models(params, sample_inputs(params, index, inv_gain), options,
                                                           tmin, fit_gamma)], params)
-    write_table(comparison, out(params, "dark_model", "model_comparison.ecsv"))
+    write_table(comparison, product(params, "model_comparison"))
     if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
         warnings.warn(f"dark_form={params['dark_form']} but {comparison.meta['verdict']}: consider dark_form: "
                       f"{comparison.meta['better']}", CampaignWarning, stacklevel=2)
@@ -298,7 +299,7 @@ def _record_dropped(params, index, dropped, model: CalibrationModel) -> Table:
     table_hdu = fits.table_to_hdu(samples)
     for name, unit in (("X", "pix"), ("Y", "pix"), ("SIGNAL", "DN"), ("MODEL", "DN")):  # astropy writes no DN itself
         table_hdu.columns[name].unit = unit
-    write_hdus(out(params, "dark_model", "outliers.fits"), None, header, [("SAMPLES", table_hdu, "")])
+    write_hdus(product(params, "outliers"), None, header, [("SAMPLES", table_hdu, "")])
     counts = np.bincount(m, minlength=len(index))
     table = Table({"master": names, "temperature": T, "exptime": t, "dropped": counts,
                    "fraction": counts / model.dq.size})
@@ -314,16 +315,16 @@ def write_maps(params: dict, model: CalibrationModel) -> None:
     sigma = np.sqrt(model.dark_cov[:3])  # planes 00 11 22: the variances
     A = np.exp(model.dark[0])
     a_unit = "DN/s^gamma" if model.fit_gamma else "DN/s"
-    slope_name, slope_unit = ("B", "1/degC") if model.form == "exponential" else ("Ea", "eV")
+    law = dark_form(model.form)
     maps = {"dark_A_map": (A, a_unit, "dark A: signal at TMIN and t = 1 s"),
-            f"dark_{slope_name}_map": (model.dark[1], slope_unit, f"dark temperature coefficient {slope_name}"),
+            law.map_name: (model.dark[1], law.unit, law.meaning),
             "dark_gamma_map": (model.dark[2], "", "dark exposure exponent gamma" +
                                ("" if model.fit_gamma else " (fixed at 1: 1d model)")),
             "dark_A_sigma_map": (A * sigma[0], a_unit, "1-sigma uncertainty of dark A"),
-            f"dark_{slope_name}_sigma_map": (sigma[1], slope_unit, f"1-sigma uncertainty of dark {slope_name}"),
+            f"dark_{law.slope}_sigma_map": (sigma[1], law.unit, f"1-sigma uncertainty of dark {law.slope}"),
             "dark_gamma_sigma_map": (sigma[2], "", "1-sigma uncertainty of dark gamma"),
             "dark_chi2r_map": (model.chi2r, "", "reduced chi-square of the dark fit")}
     for name, (data, unit, text) in maps.items():
         h = header.copy()
         h["BUNIT"], h["DESCRIP"], h["REFTYPE"] = unit, text, name.removesuffix("_map").upper()
-        write_hdus(out(params, "dark_model", f"{name}.fits"), data.astype(np.float32), h)
+        write_hdus(product(params, "dark_fit").with_name(f"{name}.fits"), data.astype(np.float32), h)

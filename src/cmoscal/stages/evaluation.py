@@ -24,7 +24,7 @@ from ..inventory import frame_label
 from ..masters import load_masters, master_index
 from ..model import CalibrationModel, shared_model
 from ..noise import Noise, ratio_factor
-from ..products import MODEL_FILE, out, require, stage
+from ..products import product, required, stage
 from . import dark_model as dark_model_stage
 from . import inventory as inventory_stage
 
@@ -36,12 +36,12 @@ PREVIEW = 128  # longest side of the per-group previews kept for the page
 def dropped_samples(params: dict) -> Table:
     """The master samples the dark fit dropped (``dark_model/outliers.fits``; units as the file states them, DN
     being no unit the FITS standard knows)."""
-    return Table(fits.getdata(require(out(params, "dark_model", "outliers.fits"), "dark_model"), "SAMPLES"))
+    return Table(fits.getdata(required(params, "outliers"), "SAMPLES"))
 
 
 def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dropped) -> tuple:
     """Compare one group's master with the model (a task: a thread or a dask worker)."""
-    path = str(out(params, MODEL_FILE))
+    path = str(product(params, "model"))
     model = shared_model(path)
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
@@ -70,10 +70,10 @@ def run(params: dict) -> dict:
     ``previews[group]`` holds block-averaged maps of the master, the synthetic frame, MAE, MAPE
     and the residual in units of its noise (block means scaled so that pure noise has sigma 1).
     """
-    model = shared_model(require(out(params, MODEL_FILE), "hot_pixels"))
+    model = shared_model(required(params, "model"))
     inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN") else 0.0
-    entries = [("bias", e) for e in master_index(out(params, "bias_grouped_by_temp"))]
-    entries += [("dark", e) for e in master_index(out(params, "dark_masters"))]
+    entries = [("bias", e) for e in master_index(product(params, "bias_masters"))]
+    entries += [("dark", e) for e in master_index(product(params, "dark_masters"))]
     labels = [frame_label(k, h["TEMP"], h["EXPTIME"]) for k, (_, h) in entries]
     samples = dropped_samples(params)
     tasks = []
@@ -95,8 +95,8 @@ def run(params: dict) -> dict:
     if cubes:
         _write_cubes(params, model, summary, cubes)
     loo = _leave_one_out(params, model, inv_gain)
-    write_table(summary, out(params, "evaluation", "summary.ecsv"))
-    write_table(loo, out(params, "evaluation", "loo.ecsv"))
+    write_table(summary, product(params, "evaluation", "summary.ecsv"))
+    write_table(loo, product(params, "evaluation", "loo.ecsv"))
     return dict(summary=summary, loo=loo, model=model, previews=previews)
 
 
@@ -108,14 +108,14 @@ def _write_cubes(params, model, summary, cubes) -> None:
     for k, (name, unit) in enumerate((("mae_maps.fits", "DN"), ("mape_maps.fits", "%"))):
         header = provenance(model.header(), bunit=unit, description=f"{name.split('_')[0].upper()} of the "
                             "synthetic frame per group (GROUPS)")
-        with cube_writer(out(params, "evaluation", name), header, shape, [extension]) as write:
+        with cube_writer(product(params, "evaluation", name), header, shape, [extension]) as write:
             for cube in cubes:
                 write(cube[k])
 
 
 def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Table:
     """Leave-one-group-out on the pixel sample of :func:`cmoscal.stages.dark_model.sample_inputs`."""
-    index = master_index(out(params, "dark_masters"))
+    index = master_index(product(params, "dark_masters"))
     inputs = dark_model_stage.sample_inputs(params, index, inv_gain)
     rows, pixels, darks = inputs["rows"], inputs["pixels"], inputs["darks"]
     ny, nx = model.dq.shape
@@ -135,7 +135,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
               model.fit_gamma, options)
     z, err = (np.stack(k) for k in zip(*run_tiles(held_out_dark, [(g, *common) for g in range(len(darks))], params,
                                                   "leave-one-out")))
-    bias_m = load_masters(master_index(out(params, "bias_grouped_by_temp")), rows, extensions=("NFRAMES", "NSATUR"))
+    bias_m = load_masters(master_index(product(params, "bias_masters")), rows, extensions=("NFRAMES", "NSATUR"))
 
     def flat(stack):
         return stack.reshape(len(stack), -1)[:, pixels]

@@ -17,7 +17,7 @@ from ..errors import CampaignError
 from ..fitsio import write_hdus, write_table
 from ..hotpix import classify_pixels, log_rate_significance
 from ..model import CalibrationModel
-from ..products import MODEL_FILE, note, out, require, stage
+from ..products import note, product, required, stage
 
 __all__ = ["log_rates", "run"]
 
@@ -35,7 +35,7 @@ def run(params: dict) -> dict:
     Returns the model, the significance at both ends of the range, the population statistics,
     the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
     """
-    model = CalibrationModel.read(require(out(params, MODEL_FILE), "dark_model"))
+    model = CalibrationModel.read(required(params, "dark_fit"))
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
     ends, significance, populations, ln_rates = model.trange, [], [], {}
@@ -68,16 +68,16 @@ def run(params: dict) -> dict:
         table[name].unit = "DN/s"
     order = np.argsort(-np.nan_to_num(np.maximum(table["sigma_cold"], table["sigma_warm"]), nan=-np.inf))
     table = table[order]
-    write_table(table, out(params, "dark_model", "hot_pixels.ecsv"))
+    write_table(table, product(params, "hot_pixels"))
     header = model.header()
     header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
     definitions = dq_table(dq)
-    write_hdus(out(params, "dark_model", "dq_map.fits"), dq, header,
+    write_hdus(product(params, "dq_map"), dq, header,
                [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True)
     header["DESCRIP"], header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
     mask = has(dq, DQ.HOT | DQ.WARM).astype(np.uint8)
-    write_hdus(out(params, "dark_model", "hot_pixel_mask.fits"), mask, header, checksum=True)
-    model.write(out(params, MODEL_FILE))
+    write_hdus(product(params, "hot_pixel_mask"), mask, header, checksum=True)
+    model.write(product(params, "model"))
     note(hot=int(hot.sum()), warm=int((~hot).sum()))
     return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
                 rate_ref=rate_ref, reference_temperature=tref, flagged=table, dq_table=definitions)

@@ -12,7 +12,7 @@ from astropy.table import Table
 from ..errors import CampaignError
 from ..fitsio import read_table, write_table
 from ..inventory import build_inventory
-from ..products import note, out, require, stage
+from ..products import note, product, required, stage
 
 __all__ = ["load", "raise_problems", "run"]
 
@@ -26,7 +26,7 @@ def run(params: dict, strict: bool = True) -> Table:
     written; the notebook shows the table first and then calls :func:`raise_problems`.
     """
     table = build_inventory(params)
-    write_table(table, out(params, "inventory.ecsv"))
+    write_table(table, product(params, "inventory"))
     note(**{status: int(np.sum(table["status"] == status)) for status in ("ok", "skipped", "rejected")})
     if strict:
         raise_problems(table)
@@ -41,4 +41,4 @@ def raise_problems(table: Table) -> None:
 
 def load(params: dict) -> Table:
     """The inventory written by :func:`run`."""
-    return read_table(require(out(params, "inventory.ecsv"), "inventory"))
+    return read_table(required(params, "inventory"))

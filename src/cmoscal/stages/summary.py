@@ -15,8 +15,9 @@ from astropy.table import Table
 
 from ..dq import DQ, dq_table, has
 from ..fitsio import read_table, write_table
+from ..forms import dark_form
 from ..model import CalibrationModel, shared_model
-from ..products import MODEL_FILE, out, require, stage, stage_states
+from ..products import product, required, stage, stage_states, upstream
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
@@ -65,10 +66,8 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     rows = [("bias a", model.bias_a[good], "DN at 0 degC"), ("bias b", model.bias_b[good], "DN/degC"),
             ("read noise", model.read_noise[good], "DN"),
             ("dark A", np.exp(model.dark[0][good]), f"DN/s{'^gamma' if model.fit_gamma else ''} at Tmin")]
-    if model.form == "exponential":
-        rows += [("B", slope, "1/degC"), ("doubling temperature", np.log(2) / slope, "degC")]
-    else:
-        rows.append(("Ea", slope, "eV"))
+    law = dark_form(model.form)
+    rows += [(law.slope, slope, law.unit)] + [(name, derive(slope), unit) for name, derive, unit in law.derived]
     if model.fit_gamma:
         rows.append(("gamma", model.dark[2][good], ""))
     rows.append(("reduced chi-square", model.chi2r[good], ""))
@@ -93,9 +92,9 @@ def _check(name, definition, value, limit, reason=""):
 @stage("summary", reads_stale=True)
 def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
-    summary = read_table(require(out(params, "evaluation", "summary.ecsv"), "evaluation"))
-    loo = read_table(out(params, "evaluation", "loo.ecsv"))
-    model = shared_model(require(out(params, MODEL_FILE), "hot_pixels"))
+    summary = read_table(required(params, "evaluation", "summary.ecsv"))
+    loo = read_table(product(params, "evaluation", "loo.ecsv"))
+    model = shared_model(required(params, "model"))
     dq = model.dq
     limits = params["checks"]
     rows = []
@@ -124,34 +123,33 @@ def run(params: dict) -> Table:
     rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
                        limits["hot_fraction_max"]))
     files = files_accounted(params)
-    write_table(files, out(params, "files.ecsv"))
-    write_table(dq_table(dq), out(params, "dq_counts.ecsv"))
-    write_table(model_numbers(model, read_table(out(params, "dark_model", "model_comparison.ecsv"))),
-                out(params, "model_numbers.ecsv"))
+    write_table(files, product(params, "files"))
+    write_table(dq_table(dq), product(params, "dq_counts"))
+    write_table(model_numbers(model, read_table(product(params, "model_comparison"))),
+                product(params, "model_numbers"))
     considered = files["status"] != "skipped"
     rejected = float(np.mean(files["status"][considered] == "rejected")) if considered.any() else np.nan
     rows.append(_check("rejected files", "share of calibration files rejected (skipped files do not count)",
                        rejected, limits["rejected_fraction_max"]))
     states = stage_states(params["output_dir"])
     stale = [f"{name} ({reason})" for name, (state, reason) in states.items()
-             if name in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels", "evaluation")
-             and state != "current"]
+             if name in upstream("summary") - {"summary"} and state != "current"]
     rows.append(("products consistent", "every product the checks describe is current (no stage ran again "
                  "after the evaluation)", float(len(stale)), 0.0, "FAIL" if stale else "pass",
                  "stale: " + ", ".join(stale) if stale else ""))
     checks = Table(rows=rows, names=("check", "definition", "value", "limit", "status", "reason"))
     failed = [c["check"] for c in checks if c["status"] == "FAIL"]
     checks.meta.update(verdict="FAILED" if failed else "SUCCESS", failed=failed)
-    write_table(checks, out(params, "checks.ecsv"))
+    write_table(checks, product(params, "checks"))
     return checks
 
 
 def load(params: dict) -> Table:
     """The checks written by :func:`run`."""
-    return read_table(require(out(params, "checks.ecsv"), "summary"))
+    return read_table(required(params, "checks"))
 
 
 def load_record(params: dict) -> dict:
     """The record written by :func:`run`: model numbers, DQ counts and files."""
-    return {name: read_table(require(out(params, f"{name}.ecsv"), "summary"))
+    return {name: read_table(required(params, name))
             for name in ("model_numbers", "dq_counts", "files")}

@@ -17,7 +17,7 @@ from ..errors import CampaignError, CampaignWarning, OutOfRangeWarning
 from ..inventory import frame_label
 from ..masters import master_index
 from ..model import CalibrationModel, write_synthetic
-from ..products import MODEL_FILE, out, require, stage
+from ..products import MODEL_FILE, product, required, stage
 
 __all__ = ["points", "run"]
 
@@ -27,22 +27,22 @@ def points(params: dict) -> list[tuple[str, float, float | None]]:
     chosen = [(float(p["temperature"]), float(p["exptime"])) for p in params["synthesize"]]
     found = [("bias", T, None) for T, _ in chosen] + [("dark", T, t) for T, t in chosen]
     if params["generate_set"]:
-        found += [("bias", h["TEMP"], None) for _, h in master_index(out(params, "bias_grouped_by_temp"))]
-        found += [("dark", h["TEMP"], h["EXPTIME"]) for _, h in master_index(out(params, "dark_masters"))]
+        found += [("bias", h["TEMP"], None) for _, h in master_index(product(params, "bias_masters"))]
+        found += [("dark", h["TEMP"], h["EXPTIME"]) for _, h in master_index(product(params, "dark_masters"))]
     return found
 
 
 @stage("synthesis")
 def run(params: dict) -> Table:
     """Write the synthetic frames; return one row per frame (mean, std, and any warning or refusal)."""
-    model = CalibrationModel.read(require(out(params, MODEL_FILE), "dark_model"))
+    model = CalibrationModel.read(required(params, "model"))
     rows = []
     for kind, T, t in points(params):
         name = f"synthetic_{frame_label(kind, T, t)}.fits"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", OutOfRangeWarning)
             try:
-                data = write_synthetic(model, out(params, "synthetic", name), T, t, history=[MODEL_FILE])
+                data = write_synthetic(model, product(params, "synthetic", name), T, t, history=[MODEL_FILE])
                 note = "; ".join(str(w.message) for w in caught)
                 rows.append((name, kind, T, t or 0.0, float(np.nanmean(data)), float(np.nanstd(data)), note))
             except CampaignError as err:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
 from .darkfit import fit_dark, predict, predict_variance
-from .kernels import block_mean, compare_frames, kernel_array
+from .kernels import COMPARE_SUMS, block_mean, compare_frames, kernel_array
 
 __all__ = ["compare", "downsample", "held_out_dark", "leave_one_out_bias"]
 
@@ -91,15 +91,16 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
                           kernel_array(prediction_var, shape), nframes, read_var, noise.inv_gain, cov,
                           float(temperature), noise.bias is not None, use, kernel_array(hot, shape, bool),
                           float(snr_min), factor, step, mae, mape, previews, sample)
-    (n, sz2, slev, nsig, sa, saa, sp, spp), hot_sums = sums
+    s, hot_sums = (dict(zip(COMPARE_SUMS, row)) for row in sums)
+    n, nsig = s["pixels"], s["significant"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        stats = {"mae_mean": sa / n, "mae_median": _median(sample[0]),
-                 "mae_std": np.sqrt(max(saa / n - (sa / n) ** 2, 0)),
-                 "mape_mean": sp / nsig, "mape_median": _median(sample[1]),
-                 "mape_std": np.sqrt(max(spp / nsig - (sp / nsig) ** 2, 0)) if nsig else np.nan,
-                 "mape_share": nsig / n, "resid_noise": np.sqrt(sz2 / n),
-                 "resid_noise_expected": np.sqrt(slev / n), "resid_noise_hot": np.sqrt(hot_sums[1] / hot_sums[0]),
-                 "npix": int(n)}
+        stats = {"mae_mean": s["mae"] / n, "mae_median": _median(sample[0]),
+                 "mae_std": np.sqrt(max(s["mae2"] / n - (s["mae"] / n) ** 2, 0)),
+                 "mape_mean": s["mape"] / nsig, "mape_median": _median(sample[1]),
+                 "mape_std": np.sqrt(max(s["mape2"] / nsig - (s["mape"] / nsig) ** 2, 0)) if nsig else np.nan,
+                 "mape_share": nsig / n, "resid_noise": np.sqrt(s["z2"] / n),
+                 "resid_noise_expected": np.sqrt(s["expected_z2"] / n),
+                 "resid_noise_hot": np.sqrt(hot_sums["z2"] / hot_sums["pixels"]), "npix": int(n)}
     previews[4] *= factor
     return mae, mape, {k: float(v) for k, v in stats.items()}, tuple(previews)
 

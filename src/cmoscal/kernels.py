@@ -20,9 +20,9 @@ from numba import njit
 from numba import types as nt
 from numba.extending import intrinsic
 
-__all__ = ["COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames", "compile_kernels",
-           "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array", "mark_frame",
-           "pooled_variance", "predict_dark", "predict_log_rate", "sorting_network", "subtract_bias"]
+__all__ = ["COMPARE_SUMS", "COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames",
+           "compile_kernels", "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array",
+           "mark_frame", "pooled_variance", "predict_dark", "predict_log_rate", "sorting_network", "subtract_bias"]
 
 
 def _in(dtype, ndim: int = 1):
@@ -77,9 +77,12 @@ def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:
 
 #: flags returned per pixel by :func:`fit_pixels`
 FIT_FLAGS = {"CONVERGED": 1, "FALLBACK": 2, "FEW_SAMPLES": 4, "NO_SAMPLES": 8, "FULL_WELL": 16, "OUTLIERS": 32}
-_CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = 1, 2, 4, 8, 16, 32
+_CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = (FIT_FLAGS[k] for k in (
+    "CONVERGED", "FALLBACK", "FEW_SAMPLES", "NO_SAMPLES", "FULL_WELL", "OUTLIERS"))
 #: covariance planes of :func:`fit_pixels`: (lnA, slope, gamma) index pairs
 COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+#: what each of the sums :func:`compare_frames` returns per pixel set is
+COMPARE_SUMS = ("pixels", "z2", "expected_z2", "significant", "mae", "mae2", "mape", "mape2")
 _MAX_EXPONENT = 80.0
 _KNEE = 0.9  # on a full-well plateau, samples at or above this fraction of its level are dropped
 _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
@@ -1086,8 +1089,9 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
     Returns
     -------
     ndarray, shape (2, 8)
-        Per set: pixels, sum of z^2, sum of (1 - var_pred / var) clipped to [0, 1], pixels with a
-        MAPE, sums of MAE and MAE^2, sums of MAPE and MAPE^2.
+        Per set (good, hot) the sums named by :data:`COMPARE_SUMS`: pixels, sum of z^2, sum of
+        (1 - var_pred / var) clipped to [0, 1], pixels with a MAPE, sums of MAE and MAE^2, sums of
+        MAPE and MAPE^2.
     """
     ny, nx = master.shape
     by, bx = previews.shape[1], previews.shape[2]

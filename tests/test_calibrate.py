@@ -76,9 +76,9 @@ def test_model_products_carry_reference_keywords_and_a_stable_identifier(calibra
     header = fits.getheader(root / "out" / "calibration_model.fits")
     assert header["INSTRUME"] == "cmoscal-sim" and header["PEDIGREE"].startswith("GROUND 2026-01-01")
     inventory = calibrated["results"]["inventory"]
-    assert header["MODELID"] == model_id(params, inventory)
-    assert model_id(dict(params, outlier_sigma=6.0), inventory) != header["MODELID"]
-    assert model_id(dict(params, memory_budget=9.0), inventory) == header["MODELID"]
+    assert header["MODELID"] == model_id(params, inventory, "hot_pixels")  # the model, with its DQ
+    assert model_id(dict(params, outlier_sigma=6.0), inventory, "hot_pixels") != header["MODELID"]
+    assert model_id(dict(params, memory_budget=9.0), inventory, "hot_pixels") == header["MODELID"]
 
 
 def test_non_finite_pixels_are_flagged_and_leave_their_neighbours_intact(calibrated):

@@ -268,8 +268,8 @@ def test_write_errors_name_the_file_not_a_temporary_one(tmp_path, monkeypatch):
 
 def test_outliers_say_what_they_are(plain):
     header = fits.getheader(plain[0] / "out" / "dark_model" / "outliers.fits")
-    model = fits.getheader(plain[0] / "out" / "calibration_model.fits")
-    assert header["BUNIT"] == "DN" and header["MODELID"] == model["MODELID"] and header["TMIN"] == model["TMIN"]
+    fit = fits.getheader(plain[0] / "out" / "dark_model" / "dark_fit.fits")  # the product of the same stage
+    assert header["BUNIT"] == "DN" and header["MODELID"] == fit["MODELID"] and header["TMIN"] == fit["TMIN"]
     table = fits.getheader(plain[0] / "out" / "dark_model" / "outliers.fits", "SAMPLES")
     assert [table[f"TUNIT{k}"] for k in (2, 3, 4, 5)] == ["pix", "pix", "DN", "DN"]
 

@@ -34,8 +34,9 @@ from pathlib import Path
 from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
-__all__ = ["DEPENDS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings", "hold", "ledger",
-           "note", "out", "product", "require", "require_current", "required", "stage", "stage_states", "upstream"]
+__all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
+           "hold", "ledger", "note", "out", "product", "require", "require_current", "required", "shaping", "stage",
+           "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
@@ -57,11 +58,16 @@ class Stage:
     products : dict
         Product name -> path relative to ``output_dir`` (a folder ends with ``/``, a pattern
         may hold ``*``). One product, one owner: a stage that runs again removes these first.
+    params : tuple of str
+        The parameters that shape its products' values (besides :data:`EXECUTION` and
+        :data:`LABELS`, which every stage may read); the model id hashes those of a product's
+        stage and of every stage upstream of it.
     """
 
     name: str
     reads: tuple
     products: dict
+    params: tuple = ()
 
     @property
     def notebook(self) -> str:
@@ -74,24 +80,42 @@ class Stage:
         return tuple(path + "*" if path.endswith("/") else path for path in self.products.values())
 
 
-#: the stages in pipeline order: every dependency, ownership, stale state and product path derives from these
+#: parameters that say where the inputs and products are and how a stage runs, never what the products hold
+EXECUTION = ("raw_dir", "output_dir", "report_dir", "compute", "memory_budget", "progress", "kernel")
+#: parameters written into headers as labels, never shaping a value
+LABELS = ("campaign", "instrument")
+_FRAMES = ("combine", "clip_sigma", "frame_outlier_sigma", "max_zero_fraction", "max_saturated_fraction",
+           "max_nan_fraction")  # how frames are judged and combined into masters
+_FIT = ("dark_form", "dark_model", "fit_bounds", "full_well_level", "max_iterations", "max_outlier_fraction",
+        "min_dof", "outlier_sigma")  # how the dark model is fitted
+
+#: the stages in pipeline order: every dependency, ownership, stale state, product path and model id derives from these
 PIPELINE = (
-    Stage("inventory", (), {"inventory": "inventory.ecsv"}),
-    Stage("bias", ("inventory",), {"bias_masters": "bias_grouped_by_temp/", "bias_model": "bias_model/"}),
-    Stage("dark_masters", ("inventory", "bias"), {"dark_masters": "dark_masters/"}),
+    Stage("inventory", (), {"inventory": "inventory.ecsv"},
+          ("include", "exclude", "scale_factor", "saturation", "frame_type_keys", "temperature_keys",
+           "temperature_unit", "exposure_keys", "exposure_unit", "gain_keys", "readout_keys", "bias_max_exptime",
+           "temperature_tolerance", "exptime_tolerance", "min_frames", "dark_model", "min_dof")),
+    Stage("bias", ("inventory",), {"bias_masters": "bias_grouped_by_temp/", "bias_model": "bias_model/"}, _FRAMES),
+    Stage("dark_masters", ("inventory", "bias"), {"dark_masters": "dark_masters/"}, _FRAMES + ("dark_bias",)),
     Stage("dark_model", ("bias", "dark_masters"),
           {"dark_maps": "dark_model/dark_*", "dark_fit": "dark_model/dark_fit.fits",
-           "model_comparison": "dark_model/model_comparison.ecsv", "outliers": "dark_model/outliers.fits"}),
+           "model_comparison": "dark_model/model_comparison.ecsv", "outliers": "dark_model/outliers.fits"},
+          _FIT + ("dark_bias", "gain", "max_extrapolation", "max_exposure_factor", "loo_pixels", "seed")),
     Stage("hot_pixels", ("dark_model",),
           {"model": MODEL_FILE, "dq_map": "dark_model/dq_map.fits", "hot_pixel_mask": "dark_model/hot_pixel_mask.fits",
-           "hot_pixels": "dark_model/hot_pixels.ecsv"}),
-    Stage("synthesis", ("hot_pixels",), {"synthetic": "synthetic/"}),
-    Stage("evaluation", ("bias", "dark_masters", "hot_pixels"), {"evaluation": "evaluation/"}),
+           "hot_pixels": "dark_model/hot_pixels.ecsv"},
+          ("warm_sigma", "hot_sigma", "hot_rate_min", "hot_rate_unit", "hot_reference_temperature", "noisy_sigma",
+           "poor_fit_chi2r")),
+    Stage("synthesis", ("hot_pixels",), {"synthetic": "synthetic/"}, ("synthesize", "generate_set")),
+    Stage("evaluation", ("bias", "dark_masters", "hot_pixels"), {"evaluation": "evaluation/"},
+          _FIT + ("dark_bias", "snr_min", "loo_pixels", "seed", "save_eval_fits")),
     Stage("summary", ("inventory", "hot_pixels", "evaluation"),
           {"checks": "checks.ecsv", "model_numbers": "model_numbers.ecsv", "dq_counts": "dq_counts.ecsv",
-           "files": "files.ecsv"}),
-    Stage("calibration", ("hot_pixels",), {"calibrated": "calibrated/"}),
-    Stage("comparison", ("hot_pixels",), {"comparison": "comparison/"}),
+           "files": "files.ecsv"}, ("checks",)),
+    Stage("calibration", ("hot_pixels",), {"calibrated": "calibrated/"},
+          ("science_dir", "calibration_mask", "temperature_keys", "temperature_unit", "exposure_keys",
+           "exposure_unit")),
+    Stage("comparison", ("hot_pixels",), {"comparison": "comparison/"}, ("reference_campaign", "change_sigma")),
 )
 STAGE = {s.name: s for s in PIPELINE}
 #: stage -> the stages whose products it reads
@@ -221,6 +245,12 @@ def stage_states(output_dir) -> dict:
                 if states[name][0] != "current":
                     break
     return states
+
+
+def shaping(params: dict, name: str) -> dict:
+    """The parameters (name -> value) that shape the products of stage ``name``: its own and those of every
+    stage upstream of it."""
+    return {key: params[key] for spec in PIPELINE if spec.name in upstream(name) for key in spec.params}
 
 
 def upstream(name: str) -> set:

@@ -30,26 +30,22 @@ from ..kernels import FIT_FLAGS
 from ..masters import inverse_gain, load_masters, master_index
 from ..model import CalibrationModel
 from ..noise import Noise
-from ..products import note, product, required, stage
+from ..products import note, product, required, shaping, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
 __all__ = ["fit_inputs", "fit_options", "gain", "model_id", "run", "sample_inputs"]
 
 
-#: parameters that do not change the model (where it runs, what is drawn or checked)
-_NOT_MODEL = ("campaign", "raw_dir", "output_dir", "report_dir", "kernel", "memory_budget", "progress", "compute",
-              "checks", "synthesize", "generate_set", "save_eval_fits", "loo_pixels", "seed", "science_dir",
-              "calibration_mask", "instrument", "snr_min")
-
-
-def model_id(params: dict, inventory) -> str:
-    """Identifier of a model: a hash of the frames used (path, plane, T, t) and of the parameters that shape it."""
+def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
+    """Identifier of the products of ``stage_name``: a hash of the frames used (path, plane, T, t) and of exactly
+    the parameters that shape them (:func:`cmoscal.products.shaping`): the dark fit's id changes with no
+    hot-pixel threshold, the model's (with its DQ) with each."""
     used = inventory[inventory["status"] == "ok"]
     frames = sorted(f"{p}[{q}] {T:.4f} {t:.6g}" for p, q, T, t in zip(used["path"], used["plane"],
                                                                         used["temperature"], used["exposure"]))
-    shaping = {k: v for k, v in sorted(params.items()) if k not in _NOT_MODEL}
-    text = json.dumps(dict(frames=frames, params=shaping, cmoscal=__version__), sort_keys=True, default=str)
+    text = json.dumps(dict(frames=frames, params=shaping(params, stage_name), cmoscal=__version__), sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

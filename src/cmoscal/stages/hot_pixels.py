@@ -18,6 +18,8 @@ from ..fitsio import write_hdus, write_table
 from ..hotpix import classify_pixels, log_rate_significance
 from ..model import CalibrationModel
 from ..products import note, product, required, stage
+from . import inventory as inventory_stage
+from .dark_model import model_id
 
 __all__ = ["log_rates", "run"]
 
@@ -55,7 +57,7 @@ def run(params: dict) -> dict:
     dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq, params,
                                      rate_min)
     model.dq = dq
-    model.meta.update(TREFHOT=tref, DQCLASS=True)
+    model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())
     y, x = np.unravel_index(flagged, dq.shape)
     hot = has(dq.ravel()[flagged], DQ.HOT)

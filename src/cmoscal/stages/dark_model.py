@@ -3,7 +3,8 @@
 Writes ``dark_model/`` maps (dark_A_map, dark_B_map or dark_Ea_map, dark_gamma_map, their
 sigma maps, dark_chi2r_map), ``dark_model/model_comparison.ecsv``, ``dark_model/outliers.fits``
 (every master sample dropped as an outlier or on a full-well plateau) and
-``calibration_model.fits``. Campaign-wide numbers (gain, population parameters for fallback
+``dark_model/dark_fit.fits`` (the model with the DQ of the fits, which the hot_pixels stage
+classifies into ``calibration_model.fits``). Campaign-wide numbers (gain, population parameters for fallback
 pixels) come from the master headers and fixed sample rows, so the result does not depend on
 the tiling.
 """
@@ -210,7 +211,7 @@ def compare_models(params: dict, inputs: dict, options: dict, tmin: float, fit_g
 
 @stage("dark_model")
 def run(params: dict) -> dict:
-    """Fit the dark model to every pixel, tile by tile, and write the calibration model (DQ of the fits).
+    """Fit the dark model to every pixel, tile by tile, and write the dark fit (the model with the DQ of the fits).
 
     Returns the model, the model comparison table, the per-master dropped-sample counts and
     the gain.

@@ -3,7 +3,8 @@
 Rerunning this stage alone applies new thresholds to the existing model. Writes
 ``dark_model/dq_map.fits`` (with DQ_DEF), ``dark_model/hot_pixel_mask.fits`` (1 = warm or hot:
 every dark-current outlier a user should mask), ``dark_model/hot_pixels.ecsv`` (every flagged
-pixel with its rates) and the DQ extension of ``calibration_model.fits``.
+pixel with its rates) and ``calibration_model.fits``: the dark fit (``dark_model/dark_fit.fits``) with this
+DQ. This stage is the model file's one writer, so a model on disk holds a classification of its own fit.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def log_rates(model: CalibrationModel, temperature: float):
 
 @stage("hot_pixels")
 def run(params: dict) -> dict:
-    """Classify pixels, write dq_map, hot_pixel_mask, hot_pixels.ecsv and the model file's DQ.
+    """Classify pixels, write dq_map, hot_pixel_mask, hot_pixels.ecsv and the model file with this DQ.
 
     Returns the model, the significance at both ends of the range, the population statistics,
     the thresholds, the table of flagged pixels and the DQ_DEF table with counts.

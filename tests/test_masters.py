@@ -4,7 +4,7 @@ import numpy as np
 from astropy.stats import sigma_clip
 
 from cmoscal.config import default_params
-from cmoscal.masters import combine, frame_problem, gain_sums, group_noise, inverse_gain
+from cmoscal.masters import FrameRules, combine, frame_problem, gain_sums, group_noise, inverse_gain
 from cmoscal.noise import read_variance
 
 
@@ -78,7 +78,7 @@ def test_group_noise_model_recovers_read_variance_and_gain_despite_cosmic_rays()
 
 
 def test_frames_are_judged_on_all_their_pixels():
-    params = default_params()
+    params = FrameRules.from_params(default_params())
     npix = 10000
     assert frame_problem((0, 0, 0), npix, params) == ""
     assert frame_problem((0, npix, 0), npix, params) == "all-zero frame"
@@ -115,8 +115,8 @@ def test_master_counts_are_stored_as_bytes_and_read_back_as_counts(tmp_path):
     stack[2, 7, 9] += 400
     combined = combine(stack, "mean", 4.0, noise=(4.0, 0.0))
     path = write_master(tmp_path / "m" / "darks_T+10C_texp5s.fits", combined, kind="dark", temperatures=[10.0] * 6,
-                        exptime=5.0, inputs=[f"f{i}" for i in range(6)], params=default_params(), scale=16.0,
-                        saturation=4095.0, noise=(4.0, 0.0))
+                        exptime=5.0, inputs=[f"f{i}" for i in range(6)], rules=FrameRules.from_params(default_params()),
+                        scale=16.0, saturation=4095.0, noise=(4.0, 0.0))
     with fits.open(path) as hdul:
         assert hdul["NFRAMES"].data.dtype == np.uint8 and hdul["NCLIP"].data.dtype == np.uint8
     masters = load_masters(tmp_path / "m")

@@ -9,11 +9,13 @@ measurement error. Optionally an absolute rate threshold, as instrument teams us
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .dq import DQ, DQ_DTYPE, has
 
-__all__ = ["classify_pixels", "log_rate_significance", "robust_threshold"]
+__all__ = ["Thresholds", "classify_pixels", "log_rate_significance", "robust_threshold"]
 
 def robust_threshold(values: np.ndarray, k: float) -> float:
     """median + k * 1.4826 * MAD of the finite ``values``."""
@@ -45,7 +47,22 @@ def log_rate_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, usable: 
     return z, dict(median=median, observed=observed, intrinsic=intrinsic, typical_error=float(np.sqrt(typical)))
 
 
-def classify_pixels(z_ends, rate_ref, read_noise, chi2r, fit_dq, params: dict, rate_min=None):
+@dataclass(frozen=True)
+class Thresholds:
+    """The classification thresholds: the parameters of the same names."""
+
+    warm_sigma: float
+    hot_sigma: float
+    noisy_sigma: float
+    poor_fit_chi2r: float
+
+    @classmethod
+    def from_params(cls, params: dict) -> Thresholds:
+        """The thresholds of a campaign's parameters."""
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__})
+
+
+def classify_pixels(z_ends, rate_ref, read_noise, chi2r, fit_dq, limits: Thresholds, rate_min=None):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
     Parameters
@@ -60,21 +77,21 @@ def classify_pixels(z_ends, rate_ref, read_noise, chi2r, fit_dq, params: dict, r
         Reduced chi-square of the dark fit.
     fit_dq : ndarray
         Bits already set by the fits (SATURATED, FEW_SAMPLES, FALLBACK, ...).
-    params : dict
+    limits : Thresholds
         warm_sigma, hot_sigma, noisy_sigma, poor_fit_chi2r.
     rate_min : float, optional
         Absolute HOT threshold [DN/s].
     """
     significance = np.nanmax(np.where(np.isfinite(z_ends), z_ends, -np.inf), axis=0)
-    thresholds = {"warm_sigma": params["warm_sigma"], "hot_sigma": params["hot_sigma"],
-                  "noisy_read_noise": robust_threshold(read_noise, params["noisy_sigma"])}
-    hot = significance > params["hot_sigma"]
+    thresholds = {"warm_sigma": limits.warm_sigma, "hot_sigma": limits.hot_sigma,
+                  "noisy_read_noise": robust_threshold(read_noise, limits.noisy_sigma)}
+    hot = significance > limits.hot_sigma
     if rate_min is not None:
         thresholds["hot_rate_min"] = rate_min
         hot |= rate_ref >= rate_min
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
-    flags = {DQ.HOT: hot & usable, DQ.WARM: (significance > params["warm_sigma"]) & ~hot & usable,
-             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > params["poor_fit_chi2r"]}
+    flags = {DQ.HOT: hot & usable, DQ.WARM: (significance > limits.warm_sigma) & ~hot & usable,
+             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > limits.poor_fit_chi2r}
     dq = fit_dq.astype(DQ_DTYPE)
     for value, flag in flags.items():
         dq[flag] |= DQ_DTYPE(value)

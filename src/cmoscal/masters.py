@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 from .products import product
 
-__all__ = ["MasterSet", "combine", "frame_levels", "frame_problem", "gain_sums", "group_noise", "inverse_gain",
-           "level_departure", "load_masters", "make_master", "master_index", "master_path", "pixel_series",
-           "summarize_masters", "write_master"]
+__all__ = ["FrameRules", "MasterSet", "MasterTask", "combine", "frame_levels", "frame_problem", "gain_sums",
+           "group_noise", "inverse_gain", "level_departure", "load_masters", "make_master", "master_index",
+           "master_path", "pixel_series", "summarize_masters", "write_master"]
 
 _EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
 
@@ -41,21 +42,54 @@ def _chi2_median_ratio(dof: int) -> float:
     return _CHI2_MEDIAN[dof - 1] if dof <= len(_CHI2_MEDIAN) else (1 - 2 / (9 * dof)) ** 3
 
 
-def frame_problem(counts, npix: int, params: dict) -> str:
+@dataclass(frozen=True)
+class FrameRules:
+    """How the frames of a group are judged and combined: the parameters of the same names.
+
+    Attributes
+    ----------
+    combine : str
+        mean (sigma-clipped) or median.
+    clip_sigma : float
+        Temporal clipping of the mean.
+    max_zero_fraction, max_saturated_fraction, max_nan_fraction : float
+        Shares of a frame's pixels beyond which the frame is rejected.
+    frame_outlier_sigma : float
+        A frame whose level departs by more than this many times the pixels' scatter is rejected.
+    tile_bytes : float
+        Bytes one group may hold in memory at once.
+    """
+
+    combine: str
+    clip_sigma: float
+    max_zero_fraction: float
+    max_saturated_fraction: float
+    max_nan_fraction: float
+    frame_outlier_sigma: float
+    tile_bytes: float
+
+    @classmethod
+    def from_params(cls, params: dict) -> FrameRules:
+        """The rules of a campaign's parameters."""
+        names = [name for name in cls.__dataclass_fields__ if name != "tile_bytes"]
+        return cls(**{name: params[name] for name in names}, tile_bytes=tile_budget(params))
+
+
+def frame_problem(counts, npix: int, rules: FrameRules) -> str:
     """Why a frame cannot be used, judged on all its pixels ('' when it can).
 
-    ``counts`` are its saturated, zero-valued and NaN samples (:func:`cmoscal.fitsio.read_stack`);
-    ``params`` gives max_saturated_fraction, max_zero_fraction and max_nan_fraction. A few
-    saturated or NaN pixels only drop those samples.
+    ``counts`` are its saturated, zero-valued and NaN samples (:func:`cmoscal.fitsio.read_stack`),
+    judged against the ``rules``' max_saturated_fraction, max_zero_fraction and max_nan_fraction.
+    A few saturated or NaN pixels only drop those samples.
     """
     nsat, nzero, nnan = counts
     if nzero == npix:
         return "all-zero frame"
-    if nzero > params["max_zero_fraction"] * npix:
+    if nzero > rules.max_zero_fraction * npix:
         return f"mostly-zero frame ({nzero / npix:.0%} of pixels are 0)"
-    if nsat > params["max_saturated_fraction"] * npix:
+    if nsat > rules.max_saturated_fraction * npix:
         return f"{nsat / npix:.0%} of pixels saturated (light leak or shutter fault?)"
-    if nnan > params["max_nan_fraction"] * npix:
+    if nnan > rules.max_nan_fraction * npix:
         return f"{nnan / npix:.0%} of pixels are NaN"
     return ""
 
@@ -84,11 +118,11 @@ def frame_levels(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.median(pixels, axis=1), _robust_sigma(pixels, axis=1)
 
 
-def level_departure(level: float, expected: float, sigma: float, kind: str, params: dict) -> str:
+def level_departure(level: float, expected: float, sigma: float, kind: str, rules: FrameRules) -> str:
     """Why a frame's level is not its group's ('' when it is): ``frame_outlier_sigma`` x ``sigma`` beyond
     ``expected`` and, for darks, more than a factor of two from it (what no temperature error explains)."""
     departure = level - expected
-    limit = params["frame_outlier_sigma"] * sigma
+    limit = rules.frame_outlier_sigma * sigma
     if not np.isfinite(departure) or abs(departure) <= limit:
         return ""
     if kind == "dark" and expected > 0 and level > 0 and 0.5 <= level / expected <= 2:
@@ -97,7 +131,7 @@ def level_departure(level: float, expected: float, sigma: float, kind: str, para
             f"from the {expected:.1f} DN of its group (light leak or shutter fault?)")
 
 
-def _level_outliers(sample: np.ndarray, kind: str, params: dict) -> list[str]:
+def _level_outliers(sample: np.ndarray, kind: str, rules: FrameRules) -> list[str]:
     """Reasons (or '') for the frames of a group of >= 3 whose level departs from the others' (sample rows, bias
     removed): the median departure of each from the per-pixel median, against the pixels' scatter: the robust
     sigma of the difference of two frames, / sqrt 2, of the quietest pair of a ring (each frame in two pairs;
@@ -109,7 +143,7 @@ def _level_outliers(sample: np.ndarray, kind: str, params: dict) -> list[str]:
     departure = np.median(finite - np.median(finite, axis=0), axis=1)
     sigma = float(np.min(_robust_sigma(finite - np.roll(finite, 1, axis=0), axis=1))) / np.sqrt(2)
     reference = float(np.median(finite))
-    return [level_departure(reference + d, reference, sigma, kind, params) for d in departure]
+    return [level_departure(reference + d, reference, sigma, kind, rules) for d in departure]
 
 
 def _fingerprint(frame: np.ndarray, whole: bool = False) -> bytes:
@@ -243,7 +277,12 @@ def _remove_bias(stack, source, temperatures, rows) -> None:
         frame -= _cached(paths[i])[rows]
 
 
-def make_master(refs, names, temperatures, exptime, kind, path, params, scale, saturation, bias_source=None,
+#: the arguments of :func:`make_master` for one group, by name (a task: ``make_master(*task)``)
+MasterTask = namedtuple("MasterTask", "refs names temperatures exptime kind path rules scale saturation bias_source "
+                                      "read_noise_map")
+
+
+def make_master(refs, names, temperatures, exptime, kind, path, rules, scale, saturation, bias_source=None,
                 read_noise_map=None, excluded=None) -> dict:
     """Read, judge, combine and write the master of one group (a task: a thread or a dask worker).
 
@@ -259,8 +298,8 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     kind : {"bias", "dark"}
     path : Path
         The master file to write.
-    params : dict
-        Campaign parameters.
+    rules : FrameRules
+        How the frames are judged and combined.
     scale, saturation : float
         raw / scale = DN; saturation [DN].
     bias_source : tuple, optional
@@ -288,11 +327,11 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     if read_noise_map is not None:
         read_var = _cached(read_noise_map)[rows].astype(np.float64) ** 2  # on the fixed sample rows
         typical_read_var = float(np.nanmedian(read_var))
-    one_pass = len(refs) * npix * 4 * 2 <= tile_budget(params)
+    one_pass = len(refs) * npix * 4 * 2 <= rules.tile_bytes
     if one_pass:
         stack, counts, nbytes = read_stack(refs, slice(None), scale, saturation,
                                            scratch("stack", (len(refs), ny, nx), np.float32))
-        reasons = [excluded.get(i) or frame_problem(c, npix, params) for i, c in enumerate(counts)]
+        reasons = [excluded.get(i) or frame_problem(c, npix, rules) for i, c in enumerate(counts)]
         prints = {}
         for i, reason in enumerate(reasons):
             if not reason:
@@ -307,7 +346,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             frame, c, n = read_stack([ref], slice(None), scale, saturation)
             nbytes += n
             counts.append(c[0])
-            reason = excluded.get(i) or frame_problem(c[0], npix, params)
+            reason = excluded.get(i) or frame_problem(c[0], npix, rules)
             key = _fingerprint(frame[0], whole=True)
             if not reason and key in prints:
                 reason = f"duplicate of {names[prints[key]]}"
@@ -326,7 +365,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
         if bias_source is not None:
             _remove_bias(sample, bias_source, [temperatures[i] for i in good], rows)
     if good:
-        departs = _level_outliers(sample, kind, params)
+        departs = _level_outliers(sample, kind, rules)
         for i, reason in zip(good, departs):
             reasons[i] = reason
         keep = [k for k, reason in enumerate(departs) if not reason]
@@ -343,9 +382,9 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     use_T = [temperatures[i] for i in good]
     noise = group_noise(sample, typical_read_var)
     if one_pass:
-        parts = [combine(stack, params["combine"], params["clip_sigma"], noise)]
+        parts = [combine(stack, rules.combine, rules.clip_sigma, noise)]
     else:
-        band_rows = max(1, int(tile_budget(params) // (len(good) * nx * 4 * 3)))
+        band_rows = max(1, int(rules.tile_bytes // (len(good) * nx * 4 * 3)))
         parts = []
         for start in range(0, ny, band_rows):
             band_slice = slice(start, min(start + band_rows, ny))
@@ -353,7 +392,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
             nbytes += n
             if bias_source is not None:
                 _remove_bias(band, bias_source, use_T, band_slice)
-            parts.append(combine(band, params["combine"], params["clip_sigma"], noise))
+            parts.append(combine(band, rules.combine, rules.clip_sigma, noise))
     combined = parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
     gain = np.zeros(5)
     if read_noise_map is not None:  # a campaign-wide number: the fixed sample rows measure it
@@ -364,7 +403,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, params, scale, s
     if bias_source is not None:
         subtracted = ("model: a + b*T at each frame's own temperature" if bias_source[0] == "model" else
                       "nearest: the master bias nearest in temperature")
-    write_master(path, combined, kind=kind, temperatures=use_T, exptime=exptime, inputs=inputs, params=params,
+    write_master(path, combined, kind=kind, temperatures=use_T, exptime=exptime, inputs=inputs, rules=rules,
                  scale=scale, saturation=saturation, noise=noise, rejected=rejected, subtracted=subtracted, gain=gain)
     levels = [(names[i], *values) for i, *values in zip(good, *frame_levels(sample))]
     return dict(path=path, frames=frames, nbytes=nbytes, noise=noise, gain=gain, clipped=int(combined[4].sum()),
@@ -378,19 +417,19 @@ def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: 
     return product(output_dir, "dark_masters", f"darks_T{celsius(temperature)}_texp{exptime:g}s.fits")
 
 
-def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, params: dict, scale: float,
+def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, rules: FrameRules, scale: float,
                  saturation: float, noise, rejected=(), subtracted: str = "", gain=np.zeros(5)) -> Path:
     """Write one master (the output of :func:`combine`) with its provenance."""
     master, variance, nframes, nsat, nclip = combined
     header = fits.Header()
     header["IMAGETYP"] = f"MASTER_{kind.upper()}"
-    provenance(header, bunit="DN", description=f"master {kind} ({params['combine']} of {len(inputs)} frames)",
+    provenance(header, bunit="DN", description=f"master {kind} ({rules.combine} of {len(inputs)} frames)",
                inputs=inputs,
                TEMP=(float(np.mean(temperatures)), "degC, mean over input frames"),
                TEMPMIN=(float(np.min(temperatures)), "degC"), TEMPMAX=(float(np.max(temperatures)), "degC"),
                EXPTIME=(float(exptime), "s"), NCOMBINE=(len(inputs), "input frames used"),
                NREJECT=(len(rejected), "input frames rejected"),
-               COMBINE=(params["combine"], "combine method"), CLIPSIG=(params["clip_sigma"], "clip sigma"),
+               COMBINE=(rules.combine, "combine method"), CLIPSIG=(rules.clip_sigma, "clip sigma"),
                SCALEFAC=(scale, "raw / SCALEFAC = DN"), SATURATE=(saturation, "DN"),
                NOISEVAR=(noise[0], "DN2, clipping noise floor"),
                NOISEIG=(noise[1], "DN/e-, clipping noise 1/gain"),

@@ -20,7 +20,16 @@ from ..compute import row_bands, run_tiles, sample_rows
 from ..errors import CampaignError
 from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
 from ..inventory import frame_refs, natural_key
-from ..masters import level_departure, load_masters, make_master, master_index, master_path, summarize_masters
+from ..masters import (
+    FrameRules,
+    MasterTask,
+    level_departure,
+    load_masters,
+    make_master,
+    master_index,
+    master_path,
+    summarize_masters,
+)
 from ..model import BIAS_EQUATION
 from ..noise import read_variance
 from ..products import note, product, required, stage
@@ -45,7 +54,7 @@ def _expected_level(temperature: float, peers, log: bool) -> float:
     return float(np.exp(value) if log else value)
 
 
-def _neighbour_outliers(results, tasks, kind: str, params: dict) -> dict:
+def _neighbour_outliers(results, tasks, exptime_tolerance: float) -> dict:
     """Frames of groups with 1-2 usable frames whose level departs from that of the neighbouring groups
     (same exposure, >= 3 of them): ``{group index: {frame index: reason}}``."""
     medians = [np.median([lv for _, lv, _ in r["levels"]]) if r["levels"] else np.nan for r in results]
@@ -53,18 +62,18 @@ def _neighbour_outliers(results, tasks, kind: str, params: dict) -> dict:
     for g, (result, task) in enumerate(zip(results, tasks)):
         if not 0 < len(result["levels"]) < 3:
             continue
-        t = task[3]
-        peers = [(np.mean(other[2]), medians[k]) for k, other in enumerate(tasks) if k != g and np.isfinite(medians[k])
-                 and (kind == "bias" or abs(other[3] / t - 1) <= params["exptime_tolerance"])]
+        peers = [(np.mean(other.temperatures), medians[k]) for k, other in enumerate(tasks)
+                 if k != g and np.isfinite(medians[k])
+                 and (task.kind == "bias" or abs(other.exptime / task.exptime - 1) <= exptime_tolerance)]
         if len(peers) < 3:
             continue
-        temperature = float(np.mean(task[2]))
-        expected = _expected_level(temperature, peers, kind == "dark" and min(p[1] for p in peers) > 0)
+        log = task.kind == "dark" and min(level for _, level in peers) > 0
+        expected = _expected_level(float(np.mean(task.temperatures)), peers, log)
         for name, level, sigma in result["levels"]:
-            reason = level_departure(level, expected, sigma, kind, params)
+            reason = level_departure(level, expected, sigma, task.kind, task.rules)
             if reason:
-                found.setdefault(g, {})[task[1].index(name)] = reason.replace("of its group", "expected from the "
-                                                                               "neighbouring groups")
+                found.setdefault(g, {})[task.names.index(name)] = reason.replace("of its group", "expected from the "
+                                                                                  "neighbouring groups")
     return found
 
 
@@ -78,27 +87,28 @@ def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, re
     """
     ok = (inventory["status"] == "ok") & (inventory["type"] == kind)
     groups = sorted(set(inventory["group"][ok]), key=natural_key)
+    rules = FrameRules.from_params(params)
     tasks = []
     for group in groups:
         rows = ok & (inventory["group"] == group)
         names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(inventory["path"][rows], inventory["plane"][rows])]
         T, t = float(inventory["group_temperature"][rows][0]), float(inventory["group_exptime"][rows][0])
-        tasks.append((frame_refs(inventory, rows), names, list(inventory["temperature"][rows]), t, kind,
-                      master_path(params["output_dir"], kind, T, t), params, inventory.meta["scale_factor"],
-                      inventory.meta["saturation"], bias_source, read_noise_map))
+        tasks.append(MasterTask(frame_refs(inventory, rows), names, list(inventory["temperature"][rows]), t, kind,
+                                master_path(params["output_dir"], kind, T, t), rules, inventory.meta["scale_factor"],
+                                inventory.meta["saturation"], bias_source, read_noise_map))
     results = list(run_tiles(make_master, tasks, params, f"{kind} masters"))
     nbytes = sum(r["nbytes"] for r in results)
-    for g, excluded in _neighbour_outliers(results, tasks, kind, params).items():
+    for g, excluded in _neighbour_outliers(results, tasks, params["exptime_tolerance"]).items():
         results[g] = make_master(*tasks[g], excluded=excluded)
         nbytes += results[g]["nbytes"]
         if results[g]["path"] is None:
-            tasks[g][5].unlink(missing_ok=True)
+            tasks[g].path.unlink(missing_ok=True)
     records = [(name, group, *rest) for group, result in zip(groups, results) for name, *rest in result["frames"]]
     table = Table(rows=records, names=("frame", "group", "status", "reason", "saturated_fraction", "nan_fraction"),
                   dtype=(str, str, str, str, float, float)) if records else Table()
     folder = product(params, _MASTERS[kind])
     write_table(table, folder / "frames.ecsv")
-    raw = sum(r.nbytes for task in tasks for r in task[0])
+    raw = sum(r.nbytes for task in tasks for r in task.refs)
     note(bytes_read=int(nbytes), raw_bytes=int(raw), masters=len(list(folder.glob("*.fits"))))
     return table
 

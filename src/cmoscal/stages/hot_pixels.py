@@ -16,7 +16,7 @@ from astropy.table import Table
 from ..dq import DQ, DQ_DTYPE, dq_table, has, set_by
 from ..errors import CampaignError
 from ..fitsio import write_hdus, write_table
-from ..hotpix import classify_pixels, log_rate_significance
+from ..hotpix import Thresholds, classify_pixels, log_rate_significance
 from ..model import CalibrationModel
 from ..products import note, product, required, stage
 from . import inventory as inventory_stage
@@ -55,8 +55,8 @@ def run(params: dict) -> dict:
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq, params,
-                                     rate_min)
+    dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq,
+                                     Thresholds.from_params(params), rate_min)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())

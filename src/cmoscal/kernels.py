@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import namedtuple
 
 import numpy as np
 from llvmlite import ir
@@ -334,6 +335,13 @@ def _exp(x):
 
 
 # --- the dark fit -------------------------------------------------------------------------------
+_Work = namedtuple("_Work", "model trial_model H A g step trial work K weights")
+_Work.__doc__ = """Scratch arrays of one pixel's fit: the model and a trial model (M,), the normal matrix, its
+regularized copy and the gradient (3, 3), (3, 3), (3,), a step and a trial point (3,), inversion room (3, 4), the
+bias-error gain (3, 2) and the weights of the last normal-equation pass (M,)."""
+_Rescue = namedtuple("_Rescue", "valid dropped theta cov offset Z1")
+_Rescue.__doc__ = """The fits against the population law (rescue and fallback): samples, dropped ones, parameters,
+covariance (M,), (M,), (3,), (3, 3); the offsets under the population slope and gamma and the lnA-only regressors."""
 # The per-sample loops below keep their sums in scalars (Z always has 3 columns; those beyond P
 # are not used): sums held in the small H and g arrays went through memory on every sample.
 @njit(cache=True, error_model="numpy")
@@ -451,7 +459,8 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
     ``theta``, whose model, weights and normal matrix are then in ``ws`` (NaN when they are not,
     after ``max_iter`` steps).
     """
-    m, mt, H, A, g, step, trial, work, _, weights = ws
+    m, mt, H, A, g, step, trial, work, weights = (ws.model, ws.trial_model, ws.H, ws.A, ws.g, ws.step, ws.trial,
+                                                  ws.work, ws.weights)
     lam = 1e-3
     _model(Z, offset, theta, P, m)
     for _ in range(max_iter):
@@ -491,7 +500,7 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 @njit(cache=True, error_model="numpy")
 def _start(y, valid, base, shot, Z, offset, P, theta, ws):
     """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
-    H, A, g, work = ws[2], ws[3], ws[4], ws[7]
+    H, A, g, work = ws.H, ws.A, ws.g, ws.work
     sums = (0.0,) * 9
     npos = 0
     for i in range(y.shape[0]):
@@ -525,10 +534,10 @@ def _start(y, valid, base, shot, Z, offset, P, theta, ws):
 
 @njit(cache=True, error_model="numpy")
 def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
-    """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws[0]``;
+    """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws.model``;
     False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
     current and is rebuilt first."""
-    m, H, A, g, weights = ws[0], ws[2], ws[3], ws[4], ws[9]
+    m, H, A, g, weights = ws.model, ws.H, ws.A, ws.g, ws.weights
     if not chi2 == chi2:
         chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
     _regularize(H, P, A, 0.0)
@@ -570,9 +579,9 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
     squared deleted residual: the sample is an outlier of the fit made without it), and refit.
 
     Returns (converged, chi-square, covariance positive, number of samples dropped); ``cov`` holds
-    the covariance and ``ws[0]`` the model at ``theta``; dropped samples are set in ``outliers``.
+    the covariance and ``ws.model`` the model at ``theta``; dropped samples are set in ``outliers``.
     """
-    m = ws[0]
+    m = ws.model
     converged, chi2 = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
     chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws, chi2)
     dropped = 0
@@ -580,7 +589,7 @@ def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range
     for i in range(y.shape[0]):
         n += valid[i]
     while dropped < max_outliers and n - 1 >= min_valid:
-        if not _beyond(y, valid, Z, P, cov, m, ws[9], positive, outlier_sigma * outlier_sigma):
+        if not _beyond(y, valid, Z, P, cov, m, ws.weights, positive, outlier_sigma * outlier_sigma):
             break
         candidate, lowest = -1, np.inf
         for i in range(y.shape[0]):
@@ -657,6 +666,164 @@ def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
                     cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
 
 
+@njit(cache=True, error_model="numpy", inline="always")  # compiled into fit_pixels
+def _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature,
+                   yp, vp, bp, sp, level, outl):
+    """Pixel ``p``'s samples (``yp``), which are valid (``vp``), their noise model (variance ``bp + sp * signal``)
+    and total levels (bias added back); none dropped yet. Returns how many are valid."""
+    n = 0
+    va, vb, vab, extra = bias_cov[0, p], bias_cov[1, p], bias_cov[2, p], extra_var[p]
+    for i in range(y.shape[0]):
+        T = temperature[i]
+        frames = max(nframes[i, p], 1)
+        yp[i] = y[i, p]
+        vp[i] = usable[i, p] and nframes[i, p] > 0 and np.isfinite(yp[i])
+        bp[i] = read_var[p] / frames + va + T * T * vb + 2 * T * vab + extra
+        sp[i] = inv_gain / frames
+        level[i] = yp[i] + bias_a[p] + bias_b[p] * T
+        outl[i] = False
+        n += vp[i]
+    return n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _full_well(yp, vp, bp, sp, level, tgroup, egroup, full_well, n, outl):
+    """Drop a full-well plateau: two samples within 3 sigma of the highest level (>= ``full_well``), sharing a
+    temperature or an exposure group, make one; the samples at or above ``_KNEE`` of that level (the plateau and its
+    knee) are dropped. Returns the valid samples left and the flag."""
+    if n == 0 or full_well <= 0:
+        return n, 0
+    M = yp.shape[0]
+    top = -np.inf
+    for i in range(M):
+        if vp[i] and level[i] > top:
+            top = level[i]
+    if top < full_well:
+        return n, 0
+    plateau = False
+    for i in range(M):
+        if not vp[i] or top - level[i] > 3 * np.sqrt(bp[i] + sp[i] * max(yp[i], 0.0)):
+            continue
+        for j in range(i + 1, M):
+            if (vp[j] and top - level[j] <= 3 * np.sqrt(bp[j] + sp[j] * max(yp[j], 0.0))
+                    and (tgroup[i] == tgroup[j] or egroup[i] == egroup[j])):
+                plateau = True
+    if not plateau:
+        return n, 0
+    for i in range(M):
+        if vp[i] and level[i] >= _KNEE * top:
+            vp[i] = False
+            outl[i] = True
+            n -= 1
+    return n, _FULL_WELL
+
+
+@njit(cache=True, error_model="numpy")
+def _rescue(yp, vp, v0, bp, sp, Z, offset, P, prior, opts, outl, theta, cov, ws, trial, best, r):
+    """Coincident outliers can mask each other (the fit bends to them); against the population law they stand out.
+    Drop those and refit the pixel's own model from all its samples (``v0``). An acceptable refit replaces the fit
+    (``vp``, ``outl``, ``theta``, ``cov``); otherwise the model of ``theta`` is restored in ``ws``. Returns
+    (acceptable, converged, chi-square, positive, samples dropped)."""
+    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof = opts
+    M = yp.shape[0]
+    for i in range(M):
+        r.valid[i] = v0[i]
+        r.dropped[i] = False
+    _population_offsets(Z, offset, P, prior, r.offset)
+    _start(yp, r.valid, bp, sp, r.Z1, r.offset, 1, r.theta, ws)
+    _robust(yp, r.valid, bp, sp, r.Z1, r.offset, 1, r.theta, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
+            1 + min_dof, r.dropped, r.cov, ws, trial, best)
+    _start(yp, r.valid, bp, sp, Z, offset, P, r.theta, ws)
+    nq = 0
+    for i in range(M):
+        nq += r.valid[i]
+    converged, chi2, positive, dropped = False, np.nan, False, 0
+    if nq >= P + min_dof:
+        converged, chi2, positive, dropped = _robust(yp, r.valid, bp, sp, Z, offset, P, r.theta, max_iter, tol,
+                                                     ln_a_range, outlier_sigma, max_outliers, P + min_dof, r.dropped,
+                                                     r.cov, ws, trial, best)
+    k = 0
+    for i in range(M):
+        k += r.dropped[i]
+    if not (positive and k <= max_outliers and _acceptable(chi2, nq - dropped - P, outlier_sigma)):
+        _model(Z, offset, theta, P, ws.model)
+        return False, converged, chi2, positive, k
+    for i in range(M):
+        vp[i], outl[i] = r.valid[i], r.dropped[i]
+    for a in range(3):
+        theta[a] = r.theta[a]
+        for b in range(3):
+            cov[a, b] = r.cov[a, b]
+    return True, converged, chi2, positive, k
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _bias_error(p, vp, bp, sp, Z, P, bias_cov, D, cab, cov, ws):
+    """Add to ``cov`` the error of the bias model removed from pixel ``p``, common to all its samples (``cab``
+    receives that model's (2, 2) covariance)."""
+    cab[0, 0], cab[1, 1] = bias_cov[0, p], bias_cov[1, p]
+    cab[0, 1] = cab[1, 0] = bias_cov[2, p]
+    _common_error(vp, bp, sp, Z, P, ws.model, D, cab, cov, ws.work, ws.K)
+
+
+@njit(cache=True, error_model="numpy")
+def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, prior, prior_var, opts, propagate, bias_cov, D, cab, outl,
+              theta, cov, ws, trial, best, r):
+    """Population slope and gamma with the pixel's own amplitude, fitted from its samples (the outliers of the
+    untrusted fit forgotten, full-well samples kept out); the population spread of slope and gamma enters the
+    covariance through d lnA / d slope = -(weighted mean of x), likewise for gamma. Returns (converged and
+    covariance positive, chi-square, samples dropped)."""
+    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof = opts
+    M = yp.shape[0]
+    for i in range(M):
+        if v0[i]:
+            outl[i] = False
+        vp[i] = v0[i]
+    _population_offsets(Z, offset, P, prior, r.offset)
+    _start(yp, vp, bp, sp, r.Z1, r.offset, 1, theta, ws)
+    converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, r.Z1, r.offset, 1, theta, max_iter, tol,
+                                                 ln_a_range, outlier_sigma, max_outliers, 1 + min_dof, outl, cov,
+                                                 ws, trial, best)
+    if propagate:
+        _bias_error(p, vp, bp, sp, r.Z1, 1, bias_cov, D, cab, cov, ws)
+    var_a = cov[0, 0]
+    m = ws.model
+    sw = sx = st = 0.0
+    for i in range(M):
+        if vp[i]:
+            w = m[i] * m[i] / (bp[i] + sp[i] * m[i])
+            sw += w
+            sx += w * Z[i, 1]
+            st += w * Z[i, 2]
+    dx = -sx / sw if sw > 0 else 0.0
+    dt = -st / sw if (sw > 0 and P == 3) else 0.0
+    var_s, var_g = prior_var[0], (prior_var[1] if P == 3 else 0.0)
+    theta[1], theta[2] = prior[0], (prior[1] if P == 3 else 1.0)
+    cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g
+    cov[1, 1], cov[2, 2] = var_s, var_g
+    cov[0, 1] = cov[1, 0] = dx * var_s
+    cov[0, 2] = cov[2, 0] = dt * var_g
+    cov[1, 2] = cov[2, 1] = 0.0
+    return converged and positive, chi2, dropped
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_out, nvalid_out, flags_out,
+                 outliers_out):
+    """Write pixel ``p``'s parameters, covariance planes, chi-square, valid samples, flags and dropped samples."""
+    nv = 0
+    for i in range(vp.shape[0]):
+        nv += vp[i]
+        outliers_out[i, p] = outl[i]
+    for a in range(3):
+        theta_out[a, p] = theta[a]
+    for k in range(6):
+        cov_out[k, p] = cov[COVARIANCE_PLANES[k][0], COVARIANCE_PLANES[k][1]]
+    chi2_out[p] = chi2
+    nvalid_out[p] = nv
+    flags_out[p] = flags
+
+
 @_kernel((_in(_F4, 2), _in(_I2, 2), _in(_B, 2),  # y, nframes, usable
           _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
           _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
@@ -716,187 +883,61 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         (M, npix) samples dropped as outliers or full well.
     """
     M, npix = y.shape
-    yp = np.empty(M)
-    vp = np.empty(M, dtype=np.bool_)
-    v0 = np.empty(M, dtype=np.bool_)
-    bp = np.empty(M)
-    sp = np.empty(M)
-    outl = np.empty(M, dtype=np.bool_)
-    off1 = np.empty(M)
-    Z1 = np.zeros((M, 3))  # lnA alone (P = 1)
-    Z1[:, 0] = 1.0
-    ws = (np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
-          np.empty((3, 4)), np.empty((3, 2)), np.empty(M))
-    theta = np.empty(3)
-    alt = np.empty(3)
-    cov_alt = np.zeros((3, 3))
-    vq = np.empty(M, dtype=np.bool_)
-    outq = np.empty(M, dtype=np.bool_)
-    trial = np.empty(3)
-    best = np.empty(3)
-    cov = np.zeros((3, 3))
-    cab = np.empty((2, 2))
+    yp, bp, sp, level = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
+    vp, v0, outl = np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_)
+    ws = _Work(np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
+               np.empty((3, 4)), np.empty((3, 2)), np.empty(M))
+    r = _Rescue(np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(3), np.zeros((3, 3)),
+                np.empty(M), np.zeros((M, 3)))
+    r.Z1[:, 0] = 1.0  # lnA alone (P = 1)
+    theta, trial, best, cov, cab = np.empty(3), np.empty(3), np.empty(3), np.zeros((3, 3)), np.empty((2, 2))
+    nan_theta, nan_cov = np.full(3, np.nan), np.full((3, 3), np.nan)
     ln_a_range = np.array([lo[0], hi[0]])
-    level = np.empty(M)
+    opts = (max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof)  # of the rare rescue and fallback
     D = np.empty((M, 2))
     for i in range(M):
         D[i, 0], D[i, 1] = 1.0, temperature[i]
     for p in range(npix):
-        n = 0
-        va, vb, vab, extra = bias_cov[0, p], bias_cov[1, p], bias_cov[2, p], extra_var[p]
-        for i in range(M):
-            T = temperature[i]
-            frames = max(nframes[i, p], 1)
-            yp[i] = y[i, p]
-            vp[i] = usable[i, p] and nframes[i, p] > 0 and np.isfinite(yp[i])
-            bp[i] = read_var[p] / frames + va + T * T * vb + 2 * T * vab + extra
-            sp[i] = inv_gain / frames
-            level[i] = yp[i] + bias_a[p] + bias_b[p] * T
-            outl[i] = False
-            n += vp[i]
-        flags = 0
-        if n > 0 and full_well > 0:
-            top = -np.inf
-            for i in range(M):
-                if vp[i] and level[i] > top:
-                    top = level[i]
-            if top >= full_well:
-                plateau = False
-                for i in range(M):
-                    if not vp[i] or top - level[i] > 3 * np.sqrt(bp[i] + sp[i] * max(yp[i], 0.0)):
-                        continue
-                    for j in range(i + 1, M):
-                        if (vp[j] and top - level[j] <= 3 * np.sqrt(bp[j] + sp[j] * max(yp[j], 0.0))
-                                and (tgroup[i] == tgroup[j] or egroup[i] == egroup[j])):
-                            plateau = True
-                if plateau:  # the plateau and its knee: within 10 % below the top level
-                    for i in range(M):
-                        if vp[i] and level[i] >= _KNEE * top:
-                            vp[i] = False
-                            outl[i] = True
-                            n -= 1
-                    flags |= _FULL_WELL
+        n = _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var,
+                           temperature, yp, vp, bp, sp, level, outl)
+        n, flags = _full_well(yp, vp, bp, sp, level, tgroup, egroup, full_well, n, outl)
         if n == 0:
-            for a in range(3):
-                theta_out[a, p] = np.nan
-            for k in range(6):
-                cov_out[k, p] = np.nan
-            chi2_out[p] = np.nan
-            nvalid_out[p] = 0
-            flags_out[p] = flags | _NONE | _FEW
-            for i in range(M):
-                outliers_out[i, p] = outl[i]
+            _store_pixel(p, vp, outl, nan_theta, nan_cov, np.nan, flags | _NONE | _FEW, theta_out, cov_out, chi2_out,
+                         nvalid_out, flags_out, outliers_out)
             continue
         for i in range(M):
             v0[i] = vp[i]
-        trusted = False
-        dropped = 0
-        chi2 = np.nan
+        trusted, chi2, dropped = False, np.nan, 0
         if n >= P + min_dof:
             _start(yp, vp, bp, sp, Z, offset, P, theta, ws)
             converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z, offset, P, theta, max_iter, tol,
                                                          ln_a_range, outlier_sigma, max_outliers, P + min_dof, outl,
                                                          cov, ws, trial, best)
             if not _acceptable(chi2, n - dropped - P, outlier_sigma) and np.isfinite(prior[0]):
-                # Coincident outliers can mask each other (the fit bends to them); against the population
-                # law they stand out. Drop those, refit the pixel's own model, keep it if it is acceptable.
-                for i in range(M):
-                    vq[i] = v0[i]
-                    outq[i] = False
-                _population_offsets(Z, offset, P, prior, off1)
-                _start(yp, vq, bp, sp, Z1, off1, 1, alt, ws)
-                _robust(yp, vq, bp, sp, Z1, off1, 1, alt, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
-                        1 + min_dof, outq, cov_alt, ws, trial, best)
-                _start(yp, vq, bp, sp, Z, offset, P, alt, ws)
-                nq = 0
-                for i in range(M):
-                    nq += vq[i]
-                c2, pos2, d2 = np.nan, False, 0
-                if nq >= P + min_dof:
-                    conv2, c2, pos2, d2 = _robust(yp, vq, bp, sp, Z, offset, P, alt, max_iter, tol, ln_a_range,
-                                                  outlier_sigma, max_outliers, P + min_dof, outq, cov_alt, ws, trial,
-                                                  best)
-                k = 0
-                for i in range(M):
-                    k += outq[i]
-                if pos2 and k <= max_outliers and _acceptable(c2, nq - d2 - P, outlier_sigma):
-                    for i in range(M):
-                        vp[i], outl[i] = vq[i], outq[i]
-                    for a in range(3):
-                        theta[a] = alt[a]
-                        for b in range(3):
-                            cov[a, b] = cov_alt[a, b]
+                ok, conv2, c2, pos2, k = _rescue(yp, vp, v0, bp, sp, Z, offset, P, prior, opts, outl, theta, cov, ws,
+                                                 trial, best, r)
+                if ok:
                     converged, chi2, positive, dropped = conv2, c2, pos2, k
-                else:
-                    _model(Z, offset, theta, P, ws[0])
             trusted = converged and positive
             for a in range(P):
                 trusted = trusted and lo[a] <= theta[a] <= hi[a]
             if trusted:
                 flags |= _CONVERGED
                 if propagate:
-                    cab[0, 0], cab[1, 1] = bias_cov[0, p], bias_cov[1, p]
-                    cab[0, 1] = cab[1, 0] = bias_cov[2, p]
-                    _common_error(vp, bp, sp, Z, P, ws[0], D, cab, cov, ws[7], ws[8])
+                    _bias_error(p, vp, bp, sp, Z, P, bias_cov, D, cab, cov, ws)
                 if P == 2:
                     theta[2] = 1.0
                     for a in range(3):
                         cov[a, 2] = cov[2, a] = 0.0
         else:
             flags |= _FEW
-        if not trusted:  # population slope and gamma, the pixel's own amplitude
+        if not trusted:
             flags |= _FALLBACK
-            for i in range(M):
-                if v0[i]:  # forget the outliers of the untrusted fit, keep the full-well samples out
-                    outl[i] = False
-                vp[i] = v0[i]
-            _population_offsets(Z, offset, P, prior, off1)
-            _start(yp, vp, bp, sp, Z1, off1, 1, theta, ws)
-            converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z1, off1, 1, theta, max_iter, tol,
-                                                         ln_a_range, outlier_sigma, max_outliers, 1 + min_dof, outl,
-                                                         cov, ws, trial, best)
-            if converged and positive:
-                flags |= _CONVERGED
-            var_a = cov[0, 0]
-            if propagate:
-                cab[0, 0], cab[1, 1] = bias_cov[0, p], bias_cov[1, p]
-                cab[0, 1] = cab[1, 0] = bias_cov[2, p]
-                _common_error(vp, bp, sp, Z1, 1, ws[0], D, cab, cov, ws[7], ws[8])
-                var_a = cov[0, 0]
-            # d lnA / d slope = -(weighted mean of x), likewise for gamma: the population spread
-            # of slope and gamma moves lnA with them
-            m = ws[0]
-            sw = 0.0
-            sx = 0.0
-            st = 0.0
-            for i in range(M):
-                if vp[i]:
-                    w = m[i] * m[i] / (bp[i] + sp[i] * m[i])
-                    sw += w
-                    sx += w * Z[i, 1]
-                    st += w * Z[i, 2]
-            dx = -sx / sw if sw > 0 else 0.0
-            dt = -st / sw if (sw > 0 and P == 3) else 0.0
-            var_s, var_g = prior_var[0], (prior_var[1] if P == 3 else 0.0)
-            theta[1], theta[2] = prior[0], (prior[1] if P == 3 else 1.0)
-            cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g
-            cov[1, 1], cov[2, 2] = var_s, var_g
-            cov[0, 1] = cov[1, 0] = dx * var_s
-            cov[0, 2] = cov[2, 0] = dt * var_g
-            cov[1, 2] = cov[2, 1] = 0.0
-        nv = 0
-        for i in range(M):
-            nv += vp[i]
-            outliers_out[i, p] = outl[i]
-        if dropped > 0:
-            flags |= _OUTLIERS
-        for a in range(3):
-            theta_out[a, p] = theta[a]
-        for k in range(6):
-            cov_out[k, p] = cov[COVARIANCE_PLANES[k][0], COVARIANCE_PLANES[k][1]]
-        chi2_out[p] = chi2
-        nvalid_out[p] = nv
-        flags_out[p] = flags
+            converged, chi2, dropped = _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, prior, prior_var, opts,
+                                                 propagate, bias_cov, D, cab, outl, theta, cov, ws, trial, best, r)
+            flags |= _CONVERGED if converged else 0
+        _store_pixel(p, vp, outl, theta, cov, chi2, flags | (_OUTLIERS if dropped > 0 else 0), theta_out, cov_out,
+                     chi2_out, nvalid_out, flags_out, outliers_out)
 
 
 @_kernel((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _B,

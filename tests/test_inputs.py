@@ -279,3 +279,29 @@ def test_the_notebooks_ship_inside_the_package():
 
     assert NOTEBOOK_DIR.parent.resolve() == Path(cmoscal.__file__).parent.resolve()
     assert len(list(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))) == len(STAGES)
+
+
+def test_a_noise_model_far_above_the_scatter_fails_the_residual_checks(tmp_path):
+    """A wrong gain (here 1e-4 e-/DN, as a light leak in a two-frame group once measured) makes every residual
+    look tiny: the checks must see it, not pass it."""
+    simulate_campaign(tmp_path, seed=48, **dict(SMALL, shape=(16, 16)))
+    _, results = run(tmp_path, stages=list(STAGES)[:8], gain=1e-4)
+    checks = {c["check"]: c for c in results["summary"]}
+    row = checks["dark residual / noise"]
+    assert row["status"] == "FAIL" and row["value"] < 0.2 and "expected noise is far larger" in row["reason"]
+    assert results["summary"].meta["verdict"] == "FAILED"
+
+
+def test_a_copy_of_a_rejected_frame_is_rejected_too(tmp_path):
+    """--odd-files copies a dark: here it copies the light leak, in a group of one good frame. The neighbours reject
+    the leak; its copy is a duplicate of it, not a frame to use in its place."""
+    layout = dict(SMALL, temperatures=(-10, -5, 0, 5, 10, 15, 20, 25), frames=1, bias_frames=2)
+    simulate_campaign(tmp_path, seed=49, **layout, odd_files=True, light_leak=True)
+    _, results = run(tmp_path, stages=("inventory", "bias", "dark_masters"))
+    frames = results["dark_masters"]
+    status = dict(zip(frames["frame"], zip(frames["status"], frames["reason"])))
+    leak, copy = "dark/dark_+10C_10s_light_leak.fits", "dark/duplicate_dark_+10C_10s_light_leak.fits"
+    assert status[leak][0] == "rejected" and "neighbouring groups" in status[leak][1]
+    assert status[copy] == ("rejected", f"duplicate of {leak}")
+    master = fits.getheader(next((tmp_path / "out" / "dark_masters").glob("darks_T10.*C_texp10s.fits")))
+    assert master["NCOMBINE"] == 1 and master["GAINS0"] == 0

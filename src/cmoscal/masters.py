@@ -333,13 +333,12 @@ def make_master(refs, names, temperatures, exptime, kind, path, rules, scale, sa
                                            scratch("stack", (len(refs), ny, nx), np.float32))
         reasons = [excluded.get(i) or frame_problem(c, npix, rules) for i, c in enumerate(counts)]
         prints = {}
-        for i, reason in enumerate(reasons):
-            if not reason:
-                key = _fingerprint(stack[i])
-                twin = next((j for j in prints.get(key, []) if np.array_equal(stack[i], stack[j], equal_nan=True)),
-                            None)
-                reasons[i] = "" if twin is None else f"duplicate of {names[twin]}"
-                prints.setdefault(key, []).append(i)
+        for i, reason in enumerate(reasons):  # a copy of a frame is a duplicate, be that frame used or excluded
+            key = _fingerprint(stack[i])
+            twin = next((j for j in prints.get(key, []) if np.array_equal(stack[i], stack[j], equal_nan=True)), None)
+            if not reason and twin is not None:
+                reasons[i] = f"duplicate of {names[twin]}"
+            prints.setdefault(key, []).append(i)
     else:
         counts, reasons, prints, nbytes = [], [], {}, 0
         for i, ref in enumerate(refs):

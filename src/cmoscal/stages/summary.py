@@ -83,9 +83,14 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     return table
 
 
-def _check(name, definition, value, limit, reason=""):
+def _check(name, definition, value, limit, reason="", two_sided=False):
+    """A check row; ``two_sided`` also fails a ratio below 1 / limit (the noise model overstates the scatter)."""
     if reason or not np.isfinite(value):
         return (name, definition, float(value), float(limit), "n/a", reason or "not defined for this campaign")
+    if two_sided and value < 1 / limit:
+        return (name, definition, float(value), float(limit), "FAIL",
+                f"{value:.3g} < 1/{limit:g}: the expected noise is far larger than the scatter (gain or read noise "
+                "wrong?), so this check could not see a misfit")
     return (name, definition, float(value), float(limit), "pass" if value <= limit else "FAIL", "")
 
 
@@ -112,13 +117,15 @@ def run(params: dict) -> Table:
                                    f"the {kind} model fits its {int(sel.sum())} masters exactly: no degrees of freedom")
         rows.append(_check(f"{kind} residual / noise", "median over groups of residual RMS / expected noise, "
                            "relative to the in-sample expectation sqrt(1 - leverage)",
-                           np.nanmedian(ratio) if not reason else np.nan, limits["residual_noise_max"], reason))
+                           np.nanmedian(ratio) if not reason else np.nan, limits["residual_noise_max"], reason,
+                           two_sided=True))
         values = np.asarray(loo["loo_noise"][loo["kind"] == kind])
         reason = unknown_noise or ("" if np.isfinite(values).any() else (
             "needs master biases at >= 3 temperatures" if kind == "bias" else
             "no group can be left out with two temperatures (and exposures) remaining"))
         rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
-                           np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason))
+                           np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason,
+                           two_sided=True))
     flagged = float(np.mean(has(dq, DQ.HOT | DQ.WARM)))
     rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
                        limits["hot_fraction_max"]))

@@ -84,14 +84,20 @@ def test_one_d_model_fixes_gamma():
     assert abs(np.median(fit.params[1] - params[1])) < 0.002
 
 
-def test_forms_are_told_apart_only_when_the_data_can():
-    rng = np.random.default_rng(8)
+def arrhenius_masters(rng, npix):
+    """Masters of ``npix`` pixels following the Arrhenius law over -20..40 degC: temperatures, exposures, signal,
+    noise."""
     temps = np.repeat([-20.0, -10, 0, 10, 20, 30, 40], 5)
     times = np.tile([1.0, 5, 10, 30, 60], 7)
-    params = np.stack([np.full(3000, np.log(0.01)), rng.normal(0.65, 0.01, 3000), np.ones(3000)])
+    params = np.stack([np.full(npix, np.log(0.01)), rng.normal(0.65, 0.01, npix), np.ones(npix)])
     truth = predict(params, temps[:, None], times[:, None], -20.0, "arrhenius")
-    noise = Noise(np.ones(truth.shape), np.full(3000, 0.3), 0.1)
-    signal = truth + rng.normal(size=truth.shape) * np.sqrt(0.3 + 0.1 * truth)
+    noise = Noise(np.ones(truth.shape), np.full(npix, 0.3), 0.1)
+    return temps, times, truth + rng.normal(size=truth.shape) * np.sqrt(0.3 + 0.1 * truth), noise
+
+
+def test_forms_are_told_apart_only_when_the_data_can():
+    rng = np.random.default_rng(8)
+    temps, times, signal, noise = arrhenius_masters(rng, 3000)
     chi2 = {}
     for form in ("exponential", "arrhenius"):
         fit = fit_dark(signal, noise, temps, times, -20.0, form)
@@ -115,13 +121,7 @@ def test_a_form_added_to_the_registry_takes_part_in_fits_and_the_comparison(monk
     power = forms.Form("power", "C", "", "dark power-law index C", "(1 + T - TMIN)^C",
                        lambda T, tmin: np.log1p(T - tmin))
     monkeypatch.setitem(forms.FORMS, "power", power)
-    rng = np.random.default_rng(13)
-    temps = np.repeat(np.arange(-20.0, 41.0, 10.0), 5)
-    times = np.tile([1.0, 5, 10, 30, 60], 7)
-    params = np.stack([np.full(2000, np.log(0.01)), rng.normal(0.65, 0.01, 2000), np.ones(2000)])
-    truth = predict(params, temps[:, None], times[:, None], -20.0, "arrhenius")
-    noise = Noise(np.ones(truth.shape), np.full(2000, 0.3), 0.1)
-    signal = truth + rng.normal(size=truth.shape) * np.sqrt(0.3 + 0.1 * truth)
+    temps, times, signal, noise = arrhenius_masters(np.random.default_rng(13), 2000)
     chi2 = {}
     for name in forms.FORMS:
         fit = fit_dark(signal, noise, temps, times, -20.0, name)

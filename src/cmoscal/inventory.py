@@ -29,6 +29,7 @@ from astropy.table import Table
 
 from .errors import CampaignError, CampaignWarning
 from .fitsio import FrameRef, frames_in, read_rows
+from .forms import KELVIN
 
 __all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage",
            "find_fits", "frame_exposure", "frame_label", "frame_refs", "frame_temperature", "group_summary",
@@ -36,7 +37,6 @@ __all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius",
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 COMPRESSED_SUFFIXES = (".fz", ".gz")
-KELVIN = 273.15
 _SCALE_ROWS, _SCALE_FRAMES = 8, 8  # rows of frames read to recognise the raw scale
 _IDENTITY = ("INSTRUME", "TELESCOP", "DETECTOR")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.stats import mad_std
 from astropy.table import Table
 
 from .compute import sample_rows, scratch, tile_budget
@@ -94,12 +95,6 @@ def frame_problem(counts, npix: int, rules: FrameRules) -> str:
     return ""
 
 
-def _robust_sigma(values: np.ndarray, axis=None) -> np.ndarray:
-    """1.4826 x the median absolute deviation."""
-    median = np.median(values, axis=axis, keepdims=True)
-    return 1.4826 * np.median(np.abs(values - median), axis=axis)
-
-
 _LEVEL_PIXELS = 1 << 14  # pixels per frame that judge its level: its median to 1e-2 of the pixels' scatter
 
 
@@ -115,12 +110,14 @@ def frame_levels(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pixels = _level_pixels(sample)
     if not pixels.size:
         return np.full(len(sample), np.nan), np.full(len(sample), np.nan)
-    return np.median(pixels, axis=1), _robust_sigma(pixels, axis=1)
+    return np.median(pixels, axis=1), mad_std(pixels, axis=1)
 
 
-def level_departure(level: float, expected: float, sigma: float, kind: str, rules: FrameRules) -> str:
-    """Why a frame's level is not its group's ('' when it is): ``frame_outlier_sigma`` x ``sigma`` beyond
-    ``expected`` and, for darks, more than a factor of two from it (what no temperature error explains)."""
+def level_departure(level: float, expected: float, sigma: float, kind: str, rules: FrameRules,
+                    source: str = "of its group") -> str:
+    """Why a frame's level is not the ``expected`` one ('' when it is): ``frame_outlier_sigma`` x ``sigma`` beyond
+    it and, for darks, more than a factor of two from it (what no temperature error explains); ``source`` says
+    where the expected level comes from."""
     departure = level - expected
     limit = rules.frame_outlier_sigma * sigma
     if not np.isfinite(departure) or abs(departure) <= limit:
@@ -128,7 +125,7 @@ def level_departure(level: float, expected: float, sigma: float, kind: str, rule
     if kind == "dark" and expected > 0 and level > 0 and 0.5 <= level / expected <= 2:
         return ""
     return (f"level {level:.1f} DN departs by {departure:+.1f} DN ({abs(departure) / max(sigma, 1e-9):.0f} sigma) "
-            f"from the {expected:.1f} DN of its group (light leak or shutter fault?)")
+            f"from the {expected:.1f} DN {source} (light leak or shutter fault?)")
 
 
 def _level_outliers(sample: np.ndarray, kind: str, rules: FrameRules) -> list[str]:
@@ -141,7 +138,7 @@ def _level_outliers(sample: np.ndarray, kind: str, rules: FrameRules) -> list[st
     if n < 3 or not finite.size:
         return [""] * n
     departure = np.median(finite - np.median(finite, axis=0), axis=1)
-    sigma = float(np.min(_robust_sigma(finite - np.roll(finite, 1, axis=0), axis=1))) / np.sqrt(2)
+    sigma = float(np.min(mad_std(finite - np.roll(finite, 1, axis=0), axis=1))) / np.sqrt(2)
     reference = float(np.median(finite))
     return [level_departure(reference + d, reference, sigma, kind, rules) for d in departure]
 

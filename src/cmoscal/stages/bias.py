@@ -70,10 +70,10 @@ def _neighbour_outliers(results, tasks, exptime_tolerance: float) -> dict:
         log = task.kind == "dark" and min(level for _, level in peers) > 0
         expected = _expected_level(float(np.mean(task.temperatures)), peers, log)
         for name, level, sigma in result["levels"]:
-            reason = level_departure(level, expected, sigma, task.kind, task.rules)
+            reason = level_departure(level, expected, sigma, task.kind, task.rules,
+                                     "expected from the neighbouring groups")
             if reason:
-                found.setdefault(g, {})[task.names.index(name)] = reason.replace("of its group", "expected from the "
-                                                                                  "neighbouring groups")
+                found.setdefault(g, {})[task.names.index(name)] = reason
     return found
 
 

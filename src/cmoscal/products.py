@@ -261,8 +261,9 @@ def upstream(name: str) -> set:
     return found
 
 
-def require_current(output_dir, name: str, user: str) -> None:
-    """Refuse, naming what to rerun, when the products of stage ``name`` in ``output_dir`` are not current.
+def require_current(output_dir, name: str, user: str, states: dict | None = None) -> None:
+    """Refuse, naming what to rerun, when the products of stage ``name`` in ``output_dir`` are not current
+    (``states``: :func:`stage_states` of ``output_dir``, when the caller has it).
 
     Raises
     ------
@@ -270,7 +271,7 @@ def require_current(output_dir, name: str, user: str) -> None:
         ``user`` (a stage or a command) would read products that are missing, stale or
         half-written; the message lists the stages to run, in order.
     """
-    states = stage_states(output_dir)
+    states = states or stage_states(output_dir)
     state, reason = states[name]
     if state == "current":
         return
@@ -325,10 +326,10 @@ def stage(name: str, reads_stale: bool = False):
             global _current
             output_dir = Path(params["output_dir"])
             with hold(output_dir, f"stage {name}"):
+                states = stage_states(output_dir)
                 for dep in DEPENDS[name]:
-                    if reads_stale and stage_states(output_dir)[dep][0] == "stale":
-                        continue
-                    require_current(output_dir, dep, name)
+                    if not (reads_stale and states[dep][0] == "stale"):
+                        require_current(output_dir, dep, name, states)
                 book = ledger(output_dir)
                 stages = book.setdefault("stages", {})
                 book["seq"] = book.get("seq", 0) + 1

@@ -84,6 +84,12 @@ def _interval(value):
     return None
 
 
+def _temperatures(value):
+    if not isinstance(value, list) or any(_number(-273.15, open_lo=True)(T) for T in value):
+        return "must be a list of temperatures in degC (above -273.15; may be empty)"
+    return None
+
+
 def _iso_date(value):
     from .inventory import observation_date
 
@@ -147,6 +153,7 @@ _CHECKS = {
     **{f"fit_bounds.{law.slope}": _interval for law in FORMS.values()},
     "fit_bounds.gamma": _interval,
     "warm_sigma": _number(0, open_lo=True),
+    "unreliable_dark_error": _number(0, open_lo=True),
     "hot_sigma": _number(0, open_lo=True),
     "hot_rate_min": _optional(_number(0, open_lo=True)),
     "hot_rate_unit": _choice("DN/s", "e-/s"),
@@ -169,12 +176,14 @@ _CHECKS = {
     "instrument.useafter": _optional(_iso_date),
     "max_exposure_factor": _number(1),
     "snr_min": _number(0),
+    "budget_temperatures": _temperatures,
     "loo_pixels": _number(0, integer=True),
     "seed": _number(0, integer=True),
     "checks.residual_noise_max": _number(1),
     "checks.loo_noise_max": _number(1),
     "checks.hot_fraction_max": _number(0, 1),
     "checks.rejected_fraction_max": _number(0, 1),
+    "checks.unreliable_fraction_max": _number(0, 1),
     "kernel": _text(optional=True),
     "memory_budget": _number(0, open_lo=True),
     "progress": _flag_or_auto,

@@ -34,6 +34,9 @@ class Flag:
         The stage (or the calibration of a science frame) that sets it.
     fit_flag : str
         The flag of the dark-fit kernel it translates (:data:`cmoscal.kernels.FIT_FLAGS`), if any.
+    verdict : bool
+        A verdict on the model rather than a defect of the pixel: such pixels stay among the
+        normal pixels the evaluation judges, so its checks see the misfit.
     """
 
     name: str
@@ -41,6 +44,7 @@ class Flag:
     meaning: str
     set_by: str
     fit_flag: str = ""
+    verdict: bool = False
 
     @property
     def value(self) -> int:
@@ -58,7 +62,7 @@ FLAGS = (
     Flag("FALLBACK", 6, "own fit not trusted (undetermined or out of bounds): population B/Ea, gamma (or bias "
                         "slope) with the pixel's own amplitude", "dark_model", "FALLBACK"),
     Flag("OUTLIER", 7, "master samples dropped as outliers (e.g. cosmic rays in one-frame masters)", "dark_model",
-         "OUTLIERS"),
+         "OUTLIERS", verdict=True),
     Flag("FULL_WELL", 8, "samples on the pixel's full-well plateau dropped", "dark_model", "FULL_WELL"),
     Flag("DO_NOT_USE", 9, "no usable model (no valid sample): synthetic values are NaN", "dark_model", "NO_SAMPLES"),
     Flag("FRAME_SATURATED", 10, "calibrated frames only: saturated in the science frame itself", "calibration"),
@@ -66,10 +70,15 @@ FLAGS = (
          "calibration"),
     Flag("FRAME_INVALID", 12, "calibrated frames only: the science frame's own value is not a finite number",
          "calibration"),
+    Flag("UNRELIABLE_DARK", 13, "1-sigma error of ln(dark rate) above unreliable_dark_error at "
+                                "hot_reference_temperature: the synthetic dark is poorly known", "hot_pixels",
+         verdict=True),
 )
 
-#: flag values by name: ``DQ.HOT``, ``DQ.WARM | DQ.HOT``, ...; ``DQ.ANY`` every flag
-DQ = SimpleNamespace(**{flag.name: flag.value for flag in FLAGS}, ANY=sum(flag.value for flag in FLAGS))
+#: flag values by name: ``DQ.HOT``, ``DQ.WARM | DQ.HOT``, ...; ``DQ.DEFECT`` every flag that is not a verdict
+#: on the model (a pixel with none of them is normal)
+DQ = SimpleNamespace(**{flag.name: flag.value for flag in FLAGS},
+                     DEFECT=sum(flag.value for flag in FLAGS if not flag.verdict))
 _BY_NAME = {flag.name: flag for flag in FLAGS}
 
 

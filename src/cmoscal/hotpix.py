@@ -55,6 +55,7 @@ class Thresholds:
     hot_sigma: float
     noisy_sigma: float
     poor_fit_chi2r: float
+    unreliable_dark_error: float
 
     @classmethod
     def from_params(cls, params: dict) -> Thresholds:
@@ -62,13 +63,15 @@ class Thresholds:
         return cls(**{name: params[name] for name in cls.__dataclass_fields__})
 
 
-def classify_pixels(z_ends, rate_ref, read_noise, chi2r, fit_dq, limits: Thresholds, rate_min=None):
+def classify_pixels(z_ends, rate_error, rate_ref, read_noise, chi2r, fit_dq, limits: Thresholds, rate_min=None):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
     Parameters
     ----------
     z_ends : ndarray, shape (2, ...)
         :func:`log_rate_significance` at the coldest and warmest calibrated temperature.
+    rate_error : ndarray
+        Relative 1-sigma error of the dark rate at the reference temperature.
     rate_ref : ndarray
         Dark rate [DN/s] at the reference temperature (for ``rate_min``).
     read_noise : ndarray
@@ -78,20 +81,22 @@ def classify_pixels(z_ends, rate_ref, read_noise, chi2r, fit_dq, limits: Thresho
     fit_dq : ndarray
         Bits already set by the fits (SATURATED, FEW_SAMPLES, FALLBACK, ...).
     limits : Thresholds
-        warm_sigma, hot_sigma, noisy_sigma, poor_fit_chi2r.
+        warm_sigma, hot_sigma, noisy_sigma, poor_fit_chi2r, unreliable_dark_error.
     rate_min : float, optional
         Absolute HOT threshold [DN/s].
     """
     significance = np.nanmax(np.where(np.isfinite(z_ends), z_ends, -np.inf), axis=0)
     thresholds = {"warm_sigma": limits.warm_sigma, "hot_sigma": limits.hot_sigma,
-                  "noisy_read_noise": robust_threshold(read_noise, limits.noisy_sigma)}
+                  "noisy_read_noise": robust_threshold(read_noise, limits.noisy_sigma),
+                  "unreliable_dark_error": limits.unreliable_dark_error}
     hot = significance > limits.hot_sigma
     if rate_min is not None:
         thresholds["hot_rate_min"] = rate_min
         hot |= rate_ref >= rate_min
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
     flags = {DQ.HOT: hot & usable, DQ.WARM: (significance > limits.warm_sigma) & ~hot & usable,
-             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > limits.poor_fit_chi2r}
+             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > limits.poor_fit_chi2r,
+             DQ.UNRELIABLE_DARK: (rate_error > limits.unreliable_dark_error) & usable}
     dq = fit_dq.astype(DQ_DTYPE)
     for value, flag in flags.items():
         dq[flag] |= DQ_DTYPE(value)

@@ -432,3 +432,22 @@ def calibrated_frames(table: Table, z: np.ndarray):
     axes[1].set_ylabel("pixels")
     axes[1].set_title(f"all frames pooled ({z.size} unmasked pixels)", fontsize=10)
     return fig
+
+
+def dark_budget(budget: Table):
+    """Median and tail dark rate vs temperature; the exposure beyond which a typical pixel is dark-limited."""
+    fig, axes = _panels(1, 2, 4.6, 2.95, **_LABELLED)
+    T = np.asarray(budget["temperature"])
+    rate, limit = axes[0]
+    rate.semilogy(T, budget["median_rate"], "o-", ms=4, label="median pixel")
+    rate.semilogy(T, budget["tail_rate"], "s--", ms=4, label=f"{budget.meta['tail_percentile']:g}th percentile")
+    rate.set_ylabel("dark rate [DN/s]")
+    rate.set_title(f"dark rate at {budget.meta['exptime']:.3g} s", fontsize=10)
+    rate.legend(fontsize=7)
+    limit.semilogy(T, budget["read_limited_exptime"], "o-", ms=4)
+    limit.set_ylabel("exposure [s]")
+    limit.set_title("dark shot noise = read noise (median pixel)" if np.isfinite(budget.meta["gain"])
+                    else "unknown gain: no dark-limited exposure", fontsize=10)
+    for ax in (rate, limit):
+        ax.set_xlabel("temperature [degC]")
+    return fig

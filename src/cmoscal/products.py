@@ -103,9 +103,9 @@ PIPELINE = (
           _FIT + ("dark_bias", "gain", "max_extrapolation", "max_exposure_factor", "loo_pixels", "seed")),
     Stage("hot_pixels", ("dark_model",),
           {"model": MODEL_FILE, "dq_map": "dark_model/dq_map.fits", "hot_pixel_mask": "dark_model/hot_pixel_mask.fits",
-           "hot_pixels": "dark_model/hot_pixels.ecsv"},
+           "hot_pixels": "dark_model/hot_pixels.ecsv", "hot_pixel_regions": "dark_model/hot_pixels.reg"},
           ("warm_sigma", "hot_sigma", "hot_rate_min", "hot_rate_unit", "hot_reference_temperature", "noisy_sigma",
-           "poor_fit_chi2r")),
+           "poor_fit_chi2r", "unreliable_dark_error")),
     Stage("synthesis", ("hot_pixels",), {"synthetic": "synthetic/"}, ("synthesize", "generate_set")),
     Stage("evaluation", ("bias", "dark_masters", "hot_pixels"), {"evaluation": "evaluation/"},
           _FIT + ("dark_bias", "snr_min", "loo_pixels", "seed", "save_eval_fits")),
@@ -116,6 +116,7 @@ PIPELINE = (
           ("science_dir", "calibration_mask", "temperature_keys", "temperature_unit", "exposure_keys",
            "exposure_unit")),
     Stage("comparison", ("hot_pixels",), {"comparison": "comparison/"}, ("reference_campaign", "change_sigma")),
+    Stage("dark_budget", ("hot_pixels",), {"dark_budget": "dark_budget.ecsv"}, ("budget_temperatures",)),
 )
 STAGE = {s.name: s for s in PIPELINE}
 #: stage -> the stages whose products it reads

@@ -6,22 +6,10 @@ folder, a clean start, campaign warnings recorded, the ledger updated), and the 
 stages and the notebooks use. ``STAGES`` maps each name to its ``run``, in pipeline order.
 """
 
+from importlib import import_module
+
 from ..products import PIPELINE
-from . import (
-    bias,
-    calibration,
-    comparison,
-    dark_masters,
-    dark_model,
-    evaluation,
-    hot_pixels,
-    inventory,
-    summary,
-    synthesis,
-)
 
 __all__ = ["STAGES"]
 
-_MODULES = {module.__name__.rsplit(".", 1)[1]: module for module in (
-    inventory, bias, dark_masters, dark_model, hot_pixels, synthesis, evaluation, summary, calibration, comparison)}
-STAGES = {spec.name: _MODULES[spec.name].run for spec in PIPELINE}
+STAGES = {spec.name: import_module(f"{__name__}.{spec.name}").run for spec in PIPELINE}

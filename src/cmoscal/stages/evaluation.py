@@ -46,7 +46,7 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     masters = load_masters([index_entry], extensions=("NFRAMES", "NSATUR"))
     master, valid = masters.data[0], masters.valid[0]
     T, t = float(masters.temperature[0]), float(masters.exptime[0])
-    good = ~has(model.dq, DQ.ANY & ~DQ.OUTLIER) & valid
+    good = ~has(model.dq, DQ.DEFECT) & valid
     if dropped is not None:
         good[dropped] = False
     if kind == "bias":
@@ -147,7 +147,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
                                   flat(np.where(bias_m.valid, bias_m.nframes, 0)),
                                   sample(model.read_noise.astype(np.float64)) ** 2 * ratio_factor(model.meta["RNDOF"]))
     dq = sample(model.dq)
-    g, h = ~has(dq, DQ.ANY & ~DQ.OUTLIER), has(dq, DQ.HOT)
+    g, h = ~has(dq, DQ.DEFECT), has(dq, DQ.HOT)
     table_rows = []
     for kind, zz, ee, T, t in (("bias", zb, errb, bias_m.temperature, np.zeros(len(bias_m))),
                                ("dark", z, err, darks.temperature, darks.exptime)):

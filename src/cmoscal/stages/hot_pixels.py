@@ -3,8 +3,9 @@
 Rerunning this stage alone applies new thresholds to the existing model. Writes
 ``dark_model/dq_map.fits`` (with DQ_DEF), ``dark_model/hot_pixel_mask.fits`` (1 = warm or hot:
 every dark-current outlier a user should mask), ``dark_model/hot_pixels.ecsv`` (every flagged
-pixel with its rates) and ``calibration_model.fits``: the dark fit (``dark_model/dark_fit.fits``) with this
-DQ. This stage is the model file's one writer, so a model on disk holds a classification of its own fit.
+pixel with its rates), ``dark_model/hot_pixels.reg`` (the same pixels as SAOImage DS9 regions)
+and ``calibration_model.fits``: the dark fit (``dark_model/dark_fit.fits``) with this DQ. This
+stage is the model file's one writer, so a model on disk holds a classification of its own fit.
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ from astropy.table import Table
 
 from ..dq import DQ, DQ_DTYPE, dq_table, has, set_by
 from ..errors import CampaignError
-from ..fitsio import write_hdus, write_table
+from ..fitsio import atomic_path, write_hdus, write_table
 from ..hotpix import Thresholds, classify_pixels, log_rate_significance
 from ..model import CalibrationModel
 from ..products import note, product, required, stage
 from . import inventory as inventory_stage
 from .dark_model import model_id
 
-__all__ = ["log_rates", "run"]
+__all__ = ["log_rates", "run", "write_regions"]
 
+_REGION_COLOR = {"HOT": "red", "WARM": "orange"}
 
 
 def log_rates(model: CalibrationModel, temperature: float):
     """ln of the dark rate [DN/s] at ``temperature`` and its variance, at the geometric-mean exposure."""
     return model.log_rate(temperature, float(np.sqrt(model.exprange[0] * model.exprange[1])))
+
+
+def write_regions(table: Table, path) -> None:
+    """Write the flagged pixels of ``table`` (x, y from 0, class) as SAOImage DS9 boxes in image coordinates."""
+    lines = ["# Region file format: DS9 version 4.1", "# cmoscal warm (orange) and hot (red) pixels", "image"]
+    lines += [f"box({x + 1},{y + 1},1,1,0) # color={_REGION_COLOR[kind]} text={{{kind}}}"
+              for x, y, kind in zip(table["x"], table["y"], table["class"])]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as file:
+            file.write("\n".join(lines) + "\n")
 
 
 @stage("hot_pixels")
@@ -41,30 +53,31 @@ def run(params: dict) -> dict:
     model = CalibrationModel.read(required(params, "dark_fit"))
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
-    ends, significance, populations, ln_rates = model.trange, [], [], {}
+    ends, significance, populations, rates = model.trange, [], [], {}
     for T in ends:
-        ln_rates[T], var = log_rates(model, T)
-        z, stats = log_rate_significance(ln_rates[T], var, usable)
+        rates[T] = log_rates(model, T)
+        z, stats = log_rate_significance(*rates[T], usable)
         significance.append(z)
         populations.append(dict(stats, temperature=T))
     tref = params["hot_reference_temperature"]
     tref = float(model.trange[1] if tref is None else tref)
-    rate_ref = np.exp(ln_rates[tref] if tref in ln_rates else log_rates(model, tref)[0])
+    ln_rate_ref, var_ref = rates[tref] if tref in rates else log_rates(model, tref)
+    rate_ref, rate_error = np.exp(ln_rate_ref), np.sqrt(var_ref)  # the error of ln(rate) is the relative error
     rate_min = params["hot_rate_min"]
     if rate_min is not None and params["hot_rate_unit"] == "e-/s":
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    dq, thresholds = classify_pixels(np.stack(significance), rate_ref, model.read_noise, model.chi2r, fit_dq,
-                                     Thresholds.from_params(params), rate_min)
+    dq, thresholds = classify_pixels(np.stack(significance), rate_error, rate_ref, model.read_noise, model.chi2r,
+                                     fit_dq, Thresholds.from_params(params), rate_min)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())
     y, x = np.unravel_index(flagged, dq.shape)
     hot = has(dq.ravel()[flagged], DQ.HOT)
     table = Table({"x": x, "y": y, "class": np.where(hot, "HOT", "WARM"),
-                   f"rate_{ends[0]:.1f}C": np.exp(ln_rates[ends[0]].ravel()[flagged]),
-                   f"rate_{ends[1]:.1f}C": np.exp(ln_rates[ends[1]].ravel()[flagged]),
+                   f"rate_{ends[0]:.1f}C": np.exp(rates[ends[0]][0].ravel()[flagged]),
+                   f"rate_{ends[1]:.1f}C": np.exp(rates[ends[1]][0].ravel()[flagged]),
                    "sigma_cold": significance[0].ravel()[flagged], "sigma_warm": significance[1].ravel()[flagged],
                    "DQ": dq.ravel()[flagged]})
     for name in table.colnames[3:5]:
@@ -72,6 +85,7 @@ def run(params: dict) -> dict:
     order = np.argsort(-np.nan_to_num(np.maximum(table["sigma_cold"], table["sigma_warm"]), nan=-np.inf))
     table = table[order]
     write_table(table, product(params, "hot_pixels"))
+    write_regions(table, product(params, "hot_pixel_regions"))
     header = model.header()
     header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
     definitions = dq_table(dq)

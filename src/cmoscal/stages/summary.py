@@ -10,6 +10,10 @@ stale (an earlier stage ran again after the evaluation) fails, naming them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import numpy as np
 from astropy.table import Table
 
@@ -21,7 +25,7 @@ from ..products import product, required, stage, stage_states, upstream
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["files_accounted", "load", "load_record", "model_numbers", "run"]
+__all__ = ["CHECKS", "Check", "Evidence", "files_accounted", "load", "load_record", "model_numbers", "run"]
 
 _MAD_TO_SIGMA = 1.482602218505602  # sigma of a normal distribution per median absolute deviation
 
@@ -83,68 +87,135 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     return table
 
 
-def _check(name, definition, value, limit, reason="", two_sided=False):
-    """A check row; ``two_sided`` also fails a ratio below 1 / limit (the noise model overstates the scatter)."""
-    if reason or not np.isfinite(value):
-        return (name, definition, float(value), float(limit), "n/a", reason or "not defined for this campaign")
-    if two_sided and value < 1 / limit:
-        return (name, definition, float(value), float(limit), "FAIL",
-                f"{value:.3g} < 1/{limit:g}: the expected noise is far larger than the scatter (gain or read noise "
-                "wrong?), so this check could not see a misfit")
-    return (name, definition, float(value), float(limit), "pass" if value <= limit else "FAIL", "")
+class Evidence(NamedTuple):
+    """What the checks read: the evaluation's tables, the model, every raw file's status, the stage states."""
+
+    summary: Table
+    loo: Table
+    model: CalibrationModel
+    files: Table
+    states: dict
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check of the calibration.
+
+    Attributes
+    ----------
+    name, definition : str
+        As in ``checks.ecsv`` and on the summary page.
+    limit : str or float
+        Key of the ``checks`` parameter holding the limit, or the limit itself.
+    measure : callable
+        ``measure(evidence) -> (value, note)``; a value that is not finite makes the check n/a
+        with ``note`` as the reason, otherwise ``note`` explains the value.
+    two_sided : bool
+        Also FAIL a ratio below 1 / limit (the noise model overstates the scatter).
+    """
+
+    name: str
+    definition: str
+    limit: str | float
+    measure: Callable
+    two_sided: bool = False
+
+    def row(self, evidence: Evidence, limits: dict) -> tuple:
+        """The check's row of ``checks.ecsv``: name, definition, value, limit, status, reason."""
+        value, note = self.measure(evidence)
+        limit = float(limits[self.limit] if isinstance(self.limit, str) else self.limit)
+        row = (self.name, self.definition, float(value), limit)
+        if not np.isfinite(value):
+            return (*row, "n/a", note or "not defined for this campaign")
+        if self.two_sided and value < 1 / limit:
+            return (*row, "FAIL", f"{value:.3g} < 1/{limit:g}: the expected noise is far larger than the scatter "
+                                  "(gain or read noise wrong?), so this check could not see a misfit")
+        return (*row, "pass" if value <= limit else "FAIL", note)
+
+
+def _unknown_noise(kind: str, model: CalibrationModel) -> str:
+    """Why no bias check is defined when the read noise has too few degrees of freedom ('' otherwise)."""
+    dof = model.meta["RNDOF"]
+    return (f"the read noise has {dof} degrees of freedom: a bias residual over it has no finite expectation "
+            "below 3") if kind == "bias" and dof <= 2 else ""
+
+
+def _residual_noise(kind: str) -> Callable:
+    def measure(evidence: Evidence):
+        summary = evidence.summary
+        sel = summary["kind"] == kind
+        expected = np.asarray(summary["resid_noise_expected"][sel])
+        ratio = np.asarray(summary["resid_noise"][sel]) / np.where(expected > 0.05, expected, np.nan)
+        circular = ("the read noise is measured from these residuals (one frame per bias group): they cannot test "
+                    "it") if kind == "bias" and evidence.model.meta.get("RNSOURCE") == bias_stage.RESIDUALS else ""
+        reason = _unknown_noise(kind, evidence.model) or circular or ("" if np.isfinite(ratio).any() else
+                 f"the {kind} model fits its {int(sel.sum())} masters exactly: no degrees of freedom")
+        return (np.nan if reason else np.nanmedian(ratio)), reason
+    return measure
+
+
+def _loo_noise(kind: str) -> Callable:
+    def measure(evidence: Evidence):
+        values = np.asarray(evidence.loo["loo_noise"][evidence.loo["kind"] == kind])
+        reason = _unknown_noise(kind, evidence.model) or ("" if np.isfinite(values).any() else (
+            "needs master biases at >= 3 temperatures" if kind == "bias" else
+            "no group can be left out with two temperatures (and exposures) remaining"))
+        return (np.nan if reason else np.nanmedian(values)), reason
+    return measure
+
+
+def _flagged_share(value: int) -> Callable:
+    return lambda evidence: (float(np.mean(has(evidence.model.dq, value))), "")
+
+
+def _rejected_share(evidence: Evidence):
+    files = evidence.files
+    considered = files["status"] != "skipped"
+    if not considered.any():
+        return np.nan, "no calibration file was considered"
+    return float(np.mean(files["status"][considered] == "rejected")), ""
+
+
+def _stale_products(evidence: Evidence):
+    stale = [f"{name} ({reason})" for name, (state, reason) in evidence.states.items()
+             if name in upstream("summary") - {"summary"} and state != "current"]
+    return float(len(stale)), "stale: " + ", ".join(stale) if stale else ""
+
+
+_RESIDUAL = ("median over groups of residual RMS / expected noise, relative to the in-sample expectation "
+             "sqrt(1 - leverage)")
+_LOO = "median over held-out groups of residual RMS / noise"
+#: every check, in the order of ``checks.ecsv``; a new check is one more entry (and its limit in ``checks:``)
+CHECKS = (
+    Check("bias residual / noise", _RESIDUAL, "residual_noise_max", _residual_noise("bias"), two_sided=True),
+    Check("bias leave-one-out / noise", _LOO, "loo_noise_max", _loo_noise("bias"), two_sided=True),
+    Check("dark residual / noise", _RESIDUAL, "residual_noise_max", _residual_noise("dark"), two_sided=True),
+    Check("dark leave-one-out / noise", _LOO, "loo_noise_max", _loo_noise("dark"), two_sided=True),
+    Check("warm + hot fraction", "share of pixels flagged WARM or HOT", "hot_fraction_max",
+          _flagged_share(DQ.HOT | DQ.WARM)),
+    Check("unreliable dark fraction", "share of pixels flagged UNRELIABLE_DARK (dark rate known to no better than "
+          "unreliable_dark_error)", "unreliable_fraction_max", _flagged_share(DQ.UNRELIABLE_DARK)),
+    Check("rejected files", "share of calibration files rejected (skipped files do not count)",
+          "rejected_fraction_max", _rejected_share),
+    Check("products consistent", "every product the checks describe is current (no stage ran again after the "
+          "evaluation)", 0.0, _stale_products),
+)
 
 
 @stage("summary", reads_stale=True)
 def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
-    summary = read_table(required(params, "evaluation", "summary.ecsv"))
-    loo = read_table(product(params, "evaluation", "loo.ecsv"))
     model = shared_model(required(params, "model"))
-    dq = model.dq
-    limits = params["checks"]
-    rows = []
-    dof = model.meta["RNDOF"]
-    from_residuals = model.meta.get("RNSOURCE") == bias_stage.RESIDUALS
-    for kind in ("bias", "dark"):
-        unknown_noise = (f"the read noise has {dof} degrees of freedom: a bias residual over it has no finite "
-                         "expectation below 3") if kind == "bias" and dof <= 2 else ""
-        sel = summary["kind"] == kind
-        expected = np.asarray(summary["resid_noise_expected"][sel])
-        ratio = np.asarray(summary["resid_noise"][sel]) / np.where(expected > 0.05, expected, np.nan)
-        circular = ("the read noise is measured from these residuals (one frame per bias group): they cannot test "
-                    "it") if kind == "bias" and from_residuals else ""
-        reason = unknown_noise or circular or ("" if np.isfinite(ratio).any() else
-                                   f"the {kind} model fits its {int(sel.sum())} masters exactly: no degrees of freedom")
-        rows.append(_check(f"{kind} residual / noise", "median over groups of residual RMS / expected noise, "
-                           "relative to the in-sample expectation sqrt(1 - leverage)",
-                           np.nanmedian(ratio) if not reason else np.nan, limits["residual_noise_max"], reason,
-                           two_sided=True))
-        values = np.asarray(loo["loo_noise"][loo["kind"] == kind])
-        reason = unknown_noise or ("" if np.isfinite(values).any() else (
-            "needs master biases at >= 3 temperatures" if kind == "bias" else
-            "no group can be left out with two temperatures (and exposures) remaining"))
-        rows.append(_check(f"{kind} leave-one-out / noise", "median over held-out groups of residual RMS / noise",
-                           np.nanmedian(values) if not reason else np.nan, limits["loo_noise_max"], reason,
-                           two_sided=True))
-    flagged = float(np.mean(has(dq, DQ.HOT | DQ.WARM)))
-    rows.append(_check("warm + hot fraction", "share of pixels flagged WARM or HOT", flagged,
-                       limits["hot_fraction_max"]))
     files = files_accounted(params)
+    evidence = Evidence(read_table(required(params, "evaluation", "summary.ecsv")),
+                        read_table(product(params, "evaluation", "loo.ecsv")), model, files,
+                        stage_states(params["output_dir"]))
     write_table(files, product(params, "files"))
-    write_table(dq_table(dq), product(params, "dq_counts"))
+    write_table(dq_table(model.dq), product(params, "dq_counts"))
     write_table(model_numbers(model, read_table(product(params, "model_comparison"))),
                 product(params, "model_numbers"))
-    considered = files["status"] != "skipped"
-    rejected = float(np.mean(files["status"][considered] == "rejected")) if considered.any() else np.nan
-    rows.append(_check("rejected files", "share of calibration files rejected (skipped files do not count)",
-                       rejected, limits["rejected_fraction_max"]))
-    states = stage_states(params["output_dir"])
-    stale = [f"{name} ({reason})" for name, (state, reason) in states.items()
-             if name in upstream("summary") - {"summary"} and state != "current"]
-    rows.append(("products consistent", "every product the checks describe is current (no stage ran again "
-                 "after the evaluation)", float(len(stale)), 0.0, "FAIL" if stale else "pass",
-                 "stale: " + ", ".join(stale) if stale else ""))
-    checks = Table(rows=rows, names=("check", "definition", "value", "limit", "status", "reason"))
+    checks = Table(rows=[check.row(evidence, params["checks"]) for check in CHECKS],
+                   names=("check", "definition", "value", "limit", "status", "reason"))
     failed = [c["check"] for c in checks if c["status"] == "FAIL"]
     checks.meta.update(verdict="FAILED" if failed else "SUCCESS", failed=failed)
     write_table(checks, product(params, "checks"))

@@ -1,0 +1,80 @@
+"""Stage 11, dark budget: how much dark signal each temperature costs, for planning observations.
+
+For each temperature of ``budget_temperatures`` (default: 11 across the calibrated range), the
+median and 99.9th-percentile dark rate over usable pixels (DN/s, and e-/s when the gain is
+known) at the geometric-mean calibrated exposure, and the exposure beyond which a typical
+pixel's dark shot noise exceeds its read noise: there a longer exposure is dark-limited. A
+temperature further outside the calibrated range than the model allows is refused (its row says
+why). Writes ``dark_budget.ecsv``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from astropy.table import Table
+
+from ..dq import DQ, has
+from ..errors import CampaignError, CampaignWarning
+from ..fitsio import read_table, write_table
+from ..model import CalibrationModel
+from ..products import product, required, stage
+
+__all__ = ["budget_row", "load", "run", "temperatures"]
+
+_POINTS = 11  # default temperatures across the calibrated range
+_TAIL = 99.9  # percentile of the tail rate
+
+
+def temperatures(params: dict, model: CalibrationModel) -> list[float]:
+    """``budget_temperatures``, or :data:`_POINTS` evenly across the calibrated range."""
+    return [float(T) for T in params["budget_temperatures"]] or list(np.linspace(*model.trange, _POINTS))
+
+
+def budget_row(model: CalibrationModel, temperature: float, usable: np.ndarray) -> tuple:
+    """Median and tail dark rate [DN/s, e-/s] at ``temperature`` and the read-noise-limited exposure [s].
+
+    The exposure solves DC(t) / gain = read noise^2 [DN^2] per pixel (dark shot noise equal to
+    read noise), with DC(t) = DC(t_ref) (t / t_ref)^gamma; the row gives its median over
+    ``usable`` pixels (NaN when the gain is unknown).
+    """
+    t_ref = float(np.sqrt(model.exprange[0] * model.exprange[1]))
+    signal = model.prediction(temperature, t_ref)[0][usable].astype(np.float64)
+    rate = signal / t_ref
+    gain = float(model.meta.get("GAIN") or np.nan)
+    gamma = model.dark[2][usable] if model.fit_gamma else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limit = t_ref * (gain * np.square(model.read_noise[usable], dtype=np.float64) / signal) ** (1 / gamma)
+    limit = np.where(signal > 0, limit, np.inf)
+    median, tail = np.median(rate), np.percentile(rate, _TAIL)
+    return (temperature, median, median * gain, tail, tail * gain, float(np.median(limit)))
+
+
+@stage("dark_budget")
+def run(params: dict) -> Table:
+    """Write and return ``dark_budget.ecsv``: one row per temperature."""
+    model = CalibrationModel.read(required(params, "model"))
+    usable = ~has(model.dq, DQ.DO_NOT_USE)
+    rows = []
+    for T in temperatures(params, model):
+        try:
+            notes = model.check_request(T)
+        except CampaignError as err:
+            rows.append((T, *[np.nan] * 5, f"refused: {err}"))
+            warnings.warn(f"budget_temperatures: {err}", CampaignWarning, stacklevel=2)
+            continue
+        rows.append((*budget_row(model, T, usable), "; ".join(notes)))
+    table = Table(rows=rows, names=("temperature", "median_rate", "median_rate_e", "tail_rate", "tail_rate_e",
+                                    "read_limited_exptime", "note"),
+                  dtype=(float, float, float, float, float, float, str),
+                  units=("deg_C", "DN/s", "electron/s", "DN/s", "electron/s", "s", None))
+    table.meta.update(exptime=float(np.sqrt(model.exprange[0] * model.exprange[1])), tail_percentile=_TAIL,
+                      gain=float(model.meta.get("GAIN") or np.nan), form=model.form)
+    write_table(table, product(params, "dark_budget"))
+    return table
+
+
+def load(params: dict) -> Table:
+    """The table written by :func:`run`."""
+    return read_table(required(params, "dark_budget"))

@@ -135,7 +135,7 @@ def fit_speeds(root: Path, rows: int = 128, loop_pixels: int = 2000, curve_fit_p
     darks, noise = inputs["darks"], inputs["noise"]
     T, t, y, usable = darks.temperature, darks.exptime, inputs["signal"], inputs["usable"]
     tmin = float(T.min())
-    options = fit_options(params, 4095.0, len(T))
+    options = fit_options(params, 4095.0, len(T), "exponential")
     npix = y.shape[1]
     fit_dark(y[:, :64], noise.columns(np.arange(64)), T, t, tmin, usable=usable[:, :64], **options)  # compiled
     compiled = fastest(lambda: timed(lambda: fit_dark(y, noise, T, t, tmin, usable=usable, **options))) / npix

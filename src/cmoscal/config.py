@@ -144,7 +144,7 @@ _CHECKS = {
     "gain": _optional(_number(0, open_lo=True)),
     "dark_bias": _choice("model", "nearest"),
     "dark_model": _choice("auto", "2d", "1d"),
-    "dark_form": _choice(*FORMS),
+    "dark_form": _choice("auto", *FORMS),
     "max_iterations": _number(1, integer=True),
     "min_dof": _number(0, integer=True),
     "outlier_sigma": _number(2),

@@ -1,7 +1,8 @@
 """Dark-signal models fitted to every pixel at once.
 
-Every form (:data:`cmoscal.forms.FORMS`: exponential, Arrhenius) is
-``DC = exp(lnA + slope * x(T) + gamma * ln t)``; 2d fits gamma, 1d fixes gamma = 1 (signal per second).
+Every form (:data:`cmoscal.forms.FORMS`: exponential, Arrhenius, each with or without a floor) is
+``DC = t^gamma (C + exp(lnA + slope * x(T)))``, C = 0 without a floor; 2d fits gamma, 1d fixes
+gamma = 1 (signal per second).
 
 The estimator is noise-weighted nonlinear least squares: Levenberg-Marquardt steps, started
 from the log-linear solution and reweighted from the model (the variance of a master depends
@@ -23,8 +24,8 @@ from .inventory import chain_groups
 from .kernels import COVARIANCE_PLANES, FIT_FLAGS, fit_pixels, kernel_array
 from .noise import Noise
 
-__all__ = ["DarkFit", "compare_forms", "covariance_matrix", "design", "fit_dark", "fit_loglinear", "linear_variance",
-           "predict", "predict_variance", "temperature_feature"]
+__all__ = ["DarkFit", "compare_forms", "covariance_matrix", "design", "deviance", "fit_dark", "fit_loglinear",
+           "floor_test", "linear_variance", "predict", "predict_variance", "select_form", "temperature_feature"]
 _TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
 _LN_A_LOW = np.log(1e-9)  # A floor, DN/s^gamma: 1 DN in 30 years; keeps var(lnA) of dark-less pixels finite
 
@@ -42,8 +43,9 @@ def design(temperature, exptime, tmin: float, form: str) -> np.ndarray:
 
 
 def covariance_matrix(planes: np.ndarray) -> np.ndarray:
-    """(3, 3, ...) covariance from the six planes of :data:`cmoscal.kernels.COVARIANCE_PLANES`."""
-    cov = np.zeros((3, 3) + planes.shape[1:], dtype=np.float64)
+    """(n, n, ...) covariance from the planes of :data:`cmoscal.kernels.COVARIANCE_PLANES` (6: n = 3, 10: n = 4)."""
+    n = 4 if len(planes) == len(COVARIANCE_PLANES) else 3
+    cov = np.zeros((n, n) + planes.shape[1:], dtype=np.float64)
     for plane, (i, j) in zip(planes, COVARIANCE_PLANES):
         cov[i, j] = cov[j, i] = plane
     return cov
@@ -120,7 +122,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     temperature = np.asarray(temperature, dtype=np.float64)
     exptime = np.asarray(exptime, dtype=np.float64)
     Z = np.ascontiguousarray(design(temperature, exptime, tmin, form))
-    P = 3 if fit_gamma else 2
+    P, F = (3 if fit_gamma else 2), int(dark_form(form).floor)
     offset = np.zeros(len(Z)) if fit_gamma else Z[:, 2].copy()
     bounds = bounds or {}
     lo = np.array([bounds.get(k, (-np.inf, np.inf))[0] for k in ("lnA", "slope", "gamma")], dtype=np.float64)
@@ -129,7 +131,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     M, npix = signal.shape
 
     a, b, cov = noise.bias if noise.bias is not None else (0.0, 0.0, 0.0)
-    out = (np.empty((3, npix)), np.empty((6, npix)), np.empty(npix), np.empty(npix, np.int16),
+    out = (np.empty((4, npix)), np.empty((10, npix)), np.empty(npix), np.empty(npix, np.int16),
            np.empty(npix, np.uint8), np.empty((M, npix), bool))
 
     def pixels(x, rows=()):
@@ -139,15 +141,36 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
                np.ones((M, npix), bool) if usable is None else np.ascontiguousarray(usable, dtype=bool),
                pixels(noise.read_var), float(noise.inv_gain), pixels(a), pixels(b), pixels(cov, (3,)),
                pixels(0.0 if noise.extra_var is None else noise.extra_var), temperature,
-               chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, min_dof,
+               chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, F, min_dof,
                max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well if noise.bias is not None else 0.0,
                lo, hi, np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),
                noise.bias is not None, *out)
     params, cov, chi2, nvalid, flags, dropped = out
-    dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1, P)
+    params, cov = params[:3 + F], cov[:(3 + F) * (4 + F) // 2]  # a form without a floor keeps (lnA, slope, gamma)
+    dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1, P) - F
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2r = np.where(dof > 0, chi2 / dof, np.nan)
     return DarkFit(params=params, cov=cov, chi2r=chi2r, nvalid=nvalid, flags=flags, dropped=dropped)
+
+
+def deviance(signal, noise: Noise, temperature, exptime, tmin: float, form: str, fit: DarkFit, usable=None):
+    """-2 ln L of each pixel's fit up to a constant: the sum over its samples of r^2 / V + ln V (V the noise model at
+    the model's signal); NaN where the pixel's own fit was not trusted (FALLBACK).
+
+    With a variance that grows with the signal, chi-square alone rewards a model that raises the signal (and so the
+    variance) of faint samples; the ln V term is what makes deviances of nested and non-nested forms comparable.
+    """
+    M = len(temperature)
+    total = np.zeros(signal.shape[1])
+    for g in range(M):
+        model = predict(fit.params, temperature[g], exptime[g], tmin, form)
+        variance = noise.variance(g, model, temperature[g]).astype(np.float64)
+        valid = ~fit.dropped[g] & (noise.nframes[g] > 0) & np.isfinite(signal[g]) & (variance > 0)
+        if usable is not None:
+            valid &= usable[g]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            total += np.where(valid, (signal[g] - model) ** 2 / variance + np.log(variance), 0.0)
+    return np.where(fit.flags & FIT_FLAGS["FALLBACK"], np.nan, total)
 
 
 def fit_loglinear(y, weights, Z, offset):
@@ -187,8 +210,8 @@ def fit_loglinear(y, weights, Z, offset):
 def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dict:
     """Which of the non-nested forms with equal parameter counts fits best, with its significance.
 
-    The two forms of lowest mean chi-square are compared by Vuong's test on the per-pixel
-    chi-square differences d = chi2_a - chi2_b (a before b in :data:`cmoscal.forms.FORMS`):
+    The two forms of lowest mean deviance (or chi-square) are compared by Vuong's test on the per-pixel
+    differences d = D_a - D_b (a before b in :data:`cmoscal.forms.FORMS`):
     z = mean(d) / (std(d) / sqrt(n)). A form fits better only if the difference is both
     significant (|z| >= ``z_min``) and material (|mean(d)| >= ``delta_min``, i.e. the forms differ
     by more than ~0.3 sigma summed over a pixel's masters); otherwise the answer is "no
@@ -197,7 +220,7 @@ def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dic
     Parameters
     ----------
     chi2 : dict
-        form name -> per-pixel chi-square (same pixels).
+        form name -> per-pixel deviance (:func:`deviance`) or chi-square (same pixels).
     """
     values = {name: np.asarray(chi2[name], dtype=np.float64) for name in FORMS if name in chi2}
     common = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
@@ -210,23 +233,72 @@ def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dic
     mean = float(d.mean()) if n else 0.0
     better = names[1] if z > 0 else names[0]
     significant = abs(z) >= z_min and abs(mean) >= delta_min
-    detail = f"Vuong z = {z:+.1f}, mean chi-square difference {mean:+.3g} per pixel, {n} pixels"
+    detail = f"Vuong z = {z:+.1f}, mean deviance difference {mean:+.3g} per pixel, {n} pixels"
     verdict = (f"{better} fits better ({detail})" if significant else
                f"no significant difference between the {names[0]} and {names[1]} forms ({detail})")
     return dict(better=better if significant else "", z=z, npix=n, delta_chi2=mean, verdict=verdict)
 
 
+def floor_test(without, with_floor, z_min: float = 3.0, delta_min: float = 0.5) -> dict:
+    """Whether a temperature-independent floor improves the fit: a likelihood ratio over pixels.
+
+    Per pixel, d = D(law) - D(law + floor) (deviances, :func:`deviance`). Without a floor in the data,
+    C >= 0 sits at its bound for about half the pixels: d is then 0 or chi-square(1), mean 1/2, variance 5/4, and
+    z = (sum d - n / 2) / sqrt(5 n / 4). The floor is supported when z >= ``z_min`` and the gain
+    per pixel beyond 1/2 is material (>= ``delta_min``): at low signal the mean of d strays from 1/2 by ~0.1
+    (the noise is Poisson and quantized, not normal), and a floor worth less than one sigma^2 a pixel does not
+    change a prediction.
+    """
+    a, b = np.asarray(without, dtype=np.float64), np.asarray(with_floor, dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    d = a[both] - b[both]
+    n = int(d.size)
+    z = float((d.sum() - 0.5 * n) / np.sqrt(1.25 * n)) if n else 0.0
+    gain = float(d.mean() - 0.5) if n else 0.0
+    supported = z >= z_min and gain >= delta_min
+    detail = (f"likelihood ratio z = {z:+.1f}, deviance drop {gain + 0.5:.3g} per pixel against 0.5 expected, "
+              f"{n} pixels")
+    change = "improves" if supported else "does not significantly improve"
+    verdict = f"a temperature-independent floor {change} the fit ({detail})"
+    return dict(supported=supported, z=z, npix=n, verdict=verdict)
+
+
+def select_form(chi2: dict) -> dict:
+    """The form the data support, from each form's per-pixel deviance on the same pixels.
+
+    The laws are compared without a floor (:func:`compare_forms`, Vuong); the floor is tested on
+    the better law (:func:`floor_test`, likelihood ratio); with a floor, the laws are compared
+    again with theirs. Without significant evidence the first law (the seeds' exponential) and no
+    floor are kept.
+
+    Returns
+    -------
+    dict
+        ``form`` (the chosen name), ``law`` and ``floor`` (the two tests' results) and ``verdict`` (both in words).
+    """
+    laws = [name for name, form in FORMS.items() if not form.floor and name in chi2]
+    law = compare_forms({name: chi2[name] for name in laws})
+    best = law["better"] or laws[0]
+    floor = floor_test(chi2[best], chi2[f"{best}+floor"])
+    form = best
+    if floor["supported"]:
+        law = compare_forms({f"{name}+floor": chi2[f"{name}+floor"] for name in laws if f"{name}+floor" in chi2})
+        form = law["better"] or f"{best}+floor"
+    return dict(form=form, law=law, floor=floor, verdict=f"{law['verdict']}; {floor['verdict']}")
+
+
 def predict(params, temperature, exptime, tmin: float, form: str):
     """Dark signal [DN] of every pixel at one ``temperature`` [degC] and ``exptime`` [s].
 
-    ``params`` has shape (3, ...): lnA, slope, gamma.
+    ``params`` has shape (3, ...): lnA, slope, gamma, or (4, ...) with the floor C of a form that has one.
     """
     z = design(temperature, exptime, tmin, form)
-    return np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
+    thermal = np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
+    return thermal if len(params) == 3 else thermal + params[3] * np.exp(z[..., 2] * params[2])
 
 
 def linear_variance(planes, z):
-    """Variance of z . (lnA, slope, gamma) of every pixel from its covariance ``planes`` (6, ...)."""
+    """Variance of z . (lnA, slope, gamma[, C]) of every pixel from its covariance ``planes`` (6 or 10, ...)."""
     total = 0.0
     for plane, (i, j) in zip(planes, COVARIANCE_PLANES):
         total = total + (1.0 if i == j else 2.0) * z[i] * z[j] * plane.astype(np.float64)
@@ -234,6 +306,11 @@ def linear_variance(planes, z):
 
 
 def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
-    """Variance [DN^2] of :func:`predict` at one (T, t) from the covariance planes ``cov`` (6, ...)."""
+    """Variance [DN^2] of :func:`predict` at one (T, t) from the covariance planes ``cov`` (6 or 10, ...)."""
     z = design(temperature, exptime, tmin, form)
-    return predict(params, temperature, exptime, tmin, form) ** 2 * linear_variance(cov, z)
+    if len(params) == 3:
+        return predict(params, temperature, exptime, tmin, form) ** 2 * linear_variance(cov, z)
+    floor = np.exp(z[..., 2] * params[2])
+    thermal = np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
+    total = thermal + params[3] * floor
+    return linear_variance(cov, (thermal, thermal * z[..., 1], total * z[..., 2], floor))

@@ -1,17 +1,18 @@
 """Dark-model forms: every temperature law declared once.
 
-Every form is ``DC = exp(lnA + slope * x(T) + gamma * ln t)``, linear in its parameters after
-the log, so one compiled fit serves them all. A form declares its slope parameter (name, unit,
-what it means), the regressor x(T), the equation text of headers and pages, and the quantities
-derived from its slope; the parameter ``dark_form``, the bounds ``fit_bounds.<slope>``, the FITS
-names (``DARK_<SLOPE>``, ``dark_<slope>_map.fits``), the form comparison and every page ask
-:data:`FORMS`. Adding a law is one more entry here.
+Every form is ``DC = t^gamma (C + exp(lnA + slope * x(T)))``: a temperature law (its slope
+parameter, unit and meaning, the regressor x(T), the thermal term as written in equations, the
+quantities derived from its slope) and, for the forms ``<law>+floor``, a temperature-independent
+floor C >= 0 (measured sCMOS curves have one; C = 0 otherwise). One compiled fit serves them all.
+The parameter ``dark_form``, the bounds ``fit_bounds.<slope>``, the FITS names (``DARK_<SLOPE>``,
+``dark_<slope>_map.fits``, ``DARK_FLOOR``), the form comparison and every page ask :data:`FORMS`.
+Adding a law is one more entry in ``_LAWS``; its floor variant follows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class Form:
         x(T, Tmin) [the slope's inverse unit], with x(Tmin) = 0.
     derived : tuple
         ``(name, function of the slope, unit)`` of quantities shown beside the slope.
+    floor : bool
+        A temperature-independent term C (same unit as A) is fitted too.
+    law : str
+        The temperature law: the name of the form without its floor.
     """
 
     name: str
@@ -50,6 +55,8 @@ class Form:
     thermal: str
     feature: Callable
     derived: tuple = ()
+    floor: bool = False
+    law: str = ""
 
     @property
     def extension(self) -> str:
@@ -63,19 +70,25 @@ class Form:
 
     def equation(self, fit_gamma: bool) -> str:
         """The dark equation of this form, 2d (``t^gamma``) or 1d (``t``)."""
-        return f"DC = A * {'t^gamma' if fit_gamma else 't'} * {self.thermal}"
+        exposure = "t^gamma" if fit_gamma else "t"
+        if self.floor:
+            return f"DC = {exposure} * (C + A * {self.thermal})"
+        return f"DC = A * {exposure} * {self.thermal}"
 
     def bounds(self, fit_bounds: dict) -> tuple:
         """The slope's bounds from the ``fit_bounds`` parameter."""
         return tuple(fit_bounds[self.slope])
 
 
-FORMS = {law.name: law for law in (
+_LAWS = (
     Form("exponential", "B", "1/degC", "dark temperature coefficient B", "exp(B * (T - TMIN))",
          lambda T, tmin: T - tmin, (("doubling temperature", lambda slope: np.log(2) / slope, "degC"),)),
     Form("arrhenius", "Ea", "eV", "dark temperature coefficient Ea", "exp(-EA/k * (1/T_K - 1/TMIN_K))",
          lambda T, tmin: -(1 / (T + KELVIN) - 1 / (tmin + KELVIN)) / BOLTZMANN_EV),
-)}
+)
+#: every form: each law, then each law with a floor
+FORMS = {form.name: form for form in [replace(law, law=law.name) for law in _LAWS]
+         + [replace(law, name=f"{law.name}+floor", floor=True, law=law.name) for law in _LAWS]}
 
 
 def dark_form(name: str) -> Form:

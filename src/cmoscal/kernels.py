@@ -80,8 +80,9 @@ def kernel_array(a, shape, dtype=np.float32) -> np.ndarray:
 FIT_FLAGS = {"CONVERGED": 1, "FALLBACK": 2, "FEW_SAMPLES": 4, "NO_SAMPLES": 8, "FULL_WELL": 16, "OUTLIERS": 32}
 _CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = (FIT_FLAGS[k] for k in (
     "CONVERGED", "FALLBACK", "FEW_SAMPLES", "NO_SAMPLES", "FULL_WELL", "OUTLIERS"))
-#: covariance planes of :func:`fit_pixels`: (lnA, slope, gamma) index pairs
-COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+#: covariance planes of :func:`fit_pixels`: (lnA, slope, gamma, C) index pairs; a form without a floor stores the
+#: first six
+COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (3, 3), (0, 3), (1, 3), (2, 3))
 #: what each of the sums :func:`compare_frames` returns per pixel set is
 COMPARE_SUMS = ("pixels", "z2", "expected_z2", "significant", "mae", "mae2", "mape", "mape2")
 _MAX_EXPONENT = 80.0
@@ -335,36 +336,62 @@ def _exp(x):
 
 
 # --- the dark fit -------------------------------------------------------------------------------
-_Work = namedtuple("_Work", "model trial_model H A g step trial work K weights")
+# The parameters of a pixel, in the order of the solve ("compact"): lnA, slope, gamma (the first P of
+# them; P = 2 fixes gamma), then the floor C when the form has one (F = 1), at index P. The model is
+# DC = exp(offset + Z theta) + C * exp(floor_offset + gamma ln t): for a form without a floor the
+# Jacobian is DC * Z, for one with a floor it is (e, e x, DC ln t, t^gamma) with e the thermal term.
+_Work = namedtuple("_Work", "model trial_model H A g step trial work K weights floor trial_floor few")
 _Work.__doc__ = """Scratch arrays of one pixel's fit: the model and a trial model (M,), the normal matrix, its
-regularized copy and the gradient (3, 3), (3, 3), (3,), a step and a trial point (3,), inversion room (3, 4), the
-bias-error gain (3, 2) and the weights of the last normal-equation pass (M,)."""
-_Rescue = namedtuple("_Rescue", "valid dropped theta cov offset Z1")
+regularized copy and the gradient (4, 4), (4, 4), (4,), a step and a trial point (4,), inversion room (4, 4), the
+bias-error gain (4, 2), the weights of the last normal-equation pass (M,), the floor term t^gamma of the model and
+of the trial (M,), (M,), and which samples come from masters of 1-2 frames (M,), the only ones that can hold a
+cosmic ray (temporal clipping cleans the others)."""
+_Rescue = namedtuple("_Rescue", "valid dropped theta cov offset Z1 floor_offset")
 _Rescue.__doc__ = """The fits against the population law (rescue and fallback): samples, dropped ones, parameters,
-covariance (M,), (M,), (3,), (3, 3); the offsets under the population slope and gamma and the lnA-only regressors."""
+covariance (M,), (M,), (4,), (4, 4); the offsets under the population slope and gamma, the lnA-only regressors and
+the offsets of the floor term under the population gamma."""
 # The per-sample loops below keep their sums in scalars (Z always has 3 columns; those beyond P
 # are not used): sums held in the small H and g arrays went through memory on every sample.
 @njit(cache=True, error_model="numpy")
-def _model(Z, offset, theta, P, out):
+def _model(Z, offset, floor_offset, theta, P, F, out, floor):
     t0, t1, t2 = theta[0], theta[1] if P > 1 else 0.0, theta[2] if P > 2 else 0.0
     for i in range(Z.shape[0]):
         out[i] = min(max(offset[i] + Z[i, 0] * t0 + Z[i, 1] * t1 + Z[i, 2] * t2, -_MAX_EXPONENT), _MAX_EXPONENT)
     for i in range(Z.shape[0]):  # a loop of its own, over contiguous values: it vectorizes
         out[i] = _exp(out[i])
+    if F:
+        c = theta[P]
+        for i in range(Z.shape[0]):
+            floor[i] = _exp(min(max(floor_offset[i] + Z[i, 2] * t2, -_MAX_EXPONENT), _MAX_EXPONENT))
+            out[i] += c * floor[i]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _jacobian(Z, m, floor, theta, P, F, i):
+    """Row ``i`` of the model's Jacobian as (scale, j0, j1, j2, j3), the row being scale * j (compact order)."""
+    if F == 0:
+        return m[i], Z[i, 0], Z[i, 1], Z[i, 2], 0.0
+    e = m[i] - theta[P] * floor[i]
+    if P == 3:
+        return 1.0, e * Z[i, 0], e * Z[i, 1], m[i] * Z[i, 2], floor[i]
+    if P == 2:
+        return 1.0, e * Z[i, 0], e * Z[i, 1], floor[i], 0.0
+    return 1.0, e * Z[i, 0], floor[i], 0.0, 0.0
 
 
 @njit(cache=True, error_model="numpy")
-def _add(s, wh, wg, z0, z1, z2):
-    """The normal sums s = (h00, h01, h02, h11, h12, h22, g0, g1, g2) with one sample's terms added:
-    wh z z^T to the matrix and wg z to the gradient."""
+def _add(s, wh, wg, z0, z1, z2, z3):
+    """The normal sums s = (h00, h01, h02, h11, h12, h22, g0, g1, g2, h03, h13, h23, h33, g3) with one sample's
+    terms added: wh z z^T to the matrix and wg z to the gradient."""
     return (s[0] + wh * z0 * z0, s[1] + wh * z0 * z1, s[2] + wh * z0 * z2, s[3] + wh * z1 * z1,
-            s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2)
+            s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2,
+            s[9] + wh * z0 * z3, s[10] + wh * z1 * z3, s[11] + wh * z2 * z3, s[12] + wh * z3 * z3, s[13] + wg * z3)
 
 
 @njit(cache=True, error_model="numpy")
 def _store(H, g, P, s):
-    """Write the normal sums of :func:`_add` into the symmetric P x P matrix H and the gradient g."""
-    h00, h01, h02, h11, h12, h22, g0, g1, g2 = s
+    """Write the normal sums of :func:`_add` into the symmetric P x P matrix H and the gradient g (P <= 4)."""
+    h00, h01, h02, h11, h12, h22, g0, g1, g2, h03, h13, h23, h33, g3 = s
     H[0, 0], g[0] = h00, g0
     if P > 1:
         H[0, 1] = H[1, 0] = h01
@@ -373,11 +400,16 @@ def _store(H, g, P, s):
         H[0, 2] = H[2, 0] = h02
         H[1, 2] = H[2, 1] = h12
         H[2, 2], g[2] = h22, g2
+    if P > 3:
+        H[0, 3] = H[3, 0] = h03
+        H[1, 3] = H[3, 1] = h13
+        H[2, 3] = H[3, 2] = h23
+        H[3, 3], g[3] = h33, g3
 
 
 @njit(cache=True, error_model="numpy")
 def _inverse(A, P, out):
-    """Inverse of the symmetric P x P matrix A (P <= 3) by cofactors; False if it is singular."""
+    """Inverse of the symmetric P x P matrix A (P <= 4; cofactors up to 3, else Gauss-Jordan); False if singular."""
     if P == 1:
         if not (A[0, 0] != 0.0 and np.isfinite(A[0, 0])):
             return False
@@ -389,6 +421,24 @@ def _inverse(A, P, out):
             return False
         out[0, 0], out[1, 1] = A[1, 1] / det, A[0, 0] / det
         out[0, 1] = out[1, 0] = -A[0, 1] / det
+        return True
+    if P == 4:  # in place, without pivoting: A is positive definite (regularized)
+        for a in range(4):
+            for b in range(4):
+                out[a, b] = A[a, b]
+        for k in range(4):
+            pivot = out[k, k]
+            if not (pivot != 0.0 and np.isfinite(pivot)):
+                return False
+            out[k, k] = 1.0
+            for b in range(4):
+                out[k, b] /= pivot
+            for a in range(4):
+                if a != k:
+                    f = out[a, k]
+                    out[a, k] = 0.0
+                    for b in range(4):
+                        out[a, b] -= f * out[k, b]
         return True
     c00 = A[1, 1] * A[2, 2] - A[1, 2] * A[2, 1]
     c01 = A[1, 2] * A[2, 0] - A[1, 0] * A[2, 2]
@@ -407,7 +457,7 @@ def _inverse(A, P, out):
 
 @njit(cache=True, error_model="numpy")
 def _solve(A, b, P, x, work):
-    """Solve the symmetric P x P system A x = b (P <= 3); False if singular. ``work`` is (3, >= 3)."""
+    """Solve the symmetric P x P system A x = b (P <= 4); False if singular. ``work`` is (4, 4)."""
     if not _inverse(A, P, work):
         return False
     for a in range(P):
@@ -418,12 +468,12 @@ def _solve(A, b, P, x, work):
 
 
 @njit(cache=True, error_model="numpy")
-def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
+def _normal(y, valid, base, shot, Z, P, F, theta, m, floor, H, g, weights):
     """Weights from the model ``m`` (kept in ``weights``); fill the normal matrix H and gradient g;
     return chi-square."""
     for i in range(y.shape[0]):  # a loop of its own: the divisions vectorize
         weights[i] = 1.0 / (base[i] + shot[i] * m[i])
-    sums = (0.0,) * 9
+    sums = (0.0,) * 14
     chi2 = 0.0
     for i in range(y.shape[0]):
         if not valid[i]:
@@ -431,9 +481,10 @@ def _normal(y, valid, base, shot, Z, P, m, H, g, weights):
         w = weights[i]
         r = y[i] - m[i]
         chi2 += w * r * r
-        wm = w * m[i]
-        sums = _add(sums, wm * m[i], wm * r, Z[i, 0], Z[i, 1], Z[i, 2])
-    _store(H, g, P, sums)
+        scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
+        wm = w * scale
+        sums = _add(sums, wm * scale, wm * r, j0, j1, j2, j3)
+    _store(H, g, P + F, sums)
     return chi2
 
 
@@ -450,8 +501,18 @@ def _regularize(H, P, out, lam):
 
 
 @njit(cache=True, error_model="numpy")
-def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws):
-    """Reweighted Levenberg-Marquardt from ``theta`` (updated in place).
+def _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws):
+    """:func:`_steps`; a fit with a floor that starts at C = 0 starts from the optimum without one, so that the
+    floor can only lower chi-square (from the log-linear start it can settle in a worse minimum)."""
+    if F and theta[P] == 0.0:
+        _steps(y, valid, base, shot, Z, offset, floor_offset, P, 0, theta, max_iter, tol, ln_a_range, ws)
+        theta[P] = 0.0
+    return _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws)
+
+
+@njit(cache=True, error_model="numpy")
+def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws):
+    """Reweighted Levenberg-Marquardt from ``theta`` (updated in place; a floor stays >= 0).
 
     Every step takes its weights from the current model. A pixel stops when its next step would
     lower chi-square by less than ``tol`` (a step of ~sqrt(tol) sigma), or when the damping cannot
@@ -461,34 +522,42 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
     """
     m, mt, H, A, g, step, trial, work, weights = (ws.model, ws.trial_model, ws.H, ws.A, ws.g, ws.step, ws.trial,
                                                   ws.work, ws.weights)
+    NP = P + F
     lam = 1e-3
-    _model(Z, offset, theta, P, m)
+    _model(Z, offset, floor_offset, theta, P, F, m, ws.floor)
     for _ in range(max_iter):
-        chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
-        _regularize(H, P, A, lam)
-        if not _solve(A, g, P, step, work):
+        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
+        _regularize(H, NP, A, lam)
+        solved = _solve(A, g, NP, step, work)
+        if solved and F and theta[P] <= 0.0 and step[P] < 0.0:  # the floor held at its bound: step the others
+            solved = _solve(A, g, P, step, work)
+            step[P] = 0.0
+        if not solved:
             lam *= 10.0
             if lam > 1e10:
                 return True, chi2
             continue
         gain = 0.0
-        for a in range(P):
+        for a in range(NP):
             gain += step[a] * g[a]
         if gain < tol:
             return True, chi2
-        for a in range(P):
+        for a in range(NP):
             trial[a] = theta[a] + step[a]
         trial[0] = min(max(trial[0], ln_a_range[0]), ln_a_range[1])
-        _model(Z, offset, trial, P, mt)
+        if F:
+            trial[P] = max(trial[P], 0.0)
+        _model(Z, offset, floor_offset, trial, P, F, mt, ws.trial_floor)
         chi2_trial = 0.0
         for i in range(y.shape[0]):
             if valid[i]:
                 chi2_trial += (y[i] - mt[i]) ** 2 * weights[i]
         if chi2_trial <= chi2:
-            for a in range(P):
+            for a in range(NP):
                 theta[a] = trial[a]
             for i in range(y.shape[0]):
                 m[i] = mt[i]
+                ws.floor[i] = ws.trial_floor[i]
             lam *= 0.1
         else:
             lam *= 10.0
@@ -498,17 +567,20 @@ def _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws
 
 
 @njit(cache=True, error_model="numpy")
-def _start(y, valid, base, shot, Z, offset, P, theta, ws):
-    """Weighted log-linear start (weights y^2 / var); flat at the mean level if too few positive samples."""
+def _start(y, valid, base, shot, Z, offset, P, F, theta, ws):
+    """Weighted log-linear start (weights y^2 / var) of the thermal parameters, no floor; flat at the mean level if
+    too few positive samples."""
     H, A, g, work = ws.H, ws.A, ws.g, ws.work
-    sums = (0.0,) * 9
+    if F:
+        theta[P] = 0.0
+    sums = (0.0,) * 14
     npos = 0
     for i in range(y.shape[0]):
         if not valid[i] or y[i] <= 0:
             continue
         npos += 1
         w = y[i] * y[i] / (base[i] + shot[i] * y[i])
-        sums = _add(sums, w, w * (np.log(y[i]) - offset[i]), Z[i, 0], Z[i, 1], Z[i, 2])
+        sums = _add(sums, w, w * (np.log(y[i]) - offset[i]), Z[i, 0], Z[i, 1], Z[i, 2], 0.0)
     _store(H, g, P, sums)
     if npos >= P:
         _regularize(H, P, A, 0.0)
@@ -533,26 +605,46 @@ def _start(y, valid, base, shot, Z, offset, P, theta, ws):
 
 
 @njit(cache=True, error_model="numpy")
-def _covariance(y, valid, base, shot, Z, P, cov, ws, chi2):
+def _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2):
     """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws.model``;
     False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
     current and is rebuilt first."""
     m, H, A, g, weights = ws.model, ws.H, ws.A, ws.g, ws.weights
+    NP = P + F
     if not chi2 == chi2:
-        chi2 = _normal(y, valid, base, shot, Z, P, m, H, g, weights)
-    _regularize(H, P, A, 0.0)
-    ok = _inverse(A, P, cov)
-    for a in range(P):
+        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
+    _regularize(H, NP, A, 0.0)
+    ok = _inverse(A, NP, cov)
+    for a in range(NP):
         ok = ok and np.isfinite(cov[a, a]) and cov[a, a] > 0
     return chi2, ok
 
 
 @njit(cache=True, error_model="numpy")
-def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
+def _isolated(i, valid, y, m, weights, tgroup, level):
+    """Sample ``i`` lies above the model ``m`` (fitted without it) and its residual relative to the model departs by
+    more than ``level`` sigma from the mean relative residual of the other exposures at its temperature. A form that
+    cannot follow a pixel's temperature curve misses every exposure at a temperature by the same fraction; a cosmic
+    ray adds charge to one master."""
+    if not (y[i] > m[i] > 0):
+        return False
+    total = mean = 0.0
+    for j in range(y.shape[0]):
+        if j != i and valid[j] and tgroup[j] == tgroup[i] and m[j] > 0:
+            w = m[j] * m[j] * weights[j]  # 1 / variance of the relative residual
+            total += w
+            mean += w * (y[j] - m[j]) / m[j]
+    if total == 0.0:
+        return True
+    return (y[i] - m[i]) / m[i] - mean / total > level * np.sqrt(1.0 / (m[i] * m[i] * weights[i]) + 1.0 / total)
+
+
+@njit(cache=True, error_model="numpy")
+def _beyond(y, valid, Z, P, F, theta, cov, m, floor, weights, positive, limit):
     """Whether a studentized residual r^2 w / (1 - h) of the current fit exceeds ``limit``
     (h: the sample's leverage; ``weights`` w = 1/variance from the last normal-equation pass)."""
     c00 = c01 = c02 = c11 = c12 = c22 = 0.0  # the covariance, zero beyond P (and all zero if not positive)
-    if positive:
+    if positive and F == 0:
         c00 = cov[0, 0]
         if P > 1:
             c01, c11 = cov[0, 1], cov[1, 1]
@@ -561,9 +653,19 @@ def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
     for i in range(y.shape[0]):
         if not valid[i]:
             continue
-        z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
-        h = (z0 * (c00 * z0 + 2 * (c01 * z1 + c02 * z2)) + z1 * (c11 * z1 + 2 * c12 * z2) + c22 * z2 * z2) \
-            * m[i] * m[i] * weights[i]
+        if F == 0:
+            z0, z1, z2 = Z[i, 0], Z[i, 1], Z[i, 2]
+            h = (z0 * (c00 * z0 + 2 * (c01 * z1 + c02 * z2)) + z1 * (c11 * z1 + 2 * c12 * z2) + c22 * z2 * z2) \
+                * m[i] * m[i] * weights[i]
+        else:
+            scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
+            j = (j0, j1, j2, j3)
+            q = 0.0
+            if positive:
+                for a in range(P + F):
+                    for b in range(P + F):
+                        q += j[a] * j[b] * cov[a, b]
+            h = q * scale * scale * weights[i]
         r = y[i] - m[i]
         if r * r * weights[i] > limit * max(1.0 - h, 1e-6):
             return True
@@ -571,54 +673,58 @@ def _beyond(y, valid, Z, P, cov, m, weights, positive, limit):
 
 
 @njit(cache=True, error_model="numpy")
-def _robust(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
-            min_valid, outliers, cov, ws, trial, best):
-    """Fit; while a sample is further than ``outlier_sigma`` from the model, drop the one whose removal
-    lowers chi-square most (each candidate refitted from scratch, so a gross outlier that dragged the
-    fit is found wherever it is), if that lowers chi-square by at least ``outlier_sigma``^2 (the
-    squared deleted residual: the sample is an outlier of the fit made without it), and refit.
+def _robust(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, outlier_sigma,
+            max_outliers, min_valid, tgroup, egroup, outliers, cov, ws, trial, best):
+    """Fit; while a sample is further than ``outlier_sigma`` from the model, drop the cosmic-ray candidate whose
+    removal lowers chi-square most, if that lowers chi-square by at least ``outlier_sigma``^2 (the squared deleted
+    residual: the sample is an outlier of the fit made without it), and refit. Each candidate is refitted from
+    scratch, so a gross outlier that dragged the fit is found wherever it is; a candidate comes from a master of 1-2
+    frames and, against the fit without it, lies above the model on its own (:func:`_isolated`): cosmic rays add
+    charge to one master, while a smooth departure is a question of the form, not samples to drop.
 
     Returns (converged, chi-square, covariance positive, number of samples dropped); ``cov`` holds
     the covariance and ``ws.model`` the model at ``theta``; dropped samples are set in ``outliers``.
     """
     m = ws.model
-    converged, chi2 = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
-    chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws, chi2)
+    NP = P + F
+    converged, chi2 = _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws)
+    chi2, positive = _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2)
     dropped = 0
     n = 0
     for i in range(y.shape[0]):
         n += valid[i]
     while dropped < max_outliers and n - 1 >= min_valid:
-        if not _beyond(y, valid, Z, P, cov, m, ws.weights, positive, outlier_sigma * outlier_sigma):
+        if not _beyond(y, valid, Z, P, F, theta, cov, m, ws.floor, ws.weights, positive, outlier_sigma * outlier_sigma):
             break
         candidate, lowest = -1, np.inf
         for i in range(y.shape[0]):
-            if not valid[i]:
+            if not (valid[i] and ws.few[i]):
                 continue
             valid[i] = False
-            _start(y, valid, base, shot, Z, offset, P, trial, ws)
-            c = _lm(y, valid, base, shot, Z, offset, P, trial, max_iter, tol, ln_a_range, ws)[1]
+            _start(y, valid, base, shot, Z, offset, P, F, trial, ws)
+            c = _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, trial, max_iter, tol, ln_a_range, ws)[1]
             if not c == c:
                 c = 0.0
                 for k in range(y.shape[0]):
                     if valid[k]:
-                        c += (y[k] - m[k]) ** 2 / (base[k] + shot[k] * m[k])
+                        c += (y[k] - ws.model[k]) ** 2 / (base[k] + shot[k] * ws.model[k])
             valid[i] = True
-            if c < lowest:
+            if c < lowest and _isolated(i, valid, y, ws.model, ws.weights, tgroup, 0.5 * outlier_sigma):
                 candidate, lowest = i, c
-                for a in range(P):
+                for a in range(NP):
                     best[a] = trial[a]
         if chi2 - lowest < outlier_sigma * outlier_sigma:  # no sample's removal explains the tension
-            _model(Z, offset, theta, P, m)
+            _model(Z, offset, floor_offset, theta, P, F, m, ws.floor)
             break
         valid[candidate] = False
         outliers[candidate] = True
         dropped += 1
         n -= 1
-        for a in range(P):
+        for a in range(NP):
             theta[a] = best[a]
-        converged, chi2 = _lm(y, valid, base, shot, Z, offset, P, theta, max_iter, tol, ln_a_range, ws)
-        chi2, positive = _covariance(y, valid, base, shot, Z, P, cov, ws, chi2)
+        converged, chi2 = _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range,
+                              ws)
+        chi2, positive = _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2)
     return converged, chi2, positive, dropped
 
 
@@ -629,46 +735,50 @@ def _acceptable(chi2, dof, sigma):
 
 
 @njit(cache=True, error_model="numpy")
-def _population_offsets(Z, offset, P, prior, out):
-    """ln DC of each sample minus lnA under the population slope and gamma."""
+def _population_offsets(Z, offset, P, prior, out, floor_out):
+    """ln DC of each sample minus lnA under the population slope and gamma; ln of the floor term under it."""
     for i in range(Z.shape[0]):
         out[i] = offset[i] + Z[i, 1] * prior[0] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
+        floor_out[i] = offset[i] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
 
 
 @njit(cache=True, error_model="numpy")
-def _common_error(valid, base, shot, Z, P, m, D, cab, cov, JWD, K):
+def _common_error(valid, base, shot, Z, P, F, theta, m, floor, D, cab, cov, JWD, K):
     """Add to ``cov`` the effect of an error common to all samples (the subtracted bias model).
 
     The samples carry an unknown shift D e, e ~ N(0, cab); the parameters move by K e with
     K = cov J^T W D, so their covariance grows by K cab K^T.
     """
-    s00 = s01 = s10 = s11 = s20 = s21 = 0.0
+    NP = P + F
+    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = 0.0
     for i in range(Z.shape[0]):
         if valid[i]:
-            wm = m[i] / (base[i] + shot[i] * m[i])
+            scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
+            wm = scale / (base[i] + shot[i] * m[i])
             d0, d1 = D[i, 0], D[i, 1]
-            s00 += wm * Z[i, 0] * d0
-            s01 += wm * Z[i, 0] * d1
-            s10 += wm * Z[i, 1] * d0
-            s11 += wm * Z[i, 1] * d1
-            s20 += wm * Z[i, 2] * d0
-            s21 += wm * Z[i, 2] * d1
+            s00 += wm * j0 * d0
+            s01 += wm * j0 * d1
+            s10 += wm * j1 * d0
+            s11 += wm * j1 * d1
+            s20 += wm * j2 * d0
+            s21 += wm * j2 * d1
+            s30 += wm * j3 * d0
+            s31 += wm * j3 * d1
     JWD[0, 0], JWD[0, 1], JWD[1, 0], JWD[1, 1], JWD[2, 0], JWD[2, 1] = s00, s01, s10, s11, s20, s21
-    for a in range(P):
+    JWD[3, 0], JWD[3, 1] = s30, s31
+    for a in range(NP):
         for q in range(2):
             K[a, q] = 0.0
-            for b in range(P):
+            for b in range(NP):
                 K[a, q] += cov[a, b] * JWD[b, q]
-    for a in range(P):
-        for b in range(P):
+    for a in range(NP):
+        for b in range(NP):
             for q in range(2):
                 for r in range(2):
                     cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
-
-
 @njit(cache=True, error_model="numpy", inline="always")  # compiled into fit_pixels
 def _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature,
-                   yp, vp, bp, sp, level, outl):
+                   yp, vp, bp, sp, level, outl, few):
     """Pixel ``p``'s samples (``yp``), which are valid (``vp``), their noise model (variance ``bp + sp * signal``)
     and total levels (bias added back); none dropped yet. Returns how many are valid."""
     n = 0
@@ -682,6 +792,7 @@ def _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bi
         sp[i] = inv_gain / frames
         level[i] = yp[i] + bias_a[p] + bias_b[p] * T
         outl[i] = False
+        few[i] = nframes[i, p] <= 2
         n += vp[i]
     return n
 
@@ -718,92 +829,113 @@ def _full_well(yp, vp, bp, sp, level, tgroup, egroup, full_well, n, outl):
     return n, _FULL_WELL
 
 
+
+
 @njit(cache=True, error_model="numpy")
-def _rescue(yp, vp, v0, bp, sp, Z, offset, P, prior, opts, outl, theta, cov, ws, trial, best, r):
+def _rescue(yp, vp, v0, bp, sp, Z, offset, P, F, prior, opts, outl, theta, cov, ws, trial, best, r):
     """Coincident outliers can mask each other (the fit bends to them); against the population law they stand out.
     Drop those and refit the pixel's own model from all its samples (``v0``). An acceptable refit replaces the fit
     (``vp``, ``outl``, ``theta``, ``cov``); otherwise the model of ``theta`` is restored in ``ws``. Returns
     (acceptable, converged, chi-square, positive, samples dropped)."""
-    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof = opts
+    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof, tgroup, egroup = opts
     M = yp.shape[0]
     for i in range(M):
         r.valid[i] = v0[i]
         r.dropped[i] = False
-    _population_offsets(Z, offset, P, prior, r.offset)
-    _start(yp, r.valid, bp, sp, r.Z1, r.offset, 1, r.theta, ws)
-    _robust(yp, r.valid, bp, sp, r.Z1, r.offset, 1, r.theta, max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
-            1 + min_dof, r.dropped, r.cov, ws, trial, best)
-    _start(yp, r.valid, bp, sp, Z, offset, P, r.theta, ws)
+    _population_offsets(Z, offset, P, prior, r.offset, r.floor_offset)
+    _start(yp, r.valid, bp, sp, r.Z1, r.offset, 1, F, r.theta, ws)
+    _robust(yp, r.valid, bp, sp, r.Z1, r.offset, r.floor_offset, 1, F, r.theta, max_iter, tol, ln_a_range,
+            outlier_sigma, max_outliers, 1 + F + min_dof, tgroup, egroup, r.dropped, r.cov, ws, trial, best)
+    _start(yp, r.valid, bp, sp, Z, offset, P, F, r.theta, ws)
     nq = 0
     for i in range(M):
         nq += r.valid[i]
     converged, chi2, positive, dropped = False, np.nan, False, 0
-    if nq >= P + min_dof:
-        converged, chi2, positive, dropped = _robust(yp, r.valid, bp, sp, Z, offset, P, r.theta, max_iter, tol,
-                                                     ln_a_range, outlier_sigma, max_outliers, P + min_dof, r.dropped,
-                                                     r.cov, ws, trial, best)
+    if nq >= P + F + min_dof:
+        converged, chi2, positive, dropped = _robust(yp, r.valid, bp, sp, Z, offset, offset, P, F, r.theta, max_iter,
+                                                     tol, ln_a_range, outlier_sigma, max_outliers, P + F + min_dof,
+                                                     tgroup, egroup, r.dropped, r.cov, ws, trial, best)
     k = 0
     for i in range(M):
         k += r.dropped[i]
-    if not (positive and k <= max_outliers and _acceptable(chi2, nq - dropped - P, outlier_sigma)):
-        _model(Z, offset, theta, P, ws.model)
+    if not (positive and k <= max_outliers and _acceptable(chi2, nq - dropped - P - F, outlier_sigma)):
+        _model(Z, offset, offset, theta, P, F, ws.model, ws.floor)
         return False, converged, chi2, positive, k
     for i in range(M):
         vp[i], outl[i] = r.valid[i], r.dropped[i]
-    for a in range(3):
+    for a in range(4):
         theta[a] = r.theta[a]
-        for b in range(3):
+        for b in range(4):
             cov[a, b] = r.cov[a, b]
     return True, converged, chi2, positive, k
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _bias_error(p, vp, bp, sp, Z, P, bias_cov, D, cab, cov, ws):
+def _bias_error(p, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws):
     """Add to ``cov`` the error of the bias model removed from pixel ``p``, common to all its samples (``cab``
     receives that model's (2, 2) covariance)."""
     cab[0, 0], cab[1, 1] = bias_cov[0, p], bias_cov[1, p]
     cab[0, 1] = cab[1, 0] = bias_cov[2, p]
-    _common_error(vp, bp, sp, Z, P, ws.model, D, cab, cov, ws.work, ws.K)
+    _common_error(vp, bp, sp, Z, P, F, theta, ws.model, ws.floor, D, cab, cov, ws.work, ws.K)
 
 
 @njit(cache=True, error_model="numpy")
-def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, prior, prior_var, opts, propagate, bias_cov, D, cab, outl,
+def _expand(theta, cov, P, F):
+    """From the compact order of a fit of P thermal parameters (and the floor at index P, with F) to the stored one,
+    (lnA, slope, gamma, C): parameters not fitted get no covariance, gamma 1 and C 0."""
+    if F and P < 3:
+        theta[3] = theta[P]
+        cov[3, 3] = cov[P, P]
+        for a in range(P):
+            cov[a, 3] = cov[3, a] = cov[a, P]
+    if not F:
+        theta[3] = 0.0
+    for a in range(P, 4 if not F else 3):
+        theta[a] = 1.0 if a == 2 else 0.0
+        for b in range(4):
+            cov[a, b] = cov[b, a] = 0.0
+
+
+@njit(cache=True, error_model="numpy")
+def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, propagate, bias_cov, D, cab, outl,
               theta, cov, ws, trial, best, r):
-    """Population slope and gamma with the pixel's own amplitude, fitted from its samples (the outliers of the
-    untrusted fit forgotten, full-well samples kept out); the population spread of slope and gamma enters the
+    """Population slope and gamma with the pixel's own amplitude (and floor), fitted from its samples (the outliers
+    of the untrusted fit forgotten, full-well samples kept out); the population spread of slope and gamma enters the
     covariance through d lnA / d slope = -(weighted mean of x), likewise for gamma. Returns (converged and
-    covariance positive, chi-square, samples dropped)."""
-    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof = opts
+    covariance positive, chi-square, samples dropped); ``theta`` and ``cov`` in the stored order."""
+    max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof, tgroup, egroup = opts
     M = yp.shape[0]
     for i in range(M):
         if v0[i]:
             outl[i] = False
         vp[i] = v0[i]
-    _population_offsets(Z, offset, P, prior, r.offset)
-    _start(yp, vp, bp, sp, r.Z1, r.offset, 1, theta, ws)
-    converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, r.Z1, r.offset, 1, theta, max_iter, tol,
-                                                 ln_a_range, outlier_sigma, max_outliers, 1 + min_dof, outl, cov,
-                                                 ws, trial, best)
+    _population_offsets(Z, offset, P, prior, r.offset, r.floor_offset)
+    _start(yp, vp, bp, sp, r.Z1, r.offset, 1, F, theta, ws)
+    converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, r.Z1, r.offset, r.floor_offset, 1, F, theta,
+                                                 max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
+                                                 1 + F + min_dof, tgroup, egroup, outl, cov, ws, trial, best)
     if propagate:
-        _bias_error(p, vp, bp, sp, r.Z1, 1, bias_cov, D, cab, cov, ws)
+        _bias_error(p, vp, bp, sp, r.Z1, 1, F, theta, bias_cov, D, cab, cov, ws)
     var_a = cov[0, 0]
     m = ws.model
     sw = sx = st = 0.0
     for i in range(M):
         if vp[i]:
-            w = m[i] * m[i] / (bp[i] + sp[i] * m[i])
+            e = m[i] - theta[1] * ws.floor[i] if F else m[i]
+            var = bp[i] + sp[i] * m[i]
+            w = e * e / var
             sw += w
             sx += w * Z[i, 1]
-            st += w * Z[i, 2]
+            st += (e * m[i] / var) * Z[i, 2]
     dx = -sx / sw if sw > 0 else 0.0
     dt = -st / sw if (sw > 0 and P == 3) else 0.0
     var_s, var_g = prior_var[0], (prior_var[1] if P == 3 else 0.0)
+    _expand(theta, cov, 1, F)
     theta[1], theta[2] = prior[0], (prior[1] if P == 3 else 1.0)
     cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g
     cov[1, 1], cov[2, 2] = var_s, var_g
     cov[0, 1] = cov[1, 0] = dx * var_s
     cov[0, 2] = cov[2, 0] = dt * var_g
-    cov[1, 2] = cov[2, 1] = 0.0
     return converged and positive, chi2, dropped
 
 
@@ -815,9 +947,9 @@ def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_
     for i in range(vp.shape[0]):
         nv += vp[i]
         outliers_out[i, p] = outl[i]
-    for a in range(3):
+    for a in range(4):
         theta_out[a, p] = theta[a]
-    for k in range(6):
+    for k in range(10):
         cov_out[k, p] = cov[COVARIANCE_PLANES[k][0], COVARIANCE_PLANES[k][1]]
     chi2_out[p] = chi2
     nvalid_out[p] = nv
@@ -827,14 +959,14 @@ def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_
 @_kernel((_in(_F4, 2), _in(_I2, 2), _in(_B, 2),  # y, nframes, usable
           _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
           _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
-          _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
+          _I8, _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
           _in(_F8), _in(_F8), _in(_F8), _in(_F8), _B,  # lo, hi, prior, prior_var, propagate
           _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
          error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
-               egroup, Z, offset, P, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
+               egroup, Z, offset, P, F, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
                prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):
-    """Fit ``DC = exp(offset + Z theta)`` to every pixel by noise-weighted, reweighted Levenberg-Marquardt.
+    """Fit ``DC = exp(offset + Z theta) + C t^gamma`` to every pixel by noise-weighted, reweighted Levenberg-Marquardt.
 
     Parameters
     ----------
@@ -852,17 +984,19 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
     bias_a, bias_b : ndarray, shape (npix,), float32
         The bias model removed, to rebuild each sample's total level for the full-well test.
     temperature, tgroup, egroup : ndarray, shape (M,)
-        Master temperatures [degC]; temperature and exposure group of each master.
+        Master temperatures [degC]; temperature and exposure group of each master (numbered in
+        increasing value: neighbours for the outlier test).
     Z : ndarray, shape (M, 3)
         Regressors [1, x(T), ln t]; the first P are fitted.
     offset : ndarray, shape (M,)
         Fixed part of ln DC (ln t for a 1d model).
-    P, min_dof, max_iter : int
-        Parameters fitted (3: 2d, 2: 1d); a pixel's own fit needs P + min_dof valid samples.
+    P, F, min_dof, max_iter : int
+        Thermal parameters fitted (3: 2d, 2: 1d); F = 1 fits a temperature-independent floor C >= 0 as well
+        (DC = t^gamma (C + A exp(slope x))); a pixel's own fit needs P + F + min_dof valid samples.
     tol : float
         Chi-square gain below which a fit has converged.
     outlier_sigma, max_outliers : float, int
-        Robust fit: the worst sample beyond outlier_sigma is dropped and the pixel refitted,
+        Robust fit: the worst isolated sample beyond outlier_sigma above the model is dropped and the pixel refitted,
         at most max_outliers times.
     full_well : float
         Level [DN] above which a plateau (two samples within 3 sigma of the pixel's highest
@@ -872,34 +1006,35 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         Bounds of (lnA, slope, gamma) for a pixel's own fit to be trusted.
     prior, prior_var : ndarray, shape (2,)
         Population (slope, gamma) and their variances used where a pixel's own fit is not
-        trusted: then only lnA is fitted (flag FALLBACK), and the population spread enters
+        trusted: then only lnA (and C) is fitted (flag FALLBACK), and the population spread enters
         its covariance.
     propagate : bool
         Propagate the error of the bias model (common to all masters of a pixel) into the
         covariance.
     theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out : ndarray (out)
-        (3, npix) lnA, slope, gamma (NaN without samples); (6, npix) covariance planes
-        :data:`COVARIANCE_PLANES`; chi-square; valid samples used; :data:`FIT_FLAGS`;
+        (4, npix) lnA, slope, gamma, C (NaN without samples; C = 0 without a floor); (10, npix) covariance
+        planes :data:`COVARIANCE_PLANES`; chi-square; valid samples used; :data:`FIT_FLAGS`;
         (M, npix) samples dropped as outliers or full well.
     """
     M, npix = y.shape
+    NP = P + F
     yp, bp, sp, level = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
     vp, v0, outl = np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_)
-    ws = _Work(np.empty(M), np.empty(M), np.empty((3, 3)), np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3),
-               np.empty((3, 4)), np.empty((3, 2)), np.empty(M))
-    r = _Rescue(np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(3), np.zeros((3, 3)),
-                np.empty(M), np.zeros((M, 3)))
+    ws = _Work(np.empty(M), np.empty(M), np.empty((4, 4)), np.empty((4, 4)), np.empty(4), np.empty(4), np.empty(4),
+               np.empty((4, 4)), np.empty((4, 2)), np.empty(M), np.zeros(M), np.zeros(M), np.empty(M, dtype=np.bool_))
+    r = _Rescue(np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.zeros(4), np.zeros((4, 4)),
+                np.empty(M), np.zeros((M, 3)), np.empty(M))
     r.Z1[:, 0] = 1.0  # lnA alone (P = 1)
-    theta, trial, best, cov, cab = np.empty(3), np.empty(3), np.empty(3), np.zeros((3, 3)), np.empty((2, 2))
-    nan_theta, nan_cov = np.full(3, np.nan), np.full((3, 3), np.nan)
+    theta, trial, best, cov, cab = np.zeros(4), np.empty(4), np.empty(4), np.zeros((4, 4)), np.empty((2, 2))
+    nan_theta, nan_cov = np.full(4, np.nan), np.full((4, 4), np.nan)
     ln_a_range = np.array([lo[0], hi[0]])
-    opts = (max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof)  # of the rare rescue and fallback
+    opts = (max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof, tgroup, egroup)  # rescue and fallback
     D = np.empty((M, 2))
     for i in range(M):
         D[i, 0], D[i, 1] = 1.0, temperature[i]
     for p in range(npix):
         n = _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var,
-                           temperature, yp, vp, bp, sp, level, outl)
+                           temperature, yp, vp, bp, sp, level, outl, ws.few)
         n, flags = _full_well(yp, vp, bp, sp, level, tgroup, egroup, full_well, n, outl)
         if n == 0:
             _store_pixel(p, vp, outl, nan_theta, nan_cov, np.nan, flags | _NONE | _FEW, theta_out, cov_out, chi2_out,
@@ -908,14 +1043,14 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         for i in range(M):
             v0[i] = vp[i]
         trusted, chi2, dropped = False, np.nan, 0
-        if n >= P + min_dof:
-            _start(yp, vp, bp, sp, Z, offset, P, theta, ws)
-            converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z, offset, P, theta, max_iter, tol,
-                                                         ln_a_range, outlier_sigma, max_outliers, P + min_dof, outl,
-                                                         cov, ws, trial, best)
-            if not _acceptable(chi2, n - dropped - P, outlier_sigma) and np.isfinite(prior[0]):
-                ok, conv2, c2, pos2, k = _rescue(yp, vp, v0, bp, sp, Z, offset, P, prior, opts, outl, theta, cov, ws,
-                                                 trial, best, r)
+        if n >= NP + min_dof:
+            _start(yp, vp, bp, sp, Z, offset, P, F, theta, ws)
+            converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z, offset, offset, P, F, theta, max_iter,
+                                                         tol, ln_a_range, outlier_sigma, max_outliers, NP + min_dof,
+                                                         tgroup, egroup, outl, cov, ws, trial, best)
+            if not _acceptable(chi2, n - dropped - NP, outlier_sigma) and np.isfinite(prior[0]):
+                ok, conv2, c2, pos2, k = _rescue(yp, vp, v0, bp, sp, Z, offset, P, F, prior, opts, outl, theta, cov,
+                                                 ws, trial, best, r)
                 if ok:
                     converged, chi2, positive, dropped = conv2, c2, pos2, k
             trusted = converged and positive
@@ -924,16 +1059,13 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
             if trusted:
                 flags |= _CONVERGED
                 if propagate:
-                    _bias_error(p, vp, bp, sp, Z, P, bias_cov, D, cab, cov, ws)
-                if P == 2:
-                    theta[2] = 1.0
-                    for a in range(3):
-                        cov[a, 2] = cov[2, a] = 0.0
+                    _bias_error(p, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws)
+                _expand(theta, cov, P, F)
         else:
             flags |= _FEW
         if not trusted:
             flags |= _FALLBACK
-            converged, chi2, dropped = _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, prior, prior_var, opts,
+            converged, chi2, dropped = _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts,
                                                  propagate, bias_cov, D, cab, outl, theta, cov, ws, trial, best, r)
             flags |= _CONVERGED if converged else 0
         _store_pixel(p, vp, outl, theta, cov, chi2, flags | (_OUTLIERS if dropped > 0 else 0), theta_out, cov_out,
@@ -1016,34 +1148,62 @@ def _linear(dark, cov, x, ln_t, r, c):
     return dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c], q
 
 
+@njit(cache=True, nogil=True)
+def _with_floor(dark, cov, x, ln_t, r, c):
+    """Dark signal t^gamma (C + exp(lnA + slope x)) of pixel (r, c) (``dark`` (4, ny, nx)) and its variance J C J^T
+    from the covariance planes ``cov`` (10, ny, nx), J = (e, e x, DC ln t, t^gamma) with e the thermal term."""
+    e = np.exp(min(dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c], _MAX_EXPONENT))
+    floor = np.exp(min(ln_t * dark[2, r, c], _MAX_EXPONENT))
+    signal = e + dark[3, r, c] * floor
+    jac = (e, e * x, signal * ln_t, floor)
+    q = 0.0
+    for k in range(10):
+        i, j = COVARIANCE_PLANES[k]
+        q += (1.0 if i == j else 2.0) * jac[i] * jac[j] * cov[k, r, c]
+    return signal, q
+
+
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)))
 def predict_dark(dark, cov, x, ln_t, signal, variance):
-    """Dark signal exp(lnA + slope x + gamma ln t) of every pixel and its variance, in one pass.
+    """Dark signal t^gamma (C + exp(lnA + slope x)) of every pixel and its variance, in one pass.
 
-    ``dark`` (3, ny, nx) holds lnA, slope, gamma; ``cov`` (6, ny, nx) the covariance planes
-    :data:`COVARIANCE_PLANES` (float32, as the model file stores them); ``x`` the temperature
-    regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
+    ``dark`` (3, ny, nx) holds lnA, slope, gamma (C = 0), or (4, ny, nx) also C; ``cov`` (6 or 10, ny, nx)
+    the covariance planes :data:`COVARIANCE_PLANES` (float32, as the model file stores them); ``x`` the
+    temperature regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
     (ny, nx) float32: NaN where the model is.
     """
+    floor = dark.shape[0] == 4
     for r in range(signal.shape[0]):
         for c in range(signal.shape[1]):
-            e, q = _linear(dark, cov, x, ln_t, r, c)
-            s = np.exp(min(e, _MAX_EXPONENT))
-            signal[r, c] = s
-            variance[r, c] = s * s * q
+            if floor:
+                s, q = _with_floor(dark, cov, x, ln_t, r, c)
+                signal[r, c] = s
+                variance[r, c] = q
+            else:
+                e, q = _linear(dark, cov, x, ln_t, r, c)
+                s = np.exp(min(e, _MAX_EXPONENT))
+                signal[r, c] = s
+                variance[r, c] = s * s * q
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))
 def predict_log_rate(dark, cov, x, ln_t, ln_rate, variance):
-    """ln of the dark rate DC / t of every pixel, lnA + slope x + (gamma - 1) ln t, and its variance.
+    """ln of the dark rate DC / t of every pixel and its variance (lnA + slope x + (gamma - 1) ln t without a
+    floor).
 
     Arguments as :func:`predict_dark`; writes ``ln_rate`` and ``variance`` (ny, nx) float64.
     """
+    floor = dark.shape[0] == 4
     for r in range(ln_rate.shape[0]):
         for c in range(ln_rate.shape[1]):
-            e, q = _linear(dark, cov, x, ln_t, r, c)
-            ln_rate[r, c] = e - ln_t
-            variance[r, c] = q
+            if floor:
+                s, q = _with_floor(dark, cov, x, ln_t, r, c)
+                ln_rate[r, c] = np.log(s) - ln_t
+                variance[r, c] = q / (s * s)
+            else:
+                e, q = _linear(dark, cov, x, ln_t, r, c)
+                ln_rate[r, c] = e - ln_t
+                variance[r, c] = q
 
 
 @_kernel((_in(_F4, 2), _I8, _out(_F4, 2)))

@@ -27,7 +27,7 @@ from .darkfit import temperature_feature
 from .dq import DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, set_card, write_hdus
-from .forms import FORMS, KELVIN, dark_form
+from .forms import KELVIN, dark_form
 from .kernels import predict_dark, predict_log_rate
 from .products import LEDGER, MODEL_FILE, require_current
 
@@ -38,7 +38,9 @@ _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAIN
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
          "RNSOURCE": "what READ_NOISE comes from",
-         "TREFHOT": "degC, reference of hot_rate_min", "DQCLASS": "DQ has the hot_pixels classification",
+         "TREFHOT": "degC, reference of hot_rate_min", "FORMREQ": "dark_form requested (auto: chosen by the data)",
+         "FORMVZ": "Vuong z of the temperature laws", "FLOORZ": "likelihood-ratio z of the floor",
+         "DQCLASS": "DQ has the hot_pixels classification",
          "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
          "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
          "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}
@@ -69,10 +71,10 @@ class CalibrationModel:
         var(a), var(b), cov(a, b).
     read_noise : ndarray
         Read noise of one frame [DN].
-    dark : ndarray, shape (3, ny, nx)
-        lnA, slope (B [1/degC] or Ea [eV]), gamma.
-    dark_cov : ndarray, shape (6, ny, nx)
-        Covariance planes of (lnA, slope, gamma): 00 11 22 01 02 12.
+    dark : ndarray, shape (3, ny, nx), or (4, ny, nx) for a form with a floor
+        lnA, slope (B [1/degC] or Ea [eV]), gamma[, floor C in the unit of A].
+    dark_cov : ndarray, shape (6, ny, nx), or (10, ny, nx) with a floor
+        Covariance planes of (lnA, slope, gamma[, C]): :data:`cmoscal.kernels.COVARIANCE_PLANES`.
     chi2r : ndarray
         Reduced chi-square of the dark fit.
     nvalid : ndarray
@@ -209,7 +211,7 @@ class CalibrationModel:
         header = fits.Header()
         provenance(header, bunit="DN", description="cmoscal per-pixel bias and dark calibration model",
                    BIASEQ=bias_eq, DARKEQ=dark_eq,
-                   DARKFORM=(self.form, " or ".join(FORMS)),
+                   DARKFORM=(self.form, "form of the dark model (cmoscal.forms)"),
                    DARKDIM=("2d" if self.fit_gamma else "1d", "2d fits gamma, 1d fixes gamma=1"),
                    TMIN=(self.tmin, "degC, reference temperature of DARK_A"),
                    TCALMIN=(self.trange[0], "degC, coldest calibrated"),
@@ -235,8 +237,12 @@ class CalibrationModel:
                   ("BIAS_COV", self.bias_cov, "var(a) DN2; var(b) (DN/degC)2; cov(a,b) DN2/degC"),
                   ("READ_NOISE", self.read_noise, "DN"),
                   ("DARK_A", np.exp(self.dark[0]), "DN/s^gamma" if self.fit_gamma else "DN/s"),
-                  (law.extension, self.dark[1], law.unit), ("DARK_GAMMA", self.dark[2], ""),
-                  ("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma): planes 00 11 22 01 02 12"),
+                  (law.extension, self.dark[1], law.unit), ("DARK_GAMMA", self.dark[2], "")]
+        if law.floor:
+            images.append(("DARK_FLOOR", self.dark[3], "DN/s^gamma" if self.fit_gamma else "DN/s"))
+        images += [("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma" + (", C): planes 00 11 22 01 02 12 "
+                                                                                   "33 03 13 23" if law.floor else
+                                                                                   "): planes 00 11 22 01 02 12")),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
                   ("DQ", self.dq, "")]
         extensions = [(name, np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)),
@@ -278,10 +284,13 @@ class CalibrationModel:
                 data = hdul[name].data
                 return data.astype(dtype or data.dtype.newbyteorder("="))
 
-            dark = np.empty((3,) + hdul["DARK_A"].data.shape)
+            law = dark_form(form)
+            dark = np.empty((3 + law.floor,) + hdul["DARK_A"].data.shape)
             with np.errstate(divide="ignore"):
                 dark[0] = np.log(native("DARK_A", np.float64))
-            dark[1], dark[2] = hdul[dark_form(form).extension].data, hdul["DARK_GAMMA"].data
+            dark[1], dark[2] = hdul[law.extension].data, hdul["DARK_GAMMA"].data
+            if law.floor:
+                dark[3] = hdul["DARK_FLOOR"].data
             return cls(bias_a=native("BIAS_A"), bias_b=native("BIAS_B"), bias_cov=native("BIAS_COV"),
                        read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV"),
                        chi2r=native("DARK_CHI2R"), nvalid=native("DARK_NVALID") if "DARK_NVALID" in names else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -21,7 +22,7 @@ from astropy.table import Table
 
 from .. import __version__
 from ..compute import concurrently, row_bands, run_tiles, sample_rows
-from ..darkfit import compare_forms, fit_dark, predict
+from ..darkfit import deviance, fit_dark, predict, select_form
 from ..dq import DQ, DQ_DTYPE, from_fit_flags
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
@@ -35,7 +36,8 @@ from ..products import note, product, required, shaping, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["fit_inputs", "fit_options", "gain", "model_id", "run", "sample_inputs"]
+__all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options", "gain", "model_id", "run",
+           "sample_inputs"]
 
 
 def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
@@ -97,9 +99,9 @@ def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
                 noise=noise)
 
 
-def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
-    """Keyword arguments of :func:`cmoscal.darkfit.fit_dark` from the parameters."""
-    slope = dark_form(params["dark_form"]).bounds(params["fit_bounds"])
+def fit_options(params: dict, saturation: float, M: int, form: str, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
+    """Keyword arguments of :func:`cmoscal.darkfit.fit_dark` for the form ``form`` from the parameters."""
+    slope = dark_form(form).bounds(params["fit_bounds"])
     top = np.log(10 * saturation) if np.isfinite(saturation) else 60.0
     return dict(max_iterations=params["max_iterations"], min_dof=params["min_dof"],
                 full_well=params["full_well_level"] * saturation if np.isfinite(saturation) else 0.0,
@@ -108,16 +110,40 @@ def fit_options(params: dict, saturation: float, M: int, prior=(np.nan, np.nan, 
                 prior=prior)
 
 
-def _fit(inputs, form, fit_gamma, options, tmin):
+class FitSetup(NamedTuple):
+    """What every tile of the dark fit shares."""
+
+    params: dict
+    index: list
+    inv_gain: float
+    form: str
+    fit_gamma: bool
+    tmin: float
+    options: dict
+
+
+def _fit(inputs, setup: FitSetup):
     darks = inputs["darks"]
-    return fit_dark(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit_gamma,
-                    usable=inputs["usable"], **options)
+    return fit_dark(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, setup.tmin, setup.form,
+                    setup.fit_gamma, usable=inputs["usable"], **setup.options)
 
 
-def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma, bias_files) -> tuple:
+class TileFit(NamedTuple):
+    """The dark fit of one band of rows, as :func:`_fit_tile` returns it."""
+
+    dark: np.ndarray
+    cov: np.ndarray
+    chi2r: np.ndarray
+    nvalid: np.ndarray
+    flags: np.ndarray
+    saturated: np.ndarray
+    dropped: tuple
+
+
+def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
     """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
-    inputs = fit_inputs(params, index, rows, inv_gain)
-    fit = _fit(inputs, params["dark_form"], fit_gamma, options, tmin)
+    inputs = fit_inputs(setup.params, setup.index, rows, setup.inv_gain)
+    fit = _fit(inputs, setup)
     shape = inputs["shape"]
     saturated = inputs["darks"].nsaturated.any(0)
     for path in bias_files:
@@ -125,10 +151,10 @@ def _fit_tile(params, index, rows, inv_gain, options, tmin, fit_gamma, bias_file
     m, p = np.nonzero(fit.dropped)
     y, x = np.unravel_index(p, shape)
     darks = inputs["darks"]
-    model = predict(fit.params[:, p], darks.temperature[m], darks.exptime[m], tmin, params["dark_form"])
+    model = predict(fit.params[:, p], darks.temperature[m], darks.exptime[m], setup.tmin, setup.form)
     dropped = (m, y + (rows.start or 0), x, inputs["signal"][m, p], model)
-    return (fit.params.reshape((3,) + shape), fit.cov.reshape((6,) + shape), fit.chi2r.reshape(shape),
-            fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, dropped)
+    return TileFit(fit.params.reshape((-1,) + shape), fit.cov.reshape((-1,) + shape), fit.chi2r.reshape(shape),
+                   fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, dropped)
 
 
 def sample_inputs(params: dict, index, inv_gain: float) -> dict:
@@ -149,62 +175,74 @@ def sample_inputs(params: dict, index, inv_gain: float) -> dict:
                 noise=inputs["noise"].columns(pixels), rows=rows, pixels=pixels)
 
 
-def _sample_tile(params, index, rows, inv_gain, options, tmin, fit_gamma):
+def _sample_tile(setup: FitSetup, rows):
     """Fit a few rows (a task): the flags and parameters of their pixels."""
-    fit = _fit(fit_inputs(params, index, rows, inv_gain), params["dark_form"], fit_gamma, options, tmin)
+    fit = _fit(fit_inputs(setup.params, setup.index, rows, setup.inv_gain), setup)
     return fit.flags, fit.params
 
 
-def _population(params, index, inv_gain, options, tmin, fit_gamma) -> tuple:
+def _population(setup: FitSetup) -> tuple:
     """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows).
 
     Returns the prior (slope, gamma, var slope, var gamma) and the share of trusted pixels.
     """
-    rows = sample_rows(index[0][1]["NAXIS2"])
-    tasks = [(params, index, part, inv_gain, options, tmin, fit_gamma) for part in np.array_split(rows, 4)]
-    flags, theta = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, params)))
+    rows = sample_rows(setup.index[0][1]["NAXIS2"])
+    tasks = [(setup, part) for part in np.array_split(rows, 4)]
+    flags, theta = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, setup.params)))
     own = (flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     if not own.any():
         raise CampaignError("no pixel's dark fit is determined: the darks carry no measurable dark signal "
                             "(or the exposures/temperatures do not constrain the model)")
     center = [float(np.median(theta[k][own])) for k in (1, 2)]
     spread = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip((1, 2), center)]
-    return (center[0], center[1] if fit_gamma else 1.0, spread[0], spread[1] if fit_gamma else 0.0), float(own.mean())
+    gamma = setup.fit_gamma
+    return (center[0], center[1] if gamma else 1.0, spread[0], spread[1] if gamma else 0.0), float(own.mean())
 
 
-def compare_models(params: dict, inputs: dict, options: dict, tmin: float, fit_gamma: bool) -> Table:
-    """Fit every model (each form of :data:`cmoscal.forms.FORMS`, 2d / 1d) to the sample pixels; test which fits
-    better.
+def _median_mean(values) -> tuple[float, float]:
+    """Median and mean of the finite ``values`` (NaN, NaN when there are none)."""
+    values = values[np.isfinite(values)]
+    return (float(np.median(values)), float(np.mean(values))) if values.size else (np.nan, np.nan)
 
-    ``meta['verdict']`` says whether the forms differ significantly (Vuong's test on the
-    per-pixel chi-square of the dimension in use), ``meta['better']`` names the better form
-    ('' when the difference is not significant), ``meta['gamma']`` the likelihood-ratio test
-    of 2d against 1d.
+
+def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, fit_gamma: bool) -> Table:
+    """Fit every form of :data:`cmoscal.forms.FORMS` to the sample pixels and choose the one the data support.
+
+    ``meta['used']`` is the form the model is fitted with: ``dark_form``, or with ``auto`` the
+    choice of :func:`cmoscal.darkfit.select_form` (laws by Vuong's test, the floor by a likelihood
+    ratio); ``meta['supported']`` that choice, ``meta['verdict']`` its evidence in words,
+    ``vuong_z`` and ``floor_z`` the statistics, and ``meta['gamma']`` the likelihood-ratio test
+    of 2d against 1d for the form used.
     """
-    dims = (True, False) if fit_gamma else (False,)
-    chi2, rows = {}, []
-    for form in FORMS.values():
-        for g in dims:
-            opts = dict(options, bounds=dict(options["bounds"], slope=form.bounds(params["fit_bounds"])),
-                        prior=(np.nan, np.nan, 0.0, 0.0))
-            fit = _fit(inputs, form.name, g, opts, tmin)
-            own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
-            dof = fit.nvalid - (3 if g else 2)
-            chi2[(form.name, g)] = np.where(own & (dof > 0), fit.chi2r * dof, np.nan)
-            c = fit.chi2r[own]
-            rows.append((form.name, "2d" if g else "1d", float(np.nanmedian(c)), float(np.nanmean(c)), int(own.sum())))
+    M = len(inputs["darks"])
+
+    def chi2_of(form, gamma):
+        setup = FitSetup(params, [], 0.0, form, gamma, tmin, fit_options(params, saturation, M, form))
+        fit = _fit(inputs, setup)
+        own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
+        darks = inputs["darks"]
+        return (deviance(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit,
+                         inputs["usable"]), fit.chi2r[own])
+
+    fits = concurrently([lambda form=form: chi2_of(form, fit_gamma) for form in FORMS], params)
+    chi2 = {form: total for form, (total, _) in zip(FORMS, fits)}
+    choice = select_form(chi2)
+    used = choice["form"] if params["dark_form"] == "auto" else params["dark_form"]
+    rows = [(form, "2d" if fit_gamma else "1d", *_median_mean(c), int(c.size))
+            for form, (_, c) in zip(FORMS, fits)]
     table = Table(rows=rows, names=("form", "dimension", "chi2r_median", "chi2r_mean", "npix"))
-    test = compare_forms({name: chi2[(name, fit_gamma)] for name in FORMS})
-    table.meta.update(better=test["better"], verdict=test["verdict"], vuong_z=test["z"], used=params["dark_form"])
+    table.meta.update(used=used, requested=params["dark_form"], supported=choice["form"], verdict=choice["verdict"],
+                      better=choice["law"]["better"], vuong_z=choice["law"]["z"], floor_z=choice["floor"]["z"])
     if fit_gamma:
-        a, b = chi2[(params["dark_form"], False)], chi2[(params["dark_form"], True)]
+        a = chi2_of(used, False)[0]
+        b = chi2[used]
         both = np.isfinite(a) & np.isfinite(b)
         n = int(both.sum())
         gain = float(np.mean(a[both] - b[both]) - 1) if n else 0.0  # chi-square drop beyond its expectation, 1
         z = float((np.sum(a[both] - b[both]) - n) / np.sqrt(2 * n)) if n else 0.0
         improves = z >= 3 and gain >= 0.1
         table.meta["gamma"] = (f"fitting gamma {'improves' if improves else 'does not significantly improve'} the "
-                               f"fit over gamma = 1 (likelihood ratio z = {z:+.1f}, chi-square drop {gain + 1:.3g} "
+                               f"fit over gamma = 1 (likelihood ratio z = {z:+.1f}, deviance drop {gain + 1:.3g} "
                                f"per pixel against 1 expected, {n} pixels)")
     return table
 
@@ -229,19 +267,25 @@ def run(params: dict) -> dict:
     fit_gamma = _dimension(params, exptimes)
     tmin = float(temperatures.min())
     inv_gain, gain_source = gain(params, index, inventory)
-    options = fit_options(params, saturation, len(index))
-    prior, trusted_share = _population(params, index, inv_gain, options, tmin, fit_gamma)
-    options = dict(options, prior=prior)
+    comparison = compare_models(params, sample_inputs(params, index, inv_gain), saturation, tmin, fit_gamma)
+    form = comparison.meta["used"]
+    if form != comparison.meta["supported"]:
+        warnings.warn(f"dark_form={form}, but the data support {comparison.meta['supported']}: "
+                      f"{comparison.meta['verdict']}", CampaignWarning, stacklevel=2)
+    setup = FitSetup(params, index, inv_gain, form, fit_gamma, tmin, fit_options(params, saturation, len(index), form))
+    prior, trusted_share = _population(setup)
+    setup = setup._replace(options=dict(setup.options, prior=prior))
+    floor = FORMS[form].floor
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
     bias_files = [path for path, _ in bias_index]
-    tasks = [(params, index, band, inv_gain, options, tmin, fit_gamma, bias_files) for band in bands]
-    maps = (np.empty((3, ny, nx)), np.empty((6, ny, nx)), np.empty((ny, nx)), np.empty((ny, nx), np.int16),
-            np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool))
+    maps = (np.empty((3 + floor, ny, nx)), np.empty((6 + 4 * floor, ny, nx)), np.empty((ny, nx)),
+            np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool))
     dropped_parts = []
-    for band, part in zip(bands, run_tiles(_fit_tile, tasks, params, "dark fit")):
+    for band, part in zip(bands, run_tiles(_fit_tile, [(setup, band, bias_files) for band in bands], params,
+                                           "dark fit")):
         for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
             whole[..., band, :] = piece
-        dropped_parts.append(part[6])
+        dropped_parts.append(part.dropped)
     dark, cov, chi2r, nvalid, flags, saturated = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params)
@@ -251,7 +295,7 @@ def run(params: dict) -> dict:
     bias_T = [h["TEMP"] for _, h in bias_index]
     model = CalibrationModel(
         bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
-        dark_cov=cov, chi2r=chi2r, nvalid=nvalid, dq=dq, form=params["dark_form"], fit_gamma=fit_gamma, tmin=tmin,
+        dark_cov=cov, chi2r=chi2r, nvalid=nvalid, dq=dq, form=form, fit_gamma=fit_gamma, tmin=tmin,
         trange=(float(min(temperatures.min(), min(bias_T))), float(max(temperatures.max(), max(bias_T)))),
         exprange=(float(exptimes.min()), float(exptimes.max())), max_extrapolation=params["max_extrapolation"],
         max_exposure_factor=params["max_exposure_factor"], prior=prior,
@@ -259,19 +303,15 @@ def run(params: dict) -> dict:
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
                   NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index), RNDOF=bias["header"]["RNDOF"],
                   RNSOURCE=bias["header"].get("RNSOURCE", "bias groups"),
-                  NDARK=sum(h["NCOMBINE"] for _, h in index), DQCLASS=False))
+                  NDARK=sum(h["NCOMBINE"] for _, h in index), DQCLASS=False, FORMREQ=params["dark_form"],
+                  FORMVZ=comparison.meta["vuong_z"], FLOORZ=comparison.meta["floor_z"]))
     keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
     per_master = _record_dropped(params, index, dropped, model)
-    *_, comparison = concurrently([lambda: model.write(product(params, "dark_fit")), lambda: write_maps(params, model),
-                                   lambda: compare_models(params, sample_inputs(params, index, inv_gain), options,
-                                                          tmin, fit_gamma)], params)
-    write_table(comparison, product(params, "model_comparison"))
-    if comparison.meta["better"] and comparison.meta["better"] != params["dark_form"]:
-        warnings.warn(f"dark_form={params['dark_form']} but {comparison.meta['verdict']}: consider dark_form: "
-                      f"{comparison.meta['better']}", CampaignWarning, stacklevel=2)
+    concurrently([lambda: model.write(product(params, "dark_fit")), lambda: write_maps(params, model),
+                  lambda: write_table(comparison, product(params, "model_comparison"))], params)
     note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
     return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,
@@ -321,6 +361,9 @@ def write_maps(params: dict, model: CalibrationModel) -> None:
             f"dark_{law.slope}_sigma_map": (sigma[1], law.unit, f"1-sigma uncertainty of dark {law.slope}"),
             "dark_gamma_sigma_map": (sigma[2], "", "1-sigma uncertainty of dark gamma"),
             "dark_chi2r_map": (model.chi2r, "", "reduced chi-square of the dark fit")}
+    if law.floor:
+        maps.update(dark_floor_map=(model.dark[3], a_unit, "dark floor C: temperature-independent signal at t = 1 s"),
+                    dark_floor_sigma_map=(np.sqrt(model.dark_cov[6]), a_unit, "1-sigma uncertainty of dark C"))
     for name, (data, unit, text) in maps.items():
         h = header.copy()
         h["BUNIT"], h["DESCRIP"], h["REFTYPE"] = unit, text, name.removesuffix("_map").upper()

@@ -130,7 +130,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
         if k is not None:
             usable[names.index(master), k] = False
     options = dark_model_stage.fit_options(params, float(model.meta.get("SATURATE", np.inf)), len(darks) - 1,
-                                           prior=model.prior)
+                                           model.form, prior=model.prior)
     common = (inputs["signal"], usable, inputs["noise"], darks.temperature, darks.exptime, model.tmin, model.form,
               model.fit_gamma, options)
     z, err = (np.stack(k) for k in zip(*run_tiles(held_out_dark, [(g, *common) for g in range(len(darks))], params,

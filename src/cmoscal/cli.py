@@ -79,7 +79,7 @@ def _simulate(args) -> None:
                       odd_files=args.odd_files, real_folder=args.real_folder, cosmics=args.cosmics,
                       full_well=args.full_well, age=args.age, held_out=args.held_out, bitpix=args.bitpix,
                       nan_pixels=args.nan_pixels, temperature_style=args.temperature_style,
-                      date_style=args.date_style, light_leak=args.light_leak, seed=args.seed)
+                      date_style=args.date_style, light_leak=args.light_leak, hot_share=args.hot_share, seed=args.seed)
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
@@ -237,7 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=5, help="dark frames per (T, t) (default 5)")
     p.add_argument("--bias-frames", type=int, default=10, help="bias frames per T (default 10)")
     p.add_argument("--law", choices=tuple(FORMS), default="exponential",
-                   help="dark-current temperature law of the truth (default exponential)")
+                   help="dark-current form of the truth (default exponential; +floor: a temperature-independent "
+                   "floor)")
+    p.add_argument("--hot-share", type=_finite, default=1e-3, help="share of hot pixels (default 0.001)")
     p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
     p.add_argument("--odd-files", action="store_true", help="fpack, gzip, extension, float32, ms, kelvin, "
                    "a duplicate and a light-leak frame")

@@ -360,10 +360,15 @@ def _model(Z, offset, floor_offset, theta, P, F, out, floor):
     for i in range(Z.shape[0]):  # a loop of its own, over contiguous values: it vectorizes
         out[i] = _exp(out[i])
     if F:
-        c = theta[P]
-        for i in range(Z.shape[0]):
-            floor[i] = _exp(min(max(floor_offset[i] + Z[i, 2] * t2, -_MAX_EXPONENT), _MAX_EXPONENT))
-            out[i] += c * floor[i]
+        _add_floor(Z, floor_offset, t2, theta[P], out, floor)
+
+
+@njit(cache=True, error_model="numpy")
+def _add_floor(Z, floor_offset, gamma, c, out, floor):
+    """Add the floor C t^gamma (``floor``: t^gamma, from the floor's offsets) to the model ``out``."""
+    for i in range(Z.shape[0]):
+        floor[i] = _exp(min(max(floor_offset[i] + Z[i, 2] * gamma, -_MAX_EXPONENT), _MAX_EXPONENT))
+        out[i] += c * floor[i]
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -380,12 +385,33 @@ def _jacobian(Z, m, floor, theta, P, F, i):
 
 
 @njit(cache=True, error_model="numpy")
+def _add3(s, wh, wg, z0, z1, z2):
+    """:func:`_add` of three parameters: s = (h00, h01, h02, h11, h12, h22, g0, g1, g2)."""
+    return (s[0] + wh * z0 * z0, s[1] + wh * z0 * z1, s[2] + wh * z0 * z2, s[3] + wh * z1 * z1,
+            s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2)
+
+
+@njit(cache=True, error_model="numpy")
 def _add(s, wh, wg, z0, z1, z2, z3):
     """The normal sums s = (h00, h01, h02, h11, h12, h22, g0, g1, g2, h03, h13, h23, h33, g3) with one sample's
     terms added: wh z z^T to the matrix and wg z to the gradient."""
     return (s[0] + wh * z0 * z0, s[1] + wh * z0 * z1, s[2] + wh * z0 * z2, s[3] + wh * z1 * z1,
             s[4] + wh * z1 * z2, s[5] + wh * z2 * z2, s[6] + wg * z0, s[7] + wg * z1, s[8] + wg * z2,
             s[9] + wh * z0 * z3, s[10] + wh * z1 * z3, s[11] + wh * z2 * z3, s[12] + wh * z3 * z3, s[13] + wg * z3)
+
+
+@njit(cache=True, error_model="numpy")
+def _store3(H, g, P, s):
+    """Write the sums of :func:`_add3` into the symmetric P x P matrix H and the gradient g (P <= 3)."""
+    h00, h01, h02, h11, h12, h22, g0, g1, g2 = s
+    H[0, 0], g[0] = h00, g0
+    if P > 1:
+        H[0, 1] = H[1, 0] = h01
+        H[1, 1], g[1] = h11, g1
+    if P > 2:
+        H[0, 2] = H[2, 0] = h02
+        H[1, 2] = H[2, 1] = h12
+        H[2, 2], g[2] = h22, g2
 
 
 @njit(cache=True, error_model="numpy")
@@ -473,8 +499,20 @@ def _normal(y, valid, base, shot, Z, P, F, theta, m, floor, H, g, weights):
     return chi-square."""
     for i in range(y.shape[0]):  # a loop of its own: the divisions vectorize
         weights[i] = 1.0 / (base[i] + shot[i] * m[i])
-    sums = (0.0,) * 14
     chi2 = 0.0
+    if F == 0:  # the Jacobian is m z: the sums of three parameters
+        sums3 = (0.0,) * 9
+        for i in range(y.shape[0]):
+            if not valid[i]:
+                continue
+            w = weights[i]
+            r = y[i] - m[i]
+            chi2 += w * r * r
+            wm = w * m[i]
+            sums3 = _add3(sums3, wm * m[i], wm * r, Z[i, 0], Z[i, 1], Z[i, 2])
+        _store3(H, g, P, sums3)
+        return chi2
+    sums = (0.0,) * 14
     for i in range(y.shape[0]):
         if not valid[i]:
             continue
@@ -500,7 +538,7 @@ def _regularize(H, P, out, lam):
         out[a, a] += lam * H[a, a] + 1e-12 * trace / P + 1e-300
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws):
     """:func:`_steps`; a fit with a floor that starts at C = 0 starts from the optimum without one, so that the
     floor can only lower chi-square (from the log-linear start it can settle in a worse minimum)."""
@@ -557,7 +595,9 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
                 theta[a] = trial[a]
             for i in range(y.shape[0]):
                 m[i] = mt[i]
-                ws.floor[i] = ws.trial_floor[i]
+            if F:
+                for i in range(y.shape[0]):
+                    ws.floor[i] = ws.trial_floor[i]
             lam *= 0.1
         else:
             lam *= 10.0
@@ -573,15 +613,15 @@ def _start(y, valid, base, shot, Z, offset, P, F, theta, ws):
     H, A, g, work = ws.H, ws.A, ws.g, ws.work
     if F:
         theta[P] = 0.0
-    sums = (0.0,) * 14
+    sums = (0.0,) * 9
     npos = 0
     for i in range(y.shape[0]):
         if not valid[i] or y[i] <= 0:
             continue
         npos += 1
         w = y[i] * y[i] / (base[i] + shot[i] * y[i])
-        sums = _add(sums, w, w * (np.log(y[i]) - offset[i]), Z[i, 0], Z[i, 1], Z[i, 2], 0.0)
-    _store(H, g, P, sums)
+        sums = _add3(sums, w, w * (np.log(y[i]) - offset[i]), Z[i, 0], Z[i, 1], Z[i, 2])
+    _store3(H, g, P, sums)
     if npos >= P:
         _regularize(H, P, A, 0.0)
         if _solve(A, g, P, theta, work):

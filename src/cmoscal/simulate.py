@@ -32,18 +32,22 @@ GAIN = 1.5  # e- / DN
 SATURATION = 4095
 
 
-def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full_well_share: float = 0.0) -> dict:
+def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full_well_share: float = 0.0,
+               hot_share: float = 1e-3) -> dict:
     """Draw the per-pixel truth of a sensor.
 
     Returns a dict of 2-D arrays: bias_a [DN], bias_b [DN/degC], read_noise [DN],
     rts [DN, 0 for normal pixels], dark_a [DN/s at ``tref`` and t = 1 s],
-    dark_b [1/degC] (or dark_ea [eV] for ``law='arrhenius'``), dark_gamma, hot (bool),
-    full_well [DN, inf for most pixels]; plus scalars gain and tref. ``full_well_share`` of
-    the pixels are very hot (x300) and reach a full well of 60-90 % of the ADC range.
+    dark_b [1/degC] (or dark_ea [eV] for an Arrhenius law), dark_gamma, hot (bool),
+    full_well [DN, inf for most pixels], and for a form with a floor dark_floor [DN/s at t = 1 s,
+    about the normal pixels' thermal rate at ``tref``, the same for hot pixels: a
+    temperature-independent signal such as amplifier glow]; plus scalars gain and tref.
+    ``hot_share`` of the pixels are hot (x10..x1000); ``full_well_share`` very hot (x300),
+    reaching a full well of 60-90 % of the ADC range.
     """
     rng = np.random.default_rng(seed)
     nx = shape[1]
-    hot = rng.random(shape) < 1e-3
+    hot = rng.random(shape) < hot_share
     hot_factor = 10 ** rng.uniform(1, 3, shape)
     well = rng.random(shape) < full_well_share
     hot |= well
@@ -60,8 +64,11 @@ def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full
         "gain": GAIN,
         "tref": float(tref),
     }
-    normal, hot_slope, spread = _SLOPES[dark_form(law).name]
+    form = dark_form(law)
+    normal, hot_slope, spread = _SLOPES[form.law]
     truth[_slope_key(law)] = np.where(hot, hot_slope, normal) + rng.normal(0, spread, shape)
+    if form.floor:
+        truth["dark_floor"] = 0.05 * rng.lognormal(0, 0.2, shape)
     return truth
 
 
@@ -93,7 +100,8 @@ def dark_truth(truth: dict, temperature, exptime) -> np.ndarray:
     """True mean dark signal [DN] at ``temperature`` [degC] and ``exptime`` [s] (before full well)."""
     law = next(name for name in FORMS if _slope_key(name) in truth)
     activation = truth[_slope_key(law)] * FORMS[law].feature(temperature, truth["tref"])
-    return truth["dark_a"] * exptime ** truth["dark_gamma"] * np.exp(activation)
+    floor = truth.get("dark_floor", 0.0)
+    return exptime ** truth["dark_gamma"] * (floor + truth["dark_a"] * np.exp(activation))
 
 
 def _cosmic_rays(shape, exptime: float, rate: float, rng) -> np.ndarray:
@@ -280,7 +288,7 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
                       exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
                       bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
                       age=0.0, held_out=False, bitpix=16, nan_pixels=0.0, temperature_style="degC",
-                      date_style="iso", light_leak=False, seed=0) -> dict:
+                      date_style="iso", light_leak=False, hot_share=1e-3, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -295,8 +303,9 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         Dark exposure times [s].
     frames, bias_frames : int, default 5 and 10
         Dark frames per (T, t) and bias frames per T.
-    law : {"exponential", "arrhenius"}, default "exponential"
-        Dark-current temperature law of the truth.
+    law : str, default "exponential"
+        Dark-current form of the truth, a name of :data:`cmoscal.forms.FORMS` (``exponential+floor``:
+        a temperature-independent floor, as measured sCMOS curves have).
     bad_files : bool, default False
         Also write five unusable files (truncated, no temperature, all zero, wrong shape, not FITS).
     odd_files : bool, default False
@@ -324,6 +333,8 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         How the frames write DATE-OBS, one of :data:`DATE_STYLES`.
     light_leak : bool, default False
         Also write, into the middle dark group, a frame with a light leak of 3000 DN (not saturated).
+    hot_share : float, default 0.001
+        Share of hot pixels (x10..x1000 the median rate at the cold end, a lower activation).
     seed : int, default 0
         Random seed (the sensor's truth depends on it, not on ``age``).
 
@@ -335,7 +346,7 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     outdir = Path(outdir)
     raw = outdir / "raw"
     rng = np.random.default_rng(seed + 1 + int(age * 100))
-    truth = truth_maps(tuple(shape), min(temperatures), law, seed, full_well)
+    truth = truth_maps(tuple(shape), min(temperatures), law, seed, full_well, hot_share)
     if age:
         truth = age_truth(truth, age, seed)
     hits = np.zeros(shape, np.int32)

@@ -92,7 +92,7 @@ def test_a_partial_rerun_marks_later_products_stale_and_the_verdict_says_so(tmp_
     simulate_campaign(tmp_path, seed=32, **SMALL)
     params, results = calibrate(tmp_path)
     assert results["summary"].meta["verdict"] == "SUCCESS"
-    strict = dict(params, warm_sigma=0.5, hot_sigma=1.0)  # thresholds that flag much of the sensor
+    strict = dict(params, warm_sigma=0.5, hot_sigma=1.0, excess_sigma=0.0)  # thresholds that flag much of the sensor
     hot_pixels.run(strict)
     states = stage_states(params["output_dir"])
     assert states["evaluation"] == ("stale", "hot_pixels ran after it")

@@ -71,7 +71,8 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
         mae_mean/median/std and mape_mean/median/std over good pixels (medians of a 1-in-4 sample
         on large sensors), mape_share (share of good pixels with a MAPE), resid_noise (RMS of residual /
         expected noise), resid_noise_expected (its in-sample expectation sqrt(1 - leverage)),
-        resid_noise_hot, npix.
+        resid_noise_hot, resid_mean and resid_mean_hot (mean of (synthetic - master) / expected noise: a
+        systematic departure of the model at this group), npix.
     previews : tuple of ndarray
         Block means (as :func:`downsample`) of master, synthetic, mae, mape and z = (synthetic - master)
         / expected noise over ``good``, z scaled by the block size so that pure noise keeps sigma 1.
@@ -100,7 +101,8 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
                  "mape_std": np.sqrt(max(s["mape2"] / nsig - (s["mape"] / nsig) ** 2, 0)) if nsig else np.nan,
                  "mape_share": nsig / n, "resid_noise": np.sqrt(s["z2"] / n),
                  "resid_noise_expected": np.sqrt(s["expected_z2"] / n),
-                 "resid_noise_hot": np.sqrt(hot_sums["z2"] / hot_sums["pixels"]), "npix": int(n)}
+                 "resid_noise_hot": np.sqrt(hot_sums["z2"] / hot_sums["pixels"]), "resid_mean": s["z"] / n,
+                 "resid_mean_hot": hot_sums["z"] / hot_sums["pixels"], "npix": int(n)}
     previews[4] *= factor
     return mae, mape, {k: float(v) for k, v in stats.items()}, tuple(previews)
 

@@ -3,8 +3,11 @@
 Hot and warm pixels are outliers of the *log* dark rate, which is what a sensor's population
 looks like (log-normal): at both ends of the calibrated range (a pixel hot anywhere in the
 range is hot, and hot pixels often have a lower activation, so they stand out most where it
-is cold), in units of the population's robust spread combined with the pixel's own
-measurement error. Optionally an absolute rate threshold, as instrument teams use.
+is cold). The thresholds are rates: the population median times its robust spread to the power
+``warm_sigma`` (``hot_sigma``); optionally an absolute rate, as instrument teams use. A pixel is
+flagged only when its rate exceeds a threshold by ``excess_sigma`` of its own uncertainty, taken
+on the rate itself: at low signal a rate known only to a factor is never significant, however
+high its estimate.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 
 from .dq import DQ, DQ_DTYPE, has
 
-__all__ = ["Thresholds", "classify_pixels", "log_rate_significance", "robust_threshold"]
+__all__ = ["Thresholds", "classify_pixels", "excess_significance", "log_rate_significance", "robust_threshold"]
 
 def robust_threshold(values: np.ndarray, k: float) -> float:
     """median + k * 1.4826 * MAD of the finite ``values``."""
@@ -25,26 +28,34 @@ def robust_threshold(values: np.ndarray, k: float) -> float:
 
 
 def log_rate_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, usable: np.ndarray):
-    """How far each pixel's log dark rate lies above the population, in sigma.
+    """How far each pixel's log dark rate lies above the population median, in units of its intrinsic spread.
 
-    sigma^2 = s_pop^2 + var_pixel: s_pop is the population's intrinsic robust spread (the
-    observed 1.4826 MAD with the typical measurement variance removed), var_pixel the pixel's
-    own measurement variance, so a poorly measured pixel needs a larger excess.
+    The intrinsic spread s_pop is the observed 1.4826 MAD with the typical measurement variance removed.
 
     Returns
     -------
     z : ndarray
     stats : dict
-        median, observed and intrinsic spread of the log rate.
+        median, observed and intrinsic spread of the log rate, the typical measurement error.
     """
     v = ln_rate[usable & np.isfinite(ln_rate) & np.isfinite(var_ln_rate)]
     median = float(np.median(v))
     observed = float(1.4826 * np.median(np.abs(v - median)))
     typical = float(np.median(var_ln_rate[usable & np.isfinite(var_ln_rate)]))
     intrinsic = float(np.sqrt(max(observed ** 2 - typical, (0.1 * observed) ** 2)))
-    with np.errstate(invalid="ignore"):
-        z = (ln_rate - median) / np.sqrt(intrinsic ** 2 + var_ln_rate)
-    return z, dict(median=median, observed=observed, intrinsic=intrinsic, typical_error=float(np.sqrt(typical)))
+    return (ln_rate - median) / intrinsic, dict(median=median, observed=observed, intrinsic=intrinsic,
+                                                 typical_error=float(np.sqrt(typical)))
+
+
+def excess_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, threshold: float) -> np.ndarray:
+    """How many of its own sigma each pixel's rate lies above the rate ``threshold`` [DN/s].
+
+    (rate - threshold) / sigma_rate with sigma_rate = rate * sigma(ln rate): on the rate itself,
+    so a pixel whose rate is known only to a factor (sigma(ln rate) > 1 / excess) is never
+    significant, however high its estimate (at low signal a log-rate error is not Gaussian).
+    """
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return -np.expm1(np.log(threshold) - ln_rate) / np.sqrt(var_ln_rate)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,7 @@ class Thresholds:
 
     warm_sigma: float
     hot_sigma: float
+    excess_sigma: float
     noisy_sigma: float
     poor_fit_chi2r: float
     unreliable_dark_error: float
@@ -63,17 +75,20 @@ class Thresholds:
         return cls(**{name: params[name] for name in cls.__dataclass_fields__})
 
 
-def classify_pixels(z_ends, rate_error, rate_ref, read_noise, chi2r, fit_dq, limits: Thresholds, rate_min=None):
+def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, fit_dq, limits: Thresholds,
+                    rate_min=None):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
     Parameters
     ----------
-    z_ends : ndarray, shape (2, ...)
-        :func:`log_rate_significance` at the coldest and warmest calibrated temperature.
+    rates : sequence of (ndarray, ndarray)
+        ln of the dark rate [DN/s] and its variance at the coldest and warmest calibrated temperature.
+    populations : sequence of dict
+        :func:`log_rate_significance`'s statistics at the same temperatures.
+    rate_ref : tuple of ndarray
+        ln rate and its variance at the reference temperature (for ``rate_min``).
     rate_error : ndarray
         Relative 1-sigma error of the dark rate at the reference temperature.
-    rate_ref : ndarray
-        Dark rate [DN/s] at the reference temperature (for ``rate_min``).
     read_noise : ndarray
         Per-pixel read noise [DN].
     chi2r : ndarray
@@ -81,20 +96,34 @@ def classify_pixels(z_ends, rate_error, rate_ref, read_noise, chi2r, fit_dq, lim
     fit_dq : ndarray
         Bits already set by the fits (SATURATED, FEW_SAMPLES, FALLBACK, ...).
     limits : Thresholds
-        warm_sigma, hot_sigma, noisy_sigma, poor_fit_chi2r, unreliable_dark_error.
+        warm_sigma, hot_sigma, excess_sigma, noisy_sigma, poor_fit_chi2r, unreliable_dark_error.
     rate_min : float, optional
         Absolute HOT threshold [DN/s].
+
+    Returns
+    -------
+    dq : ndarray
+    thresholds : dict
+        The parameters used, the noisy read-noise level [DN], and ``rates``: per end of the range
+        (temperature, warm rate, hot rate) [degC, DN/s].
     """
-    significance = np.nanmax(np.where(np.isfinite(z_ends), z_ends, -np.inf), axis=0)
+    usable = ~has(fit_dq, DQ.DO_NOT_USE)
+    hot = np.zeros(fit_dq.shape, bool)
+    warm = np.zeros(fit_dq.shape, bool)
     thresholds = {"warm_sigma": limits.warm_sigma, "hot_sigma": limits.hot_sigma,
+                  "excess_sigma": limits.excess_sigma,
                   "noisy_read_noise": robust_threshold(read_noise, limits.noisy_sigma),
-                  "unreliable_dark_error": limits.unreliable_dark_error}
-    hot = significance > limits.hot_sigma
+                  "unreliable_dark_error": limits.unreliable_dark_error, "rates": []}
+    for (ln_rate, variance), population in zip(rates, populations):
+        levels = [np.exp(population["median"] + k * population["intrinsic"]) for k in (limits.warm_sigma,
+                                                                                       limits.hot_sigma)]
+        warm |= excess_significance(ln_rate, variance, levels[0]) > limits.excess_sigma
+        hot |= excess_significance(ln_rate, variance, levels[1]) > limits.excess_sigma
+        thresholds["rates"].append((population["temperature"], *levels))
     if rate_min is not None:
         thresholds["hot_rate_min"] = rate_min
-        hot |= rate_ref >= rate_min
-    usable = ~has(fit_dq, DQ.DO_NOT_USE)
-    flags = {DQ.HOT: hot & usable, DQ.WARM: (significance > limits.warm_sigma) & ~hot & usable,
+        hot |= excess_significance(*rate_ref, rate_min) > limits.excess_sigma
+    flags = {DQ.HOT: hot & usable, DQ.WARM: warm & ~hot & usable,
              DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > limits.poor_fit_chi2r,
              DQ.UNRELIABLE_DARK: (rate_error > limits.unreliable_dark_error) & usable}
     dq = fit_dq.astype(DQ_DTYPE)

@@ -84,7 +84,7 @@ _CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = (FIT_FLAGS[k] for k 
 #: first six
 COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (3, 3), (0, 3), (1, 3), (2, 3))
 #: what each of the sums :func:`compare_frames` returns per pixel set is
-COMPARE_SUMS = ("pixels", "z2", "expected_z2", "significant", "mae", "mae2", "mape", "mape2")
+COMPARE_SUMS = ("pixels", "z2", "expected_z2", "significant", "mae", "mae2", "mape", "mape2", "z")
 _MAX_EXPONENT = 80.0
 _KNEE = 0.9  # on a full-well plateau, samples at or above this fraction of its level are dropped
 _MEDIAN_EFFICIENCY = np.pi / 2  # variance of a median relative to a mean, large N
@@ -1329,16 +1329,16 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
 
     Returns
     -------
-    ndarray, shape (2, 8)
+    ndarray, shape (2, 9)
         Per set (good, hot) the sums named by :data:`COMPARE_SUMS`: pixels, sum of z^2, sum of
         (1 - var_pred / var) clipped to [0, 1], pixels with a MAPE, sums of MAE and MAE^2, sums of
-        MAPE and MAPE^2.
+        MAPE and MAPE^2, sum of z.
     """
     ny, nx = master.shape
     by, bx = previews.shape[1], previews.shape[2]
     block_sum = np.zeros((5, bx))  # the previews' current row of blocks
     block_n = np.zeros((5, bx), np.int64)
-    sums = np.zeros((2, 8))
+    sums = np.zeros((2, len(COMPARE_SUMS)))
     t2, tt2 = np.float32(temperature * temperature), np.float32(2 * temperature)
     gain = np.float32(inv_gain)
     taken, skip = 0, 0  # pixels sampled; good pixels to pass before the next
@@ -1371,6 +1371,7 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
                     if significant:
                         sums[k, 6] += mape[row, col]
                         sums[k, 7] += mape[row, col] * mape[row, col]
+                    sums[k, 8] += r / s
             bc = col // factor
             if bc < bx:
                 _add_finite(block_sum, block_n, 0, bc, m)

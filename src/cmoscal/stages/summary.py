@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 from astropy.table import Table
+from scipy.stats import chi2
 
 from ..dq import DQ, dq_table, has
 from ..fitsio import read_table, write_table
@@ -164,6 +165,29 @@ def _loo_noise(kind: str) -> Callable:
     return measure
 
 
+def _chi2_ratio(evidence: Evidence):
+    """Median over normal pixels of the dark fit's reduced chi-square over the median of chi-square(dof) / dof."""
+    model = evidence.model
+    dof = model.nvalid.astype(np.float64) - (3 if model.fit_gamma else 2) - (len(model.dark) - 3)
+    normal = ~has(model.dq, DQ.DEFECT) & (dof > 0) & np.isfinite(model.chi2r)
+    if not normal.any():
+        return np.nan, "no normal pixel has degrees of freedom left in its dark fit"
+    ratio = model.chi2r[normal] / (chi2.ppf(0.5, dof[normal]) / dof[normal])
+    return float(np.median(ratio)), ""
+
+
+def _residual_trend(evidence: Evidence):
+    """Largest |mean (synthetic - master) / noise| over normal pixels among the dark groups, and where it is."""
+    summary = evidence.summary[evidence.summary["kind"] == "dark"]
+    values = np.abs(np.asarray(summary["resid_mean"], dtype=np.float64))
+    if not np.isfinite(values).any():
+        return np.nan, "no dark group has normal pixels to compare"
+    worst = int(np.nanargmax(values))
+    row = summary[worst]
+    return float(values[worst]), (f"worst: {row['group']}, the model {'above' if row['resid_mean'] > 0 else 'below'} "
+                                  f"the master by {abs(row['resid_mean']):.2f} sigma on average")
+
+
 def _flagged_share(value: int) -> Callable:
     return lambda evidence: (float(np.mean(has(evidence.model.dq, value))), "")
 
@@ -191,6 +215,12 @@ CHECKS = (
     Check("bias leave-one-out / noise", _LOO, "loo_noise_max", _loo_noise("bias"), two_sided=True),
     Check("dark residual / noise", _RESIDUAL, "residual_noise_max", _residual_noise("dark"), two_sided=True),
     Check("dark leave-one-out / noise", _LOO, "loo_noise_max", _loo_noise("dark"), two_sided=True),
+    Check("dark chi-square / expectation", "median over normal pixels of the dark fit's reduced chi-square, "
+          "relative to its median for the pixel's degrees of freedom: a form that cannot follow the pixels' curves "
+          "reads high", "chi2_ratio_max", _chi2_ratio, two_sided=True),
+    Check("dark residual trend", "largest |mean (synthetic - master) / noise| over normal pixels among the dark "
+          "groups: a form that misses the temperature or exposure dependence leaves a systematic departure",
+          "residual_trend_max", _residual_trend),
     Check("warm + hot fraction", "share of pixels flagged WARM or HOT", "hot_fraction_max",
           _flagged_share(DQ.HOT | DQ.WARM)),
     Check("unreliable dark fraction", "share of pixels flagged UNRELIABLE_DARK (dark rate known to no better than "

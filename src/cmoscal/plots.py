@@ -260,7 +260,7 @@ def significance_histogram(significance: np.ndarray, populations: list, threshol
         _bars(ax, np.clip(v, -10, 60), 140)
         for name, color in (("warm_sigma", "C1"), ("hot_sigma", "C3")):
             ax.axvline(thresholds[name], color=color, label=f"{name.split('_')[0]} > {thresholds[name]:g} sigma")
-        ax.set_xlabel("(ln rate - median) / sigma   (clipped to -10..60)")
+        ax.set_xlabel("(ln rate - median) / intrinsic spread   (clipped to -10..60)")
         ax.set_ylabel("pixels")
         ax.set_title(f"at {population['temperature']:.1f} degC: median rate {np.exp(population['median']):.3g} "
                      f"DN/s, spread x{np.exp(population['intrinsic']):.2f}", fontsize=9)

@@ -8,8 +8,10 @@ from cmoscal.darkfit import (
     compare_forms,
     covariance_matrix,
     design,
+    deviance,
     fit_dark,
     fit_loglinear,
+    floor_test,
     predict,
     predict_variance,
     select_form,
@@ -24,10 +26,11 @@ ROBUST = dict(outlier_sigma=5.0, max_outliers=8)
 
 
 def simulate(npix, rng, lnA_mean=np.log(0.05), form="exponential", slope=0.1, gamma=1.0, temperatures=T,
-             exptimes=t, tmin=-10.0, frames=N):
-    """Master dark signals of npix pixels (masters of ``frames`` frames) with Gaussian noise from the noise model."""
+             exptimes=t, tmin=-10.0, frames=N, floor=None):
+    """Master dark signals of npix pixels (masters of ``frames`` frames) with Gaussian noise from the noise model;
+    ``floor`` [DN/s^gamma]: a temperature-independent floor (``form`` then one with a floor)."""
     params = np.stack([rng.normal(lnA_mean, 0.3, npix), rng.normal(slope, slope * 0.05, npix),
-                       rng.normal(gamma, 0.02, npix)])
+                       rng.normal(gamma, 0.02, npix)] + ([rng.lognormal(np.log(floor), 0.2, npix)] if floor else []))
     truth = predict(params[:, None, :], temperatures[:, None], exptimes[:, None], tmin, form)
     noise = Noise(np.full(truth.shape, frames), np.full(npix, RV), 1 / GAIN)
     signal = truth + rng.normal(size=truth.shape) * np.sqrt((RV + truth / GAIN) / frames)
@@ -231,3 +234,24 @@ def test_the_fit_s_inline_exp_is_within_one_ulp_of_libm():
     out = np.empty_like(x)
     _exp_of(x, out)
     assert np.max(np.abs(out - np.exp(x)) / np.spacing(np.exp(x))) <= 1 and out[x == 0] == 1.0
+
+
+def test_the_floor_is_taken_only_where_the_data_have_one():
+    """The likelihood ratio on deviances: about 0.5 per pixel without a floor in the data, far more with one."""
+    rng = np.random.default_rng(17)
+    for floor, form in ((None, "exponential"), (0.05, "exponential+floor")):
+        params, _, signal, noise = simulate(3000, rng, form=form, floor=floor)
+        deviances = {name: deviance(signal, noise, T, t, -10.0, name, fit_dark(signal, noise, T, t, -10.0, name))
+                     for name in ("exponential", "exponential+floor")}
+        test = floor_test(deviances["exponential"], deviances["exponential+floor"])
+        assert test["supported"] == (floor is not None), test["verdict"]
+        if floor is None:
+            assert abs(np.nanmean(deviances["exponential"] - deviances["exponential+floor"]) - 0.5) < 0.15
+        else:
+            fit = fit_dark(signal, noise, T, t, -10.0, form)
+            pull = (fit.params[3] - params[3]) / np.sqrt(fit.cov[6])
+            assert abs(np.median(pull)) < 0.15 and 0.85 < np.std(pull) < 1.2
+            truth = predict(params, 12.5, 45.0, -10.0, form)
+            z = (predict(fit.params, 12.5, 45.0, -10.0, form) - truth) / np.sqrt(
+                predict_variance(fit.params, fit.cov, 12.5, 45.0, -10.0, form))
+            assert abs(np.median(z)) < 0.1 and 0.85 < np.std(z) < 1.2

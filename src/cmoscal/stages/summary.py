@@ -75,6 +75,8 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     rows += [(law.slope, slope, law.unit)] + [(name, derive(slope), unit) for name, derive, unit in law.derived]
     if model.fit_gamma:
         rows.append(("gamma", model.dark[2][good], ""))
+    if law.floor:
+        rows.append(("dark floor C", model.dark[3][good], f"DN/s{'^gamma' if model.fit_gamma else ''}"))
     rows.append(("reduced chi-square", model.chi2r[good], ""))
     table = Table(rows=[(name, *_median_spread(v), unit) for name, v, unit in rows],
                   names=("quantity", "median", "spread", "unit"))

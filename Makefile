@@ -40,6 +40,7 @@ bench: env
 	$(BIN)/python bench/accuracy.py
 	$(BIN)/python bench/calibration.py
 	$(BIN)/python bench/inputs.py
+	$(BIN)/python bench/forms.py
 	$(BIN)/python bench/performance.py
 
 lab: env

@@ -131,6 +131,10 @@ def compare_models(reference: CalibrationModel, current: CalibrationModel, sigma
         law = dark_form(current.form)
         quantities.append((law.slope, law.unit, current.dark[1] - reference.dark[1],
                            reference.dark_cov[1] + current.dark_cov[1], own_fit))
+        if law.floor:
+            quantities.append(("dark floor C", "DN/s^gamma" if current.fit_gamma else "DN/s",
+                               current.dark[3] - reference.dark[3], reference.dark_cov[6] + current.dark_cov[6],
+                               own_fit))
     if reference.fit_gamma and current.fit_gamma:
         quantities.append(("gamma", "", current.dark[2] - reference.dark[2],
                            reference.dark_cov[2] + current.dark_cov[2], own_fit))

@@ -174,7 +174,9 @@ def _chi2_ratio(evidence: Evidence):
     normal = ~has(model.dq, DQ.DEFECT) & (dof > 0) & np.isfinite(model.chi2r)
     if not normal.any():
         return np.nan, "no normal pixel has degrees of freedom left in its dark fit"
-    ratio = model.chi2r[normal] / (chi2.ppf(0.5, dof[normal]) / dof[normal])
+    dof = dof[normal].astype(np.int64)
+    expected = chi2.ppf(0.5, np.arange(1, dof.max() + 1)) / np.arange(1, dof.max() + 1)  # each dof once
+    ratio = model.chi2r[normal] / expected[dof - 1]
     return float(np.median(ratio)), ""
 
 

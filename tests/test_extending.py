@@ -24,8 +24,8 @@ def copy_of(campaign, tmp_path, **overrides):
 
 
 def test_unreliable_dark_flags_exactly_the_pixels_known_worse_than_the_limit(campaign, tmp_path):
-    def relative_error(model):  # as the model states it, at hot_reference_temperature (the warmest)
-        return np.sqrt(model.log_rate(model.trange[1], np.sqrt(model.exprange[0] * model.exprange[1]))[1])
+    def relative_error(model):  # as the model states it, at hot_reference_temperature (the warmest), longest t
+        return np.sqrt(model.log_rate(model.trange[1], model.exprange[1])[1])
 
     limit = float(np.percentile(relative_error(campaign["results"]["hot_pixels"]["model"]), 90))  # flags ~10 %
     params = copy_of(campaign, tmp_path, unreliable_dark_error=limit)

@@ -71,7 +71,8 @@ FLAGS = (
     Flag("FRAME_INVALID", 12, "calibrated frames only: the science frame's own value is not a finite number",
          "calibration"),
     Flag("UNRELIABLE_DARK", 13, "1-sigma error of ln(dark rate) above unreliable_dark_error at "
-                                "hot_reference_temperature: the synthetic dark is poorly known", "hot_pixels",
+                                "hot_reference_temperature and the longest exposure: the dark is poorly known",
+         "hot_pixels",
          verdict=True),
 )
 

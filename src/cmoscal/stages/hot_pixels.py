@@ -88,7 +88,7 @@ def run(params: dict) -> dict:
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    stated = model.log_rate(tref, float(np.sqrt(model.exprange[0] * model.exprange[1])))[1]  # as the model states it
+    stated = model.log_rate(tref, model.exprange[1])[1]  # as the model states it, where the dark is largest
     dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated),
                                      model.read_noise, model.chi2r, fit_dq, Thresholds.from_params(params), rate_min)
     model.dq = dq

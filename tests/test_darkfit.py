@@ -153,11 +153,25 @@ def test_pixels_without_enough_samples_get_population_values_and_a_flag():
     valid = np.ones(signal.shape, bool)
     valid[3:, 0] = False  # pixel 0 keeps 3 samples: no own 3-parameter fit with min_dof 1
     valid[:, 1] = False  # pixel 1 has none
-    fit = fit_dark(signal, noise, T, t, -10.0, usable=valid, min_dof=1, prior=(0.1, 1.0, 1e-4, 1e-4))
+    fit = fit_dark(signal, noise, T, t, -10.0, usable=valid, min_dof=1, prior=(0.1, 1.0, np.nan, 1e-4, 1e-4, 0.0))
     assert fit.flags[0] & FIT_FLAGS["FALLBACK"] and fit.flags[0] & FIT_FLAGS["FEW_SAMPLES"]
     assert fit.params[1, 0] == 0.1 and fit.params[2, 0] == 1.0 and np.isfinite(fit.params[0, 0])
     assert np.all(np.isnan(fit.params[:, 1])) and fit.flags[1] & FIT_FLAGS["NO_SAMPLES"]
     assert np.all(fit.flags[2:] == FIT_FLAGS["CONVERGED"])
+
+
+def test_fallback_pixels_of_a_form_with_a_floor_take_the_population_floor():
+    rng = np.random.default_rng(19)
+    _, _, signal, noise = simulate(400, rng, form="exponential+floor", floor=0.05)
+    valid = np.ones(signal.shape, bool)
+    valid[4:, :100] = False  # 4 samples left: no own 4-parameter fit with min_dof 1
+    prior = (0.1, 1.0, 0.05, 1e-4, 1e-4, 1e-4)
+    fit = fit_dark(signal, noise, T, t, -10.0, "exponential+floor", usable=valid, min_dof=1, prior=prior)
+    few = np.arange(100)
+    assert np.all(fit.flags[few] & FIT_FLAGS["FALLBACK"]) and not np.any(fit.flags[100:] & FIT_FLAGS["FALLBACK"])
+    assert np.all(fit.params[1:4, few] == np.array(prior[:3])[:, None])  # slope, gamma and floor of the population
+    assert np.allclose(fit.cov[6, few], prior[5]) and np.all(np.isfinite(fit.params[0, few]))
+    assert np.all(fit.cov[0, few] > 0) and np.all(fit.cov[7, few] != 0)  # the floor's spread reaches lnA
 
 
 def test_an_invalid_nan_sample_does_not_poison_the_fit():
@@ -209,7 +223,7 @@ def test_out_of_bounds_fits_fall_back_and_predictions_stay_finite():
                                         tmin=0.0)  # pure noise at two temperatures
     bounds = {"slope": (-0.1, 0.5), "gamma": (0.0, 3.0), "lnA": (-60.0, np.log(40950))}
     fit = fit_dark(signal, noise, temps, times, 0.0, bounds=bounds,
-                   prior=(0.1, 1.0, 1e-4, 1e-4), **ROBUST)
+                   prior=(0.1, 1.0, np.nan, 1e-4, 1e-4, 0.0), **ROBUST)
     own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     assert np.all((fit.params[1][own] >= -0.1) & (fit.params[1][own] <= 0.5))
     assert np.all((fit.params[2][own] >= 0) & (fit.params[2][own] <= 3))

@@ -83,7 +83,7 @@ class DarkFit:
 def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str = "exponential",
              fit_gamma: bool = True, *, usable=None, max_iterations: int = 50, min_dof: int = 1,
              full_well: float = 0.0, outlier_sigma: float = np.inf, max_outliers: int = 0, bounds=None,
-             prior=(np.nan, np.nan, 0.0, 0.0)) -> DarkFit:
+             prior=(np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)) -> DarkFit:
     """Fit the dark model to every pixel by noise-weighted, robust Levenberg-Marquardt.
 
     Parameters
@@ -112,8 +112,8 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
         Robust fit: samples beyond outlier_sigma are dropped one at a time (at most max_outliers).
     bounds : dict, optional
         ``{"lnA": (lo, hi), "slope": (lo, hi), "gamma": (lo, hi)}``: an own fit outside is not trusted.
-    prior : (slope, gamma, var_slope, var_gamma)
-        Population values for FALLBACK pixels (NaN parameters without them).
+    prior : (slope, gamma, floor, var_slope, var_gamma, var_floor)
+        Population values for FALLBACK pixels (NaN parameters without them; the floor only for a form with one).
 
     Returns
     -------
@@ -143,7 +143,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
                pixels(0.0 if noise.extra_var is None else noise.extra_var), temperature,
                chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, F, min_dof,
                max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well if noise.bias is not None else 0.0,
-               lo, hi, np.array(prior[:2], dtype=np.float64), np.array(prior[2:], dtype=np.float64),
+               lo, hi, np.array(prior[:3], dtype=np.float64), np.array(prior[3:], dtype=np.float64),
                noise.bias is not None, *out)
     params, cov, chi2, nvalid, flags, dropped = out
     params, cov = params[:3 + F], cov[:(3 + F) * (4 + F) // 2]  # a form without a floor keeps (lnA, slope, gamma)

@@ -59,8 +59,8 @@ FLAGS = (
     Flag("SATURATED", 3, "saturated in at least one input frame: those samples are left out", "dark_model"),
     Flag("FEW_SAMPLES", 4, "too few valid master samples for the pixel's own dark fit", "dark_model", "FEW_SAMPLES"),
     Flag("POOR_FIT", 5, "reduced chi-square of the dark fit above poor_fit_chi2r", "hot_pixels", verdict=True),
-    Flag("FALLBACK", 6, "own fit not trusted (undetermined or out of bounds): population B/Ea, gamma (or bias "
-                        "slope) with the pixel's own amplitude", "dark_model", "FALLBACK"),
+    Flag("FALLBACK", 6, "own fit not trusted (undetermined or out of bounds): population B/Ea, gamma, floor (or "
+                        "bias slope) with the pixel's own amplitude", "dark_model", "FALLBACK"),
     Flag("OUTLIER", 7, "master samples dropped as outliers (e.g. cosmic rays in one-frame masters)", "dark_model",
          "OUTLIERS", verdict=True),
     Flag("FULL_WELL", 8, "samples on the pixel's full-well plateau dropped", "dark_model", "FULL_WELL"),

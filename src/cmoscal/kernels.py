@@ -337,7 +337,8 @@ def _exp(x):
 
 # --- the dark fit -------------------------------------------------------------------------------
 # The parameters of a pixel, in the order of the solve ("compact"): lnA, slope, gamma (the first P of
-# them; P = 2 fixes gamma), then the floor C when the form has one (F = 1), at index P. The model is
+# them; P = 2 fixes gamma), then the floor C at index P: fitted when F = 1, held at its value when F = 2
+# (the population floor of a FALLBACK pixel), absent when F = 0. _fitted(P, F) counts what is solved for. The model is
 # DC = exp(offset + Z theta) + C * exp(floor_offset + gamma ln t): for a form without a floor the
 # Jacobian is DC * Z, for one with a floor it is (e, e x, DC ln t, t^gamma) with e the thermal term.
 _Work = namedtuple("_Work", "model trial_model H A g step trial work K weights floor trial_floor few")
@@ -371,6 +372,12 @@ def _add_floor(Z, floor_offset, gamma, c, out, floor):
     for i in range(Z.shape[0]):
         floor[i] = _exp(min(max(floor_offset[i] + Z[i, 2] * gamma, -_MAX_EXPONENT), _MAX_EXPONENT))
         out[i] += c * floor[i]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _fitted(P, F):
+    """Parameters solved for: the P thermal ones, and the floor when it is fitted (F = 1)."""
+    return P + (F == 1)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -531,7 +538,7 @@ def _normal(y, valid, base, shot, Z, P, F, theta, m, floor, H, g, weights):
         scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
         wm = w * scale
         sums = _add(sums, wm * scale, wm * r, j0, j1, j2, j3)
-    _store(H, g, P + F, sums)
+    _store(H, g, _fitted(P, F), sums)
     return chi2
 
 
@@ -551,7 +558,7 @@ def _regularize(H, P, out, lam):
 def _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws):
     """:func:`_steps`; a fit with a floor that starts at C = 0 starts from the optimum without one, so that the
     floor can only lower chi-square (from the log-linear start it can settle in a worse minimum)."""
-    if F and theta[P] == 0.0:
+    if F == 1 and theta[P] == 0.0:
         _steps(y, valid, base, shot, Z, offset, floor_offset, P, 0, theta, max_iter, tol, ln_a_range, ws)
         theta[P] = 0.0
     return _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws)
@@ -569,14 +576,14 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
     """
     m, mt, H, A, g, step, trial, work, weights = (ws.model, ws.trial_model, ws.H, ws.A, ws.g, ws.step, ws.trial,
                                                   ws.work, ws.weights)
-    NP = P + F
+    NP = _fitted(P, F)
     lam = 1e-3
     _model(Z, offset, floor_offset, theta, P, F, m, ws.floor)
     for _ in range(max_iter):
         chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
         _regularize(H, NP, A, lam)
         solved = _solve(A, g, NP, step, work)
-        if solved and F and theta[P] <= 0.0 and step[P] < 0.0:  # the floor held at its bound: step the others
+        if solved and F == 1 and theta[P] <= 0.0 and step[P] < 0.0:  # the floor held at its bound: step the others
             solved = _solve(A, g, P, step, work)
             step[P] = 0.0
         if not solved:
@@ -592,8 +599,10 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
         for a in range(NP):
             trial[a] = theta[a] + step[a]
         trial[0] = min(max(trial[0], ln_a_range[0]), ln_a_range[1])
-        if F:
+        if F == 1:
             trial[P] = max(trial[P], 0.0)
+        elif F == 2:
+            trial[P] = theta[P]
         _model(Z, offset, floor_offset, trial, P, F, mt, ws.trial_floor)
         chi2_trial = 0.0
         for i in range(y.shape[0]):
@@ -620,7 +629,7 @@ def _start(y, valid, base, shot, Z, offset, P, F, theta, ws):
     """Weighted log-linear start (weights y^2 / var) of the thermal parameters, no floor; flat at the mean level if
     too few positive samples."""
     H, A, g, work = ws.H, ws.A, ws.g, ws.work
-    if F:
+    if F == 1:
         theta[P] = 0.0
     sums = (0.0,) * 9
     npos = 0
@@ -659,7 +668,7 @@ def _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2):
     False if the covariance is not positive. ``chi2`` NaN: the normal matrix in ``ws`` is not
     current and is rebuilt first."""
     m, H, A, g, weights = ws.model, ws.H, ws.A, ws.g, ws.weights
-    NP = P + F
+    NP = _fitted(P, F)
     if not chi2 == chi2:
         chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
     _regularize(H, NP, A, 0.0)
@@ -711,8 +720,8 @@ def _beyond(y, valid, Z, P, F, theta, cov, m, floor, weights, positive, limit):
             j = (j0, j1, j2, j3)
             q = 0.0
             if positive:
-                for a in range(P + F):
-                    for b in range(P + F):
+                for a in range(_fitted(P, F)):
+                    for b in range(_fitted(P, F)):
                         q += j[a] * j[b] * cov[a, b]
             h = q * scale * scale * weights[i]
         r = y[i] - m[i]
@@ -735,7 +744,9 @@ def _robust(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter
     the covariance and ``ws.model`` the model at ``theta``; dropped samples are set in ``outliers``.
     """
     m = ws.model
-    NP = P + F
+    NP = _fitted(P, F)
+    if F == 2:  # the held floor of every refit
+        trial[P] = best[P] = theta[P]
     converged, chi2 = _lm(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter, tol, ln_a_range, ws)
     chi2, positive = _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2)
     dropped = 0
@@ -798,7 +809,7 @@ def _common_error(valid, base, shot, Z, P, F, theta, m, floor, D, cab, cov, JWD,
     The samples carry an unknown shift D e, e ~ N(0, cab); the parameters move by K e with
     K = cov J^T W D, so their covariance grows by K cab K^T.
     """
-    NP = P + F
+    NP = _fitted(P, F)
     s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = 0.0
     for i in range(Z.shape[0]):
         if valid[i]:
@@ -948,10 +959,10 @@ def _expand(theta, cov, P, F):
 @njit(cache=True, error_model="numpy")
 def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, propagate, bias_cov, D, cab, outl,
               theta, cov, ws, trial, best, r):
-    """Population slope and gamma with the pixel's own amplitude (and floor), fitted from its samples (the outliers
-    of the untrusted fit forgotten, full-well samples kept out); the population spread of slope and gamma enters the
-    covariance through d lnA / d slope = -(weighted mean of x), likewise for gamma. Returns (converged and
-    covariance positive, chi-square, samples dropped); ``theta`` and ``cov`` in the stored order."""
+    """Population slope, gamma (and floor) with the pixel's own amplitude, fitted from its samples (the outliers of
+    the untrusted fit forgotten, full-well samples kept out); the population spread of slope, gamma and floor enters
+    the covariance through d lnA / d slope = -(weighted mean of x), likewise for gamma and the floor. Returns
+    (converged and covariance positive, chi-square, samples dropped); ``theta`` and ``cov`` in the stored order."""
     max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof, tgroup, egroup = opts
     M = yp.shape[0]
     for i in range(M):
@@ -959,15 +970,17 @@ def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, pr
             outl[i] = False
         vp[i] = v0[i]
     _population_offsets(Z, offset, P, prior, r.offset, r.floor_offset)
-    _start(yp, vp, bp, sp, r.Z1, r.offset, 1, F, theta, ws)
-    converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, r.Z1, r.offset, r.floor_offset, 1, F, theta,
+    held = 2 if F else 0  # the floor held at the population's
+    theta[1] = prior[2] if F else 0.0
+    _start(yp, vp, bp, sp, r.Z1, r.offset, 1, held, theta, ws)
+    converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, r.Z1, r.offset, r.floor_offset, 1, held, theta,
                                                  max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
-                                                 1 + F + min_dof, tgroup, egroup, outl, cov, ws, trial, best)
+                                                 1 + min_dof, tgroup, egroup, outl, cov, ws, trial, best)
     if propagate:
-        _bias_error(p, vp, bp, sp, r.Z1, 1, F, theta, bias_cov, D, cab, cov, ws)
+        _bias_error(p, vp, bp, sp, r.Z1, 1, held, theta, bias_cov, D, cab, cov, ws)
     var_a = cov[0, 0]
     m = ws.model
-    sw = sx = st = 0.0
+    sw = sx = st = sc = 0.0
     for i in range(M):
         if vp[i]:
             e = m[i] - theta[1] * ws.floor[i] if F else m[i]
@@ -976,15 +989,21 @@ def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, pr
             sw += w
             sx += w * Z[i, 1]
             st += (e * m[i] / var) * Z[i, 2]
+            if F:
+                sc += e * ws.floor[i] / var
     dx = -sx / sw if sw > 0 else 0.0
     dt = -st / sw if (sw > 0 and P == 3) else 0.0
-    var_s, var_g = prior_var[0], (prior_var[1] if P == 3 else 0.0)
+    dc = -sc / sw if sw > 0 else 0.0
+    var_s, var_g, var_c = prior_var[0], (prior_var[1] if P == 3 else 0.0), (prior_var[2] if F else 0.0)
     _expand(theta, cov, 1, F)
     theta[1], theta[2] = prior[0], (prior[1] if P == 3 else 1.0)
-    cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g
+    cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g + dc * dc * var_c
     cov[1, 1], cov[2, 2] = var_s, var_g
     cov[0, 1] = cov[1, 0] = dx * var_s
     cov[0, 2] = cov[2, 0] = dt * var_g
+    if F:
+        cov[3, 3] = var_c
+        cov[0, 3] = cov[3, 0] = dc * var_c
     return converged and positive, chi2, dropped
 
 
@@ -1053,10 +1072,10 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         or above 90 % of that level (the plateau and its knee) are dropped. <= 0 skips the test.
     lo, hi : ndarray, shape (3,)
         Bounds of (lnA, slope, gamma) for a pixel's own fit to be trusted.
-    prior, prior_var : ndarray, shape (2,)
-        Population (slope, gamma) and their variances used where a pixel's own fit is not
-        trusted: then only lnA (and C) is fitted (flag FALLBACK), and the population spread enters
-        its covariance.
+    prior, prior_var : ndarray, shape (3,)
+        Population (slope, gamma, floor C) and their variances used where a pixel's own fit is not
+        trusted: then only lnA is fitted (flag FALLBACK), and the population spread enters its
+        covariance.
     propagate : bool
         Propagate the error of the bias model (common to all masters of a pixel) into the
         covariance.

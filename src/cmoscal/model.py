@@ -44,9 +44,9 @@ _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAIN
          "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
          "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
          "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}
-_PRIOR = ("POPSLOPE", "POPGAMMA", "POPVSLOP", "POPVGAMM")
-_PRIOR_TEXT = ("B or Ea of FALLBACK pixels", "gamma of FALLBACK pixels", "population var of POPSLOPE",
-               "population var of POPGAMMA")
+_PRIOR = ("POPSLOPE", "POPGAMMA", "POPFLOOR", "POPVSLOP", "POPVGAMM", "POPVFLOR")
+_PRIOR_TEXT = ("B or Ea of FALLBACK pixels", "gamma of FALLBACK pixels", "floor C of FALLBACK pixels",
+               "population var of POPSLOPE", "population var of POPGAMMA", "population var of POPFLOOR")
 _REQUIRED = ("BIAS_A", "BIAS_B", "BIAS_COV", "READ_NOISE", "DARK_A", "DARK_GAMMA", "DARK_COV", "DARK_CHI2R", "DQ")
 _RANGE_TOLERANCE = (0.5, 0.02)  # degC and relative: inside this, a request counts as calibrated
 
@@ -92,7 +92,7 @@ class CalibrationModel:
     max_extrapolation, max_exposure_factor : float
         How far beyond the ranges a request is still made (degC, factor).
     prior : tuple
-        Population slope, gamma and their variances, given to FALLBACK pixels.
+        Population slope, gamma, floor (NaN without one) and their variances, given to FALLBACK pixels.
     meta : dict
         Further header keywords, see ``_META`` (gain, scale factor, saturation, input counts, ...).
     history : list of str
@@ -115,7 +115,7 @@ class CalibrationModel:
     exprange: tuple
     max_extrapolation: float = 5.0
     max_exposure_factor: float = 2.0
-    prior: tuple = (np.nan, np.nan, 0.0, 0.0)
+    prior: tuple = (np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)
     meta: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
 

@@ -99,7 +99,8 @@ def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
                 noise=noise)
 
 
-def fit_options(params: dict, saturation: float, M: int, form: str, prior=(np.nan, np.nan, 0.0, 0.0)) -> dict:
+def fit_options(params: dict, saturation: float, M: int, form: str,
+                prior=(np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)) -> dict:
     """Keyword arguments of :func:`cmoscal.darkfit.fit_dark` for the form ``form`` from the parameters."""
     slope = dark_form(form).bounds(params["fit_bounds"])
     top = np.log(10 * saturation) if np.isfinite(saturation) else 60.0
@@ -184,7 +185,8 @@ def _sample_tile(setup: FitSetup, rows):
 def _population(setup: FitSetup) -> tuple:
     """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows).
 
-    Returns the prior (slope, gamma, var slope, var gamma) and the share of trusted pixels.
+    Returns the prior (slope, gamma, floor, var slope, var gamma, var floor; the floor NaN for a form without one)
+    and the share of trusted pixels.
     """
     rows = sample_rows(setup.index[0][1]["NAXIS2"])
     tasks = [(setup, part) for part in np.array_split(rows, 4)]
@@ -193,10 +195,12 @@ def _population(setup: FitSetup) -> tuple:
     if not own.any():
         raise CampaignError("no pixel's dark fit is determined: the darks carry no measurable dark signal "
                             "(or the exposures/temperatures do not constrain the model)")
-    center = [float(np.median(theta[k][own])) for k in (1, 2)]
-    spread = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip((1, 2), center)]
-    gamma = setup.fit_gamma
-    return (center[0], center[1] if gamma else 1.0, spread[0], spread[1] if gamma else 0.0), float(own.mean())
+    planes = (1, 2, 3) if len(theta) == 4 else (1, 2)
+    center = [float(np.median(theta[k][own])) for k in planes]
+    spread = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip(planes, center)]
+    gamma, floor = setup.fit_gamma, len(theta) == 4
+    return (center[0], center[1] if gamma else 1.0, center[2] if floor else np.nan, spread[0],
+            spread[1] if gamma else 0.0, spread[2] if floor else 0.0), float(own.mean())
 
 
 def _median_mean(values) -> tuple[float, float]:

@@ -72,15 +72,22 @@ def _stages(values) -> list[str]:
 
 
 def _simulate(args) -> None:
-    from .simulate import simulate_campaign
+    from .simulate import simulate_campaign, simulate_mission
 
-    simulate_campaign(args.outdir, shape=args.shape, temperatures=args.temps, exptimes=args.exptimes,
-                      frames=args.frames, bias_frames=args.bias_frames, law=args.law, bad_files=args.bad_files,
-                      odd_files=args.odd_files, real_folder=args.real_folder, cosmics=args.cosmics,
-                      full_well=args.full_well, age=args.age, held_out=args.held_out, bitpix=args.bitpix,
-                      nan_pixels=args.nan_pixels, temperature_style=args.temperature_style,
-                      date_style=args.date_style, light_leak=args.light_leak, hot_share=args.hot_share, seed=args.seed)
+    layout = dict(temperatures=args.temps, exptimes=args.exptimes, frames=args.frames, bias_frames=args.bias_frames,
+                  law=args.law, cosmics=args.cosmics, full_well=args.full_well, bitpix=args.bitpix,
+                  nan_pixels=args.nan_pixels, temperature_style=args.temperature_style, date_style=args.date_style,
+                  hot_share=args.hot_share)
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
+    if args.mission:
+        names = simulate_mission(args.outdir, ages=args.mission, shape=args.shape, jump_at=args.jump_at,
+                                 bias_jump=args.bias_jump, seed=args.seed, **layout)
+        print(f"wrote {len(names)} campaigns of {n} frames of {args.shape[0]}x{args.shape[1]}, one sensor ageing: "
+              f"{', '.join(str(Path(args.outdir) / name) for name in names)}")
+        return
+    simulate_campaign(args.outdir, shape=args.shape, bad_files=args.bad_files, odd_files=args.odd_files,
+                      real_folder=args.real_folder, age=args.age, held_out=args.held_out, light_leak=args.light_leak,
+                      seed=args.seed, **layout)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
 
@@ -201,6 +208,23 @@ def _compare(args) -> None:
         print(line)
 
 
+def _history(args) -> None:
+    from .fitsio import write_table
+    from .history import history
+
+    table, drift = history(args.campaigns, args.jump_sigma)
+    out = Path(args.output)
+    write_table(table, out)
+    write_table(drift, out.with_name(f"{out.stem}_drifts.ecsv"))
+    columns = ["campaign", "date", "years", "flagged", "new", "gone", "persistent", "bias_a", "read_noise", "dark_rate"]
+    table[columns].pprint(max_lines=-1, max_width=-1)
+    drift.pprint(max_lines=-1, max_width=-1)
+    meta = drift.meta
+    print(f"new warm/hot pixels: {meta['new_flagged_per_year']:.4g} +- {meta['new_flagged_per_year_error']:.2g} a "
+          f"year; dark rate at {table.meta['temperature']:.1f} degC, {table.meta['exptime']:.3g} s; {out} and "
+          f"{out.with_name(out.stem + '_drifts.ecsv')} written")
+
+
 def _synth(args) -> None:
     from .inventory import frame_label
     from .model import usable_model, write_synthetic
@@ -240,6 +264,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="dark-current form of the truth (default exponential; +floor: a temperature-independent "
                    "floor)")
     p.add_argument("--hot-share", type=_finite, default=1e-3, help="share of hot pixels (default 0.001)")
+    p.add_argument("--mission", type=_floats, default=None, help="ages in years (e.g. 0.5,1,2): one campaign of "
+                   "the same sensor at age 0 and at each, in OUTDIR/age_<A>y (new hot pixels, bias and dark drifts)")
+    p.add_argument("--jump-at", type=_finite, default=None, help="with --mission: age from which the bias is "
+                   "--bias-jump DN higher (an event)")
+    p.add_argument("--bias-jump", type=_finite, default=3.0, help="DN of the bias jump (default 3)")
     p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
     p.add_argument("--odd-files", action="store_true", help="fpack, gzip, extension, float32, ms, kelvin, "
                    "a duplicate and a light-leak frame")
@@ -286,6 +315,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("current", help="output_dir (or calibration_model.fits) of the later campaign")
     p.add_argument("--sigma", type=_finite, default=5.0, help="significance threshold (default 5)")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("history", help="a sensor over its campaigns: drifts per year, jumps, hot-pixel growth")
+    p.add_argument("campaigns", nargs="+", help="output_dir (or calibration_model.fits) of each campaign")
+    p.add_argument("--output", default="history.ecsv", help="table of the campaigns (default history.ecsv; the "
+                   "drifts go beside it, in <name>_drifts.ecsv)")
+    p.add_argument("--jump-sigma", type=_finite, default=5.0, help="a step beyond this many sigma of the drift "
+                   "is a jump (default 5)")
+    p.set_defaults(func=_history)
 
     for name, text in (("synth-bias", "synthetic bias frame at a temperature"),
                        ("synth-dark", "synthetic dark frame at a temperature and exposure")):

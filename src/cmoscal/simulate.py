@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,12 @@ from .fitsio import provenance, write_atomic, write_hdus
 from .forms import FORMS, KELVIN, dark_form
 
 __all__ = ["BITPIXES", "DATE_STYLES", "TEMPERATURE_STYLES", "age_truth", "dark_truth",
-           "held_out_points", "simulate_campaign", "truth_maps"]
+           "held_out_points", "simulate_campaign", "simulate_mission", "truth_maps"]
 
 GAIN = 1.5  # e- / DN
 SATURATION = 4095
+_START = datetime(2026, 1, 1)  # DATE-OBS of the first frame of a sensor's first campaign
+_YEAR = 365.25 * 86400  # s
 
 
 def truth_maps(shape, tref: float, law: str = "exponential", seed: int = 0, full_well_share: float = 0.0,
@@ -80,8 +83,9 @@ def _slope_key(law: str) -> str:
     return f"dark_{FORMS[law].slope.lower()}"
 
 
-def age_truth(truth: dict, years: float, seed: int = 0) -> dict:
-    """The same sensor ``years`` later: 0.05 % of the pixels turn hot per year, the bias shifts by 0.5 DN per year.
+def age_truth(truth: dict, years: float, seed: int = 0, bias_jump: float = 0.0) -> dict:
+    """The same sensor ``years`` later: 0.05 % of the pixels turn hot per year, the bias shifts by 0.5 DN and the
+    dark rate by 5 % per year; ``bias_jump`` [DN] more bias from an event just before this campaign.
 
     New hot pixels are x30..x300 (clearly above the noise); ``new_hot`` marks them.
     """
@@ -92,7 +96,8 @@ def age_truth(truth: dict, years: float, seed: int = 0) -> dict:
     aged["hot"] = truth["hot"] | candidates
     aged["dark_a"] = np.where(candidates, truth["dark_a"] * 10 ** rng.uniform(1.5, 2.5, candidates.shape),
                               truth["dark_a"])
-    aged["bias_a"] = truth["bias_a"] + 0.5 * years
+    aged["dark_a"] = aged["dark_a"] * (1 + 0.05 * years)
+    aged["bias_a"] = truth["bias_a"] + 0.5 * years + bias_jump
     return aged
 
 
@@ -142,7 +147,7 @@ def _header(imagetyp: str, temperature: float, exptime: float, index: int, **ext
     header["IMAGETYP"] = imagetyp
     header["EXPTIME"] = (round(exptime, 6), "[s] exposure time")
     header["CCD-TEMP"] = (round(temperature, 3), "[degC] sensor temperature")
-    header["DATE-OBS"] = f"2026-01-01T{index // 3600 % 24:02d}:{index // 60 % 60:02d}:{index % 60:02d}"
+    header["DATE-OBS"] = (_START + timedelta(seconds=index)).strftime("%Y-%m-%dT%H:%M:%S")
     header["INSTRUME"] = "cmoscal-sim"
     header["XBINNING"] = 1
     header["YBINNING"] = 1
@@ -288,7 +293,7 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
                       exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
                       bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
                       age=0.0, held_out=False, bitpix=16, nan_pixels=0.0, temperature_style="degC",
-                      date_style="iso", light_leak=False, hot_share=1e-3, seed=0) -> dict:
+                      date_style="iso", light_leak=False, hot_share=1e-3, bias_jump=0.0, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -319,7 +324,8 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     full_well : float, default 0
         Share of pixels that are very hot and reach a full well below the ADC range.
     age : float, default 0
-        Years of ageing (:func:`age_truth`): more hot pixels, shifted bias.
+        Years of ageing (:func:`age_truth`): more hot pixels, shifted bias and dark rate; the frames'
+        DATE-OBS are that much later.
     held_out : bool, default False
         Also write one dark frame at each of :func:`held_out_points` into ``outdir/held_out``
         (not in the campaign: for calibrating as science frames).
@@ -335,6 +341,8 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         Also write, into the middle dark group, a frame with a light leak of 3000 DN (not saturated).
     hot_share : float, default 0.001
         Share of hot pixels (x10..x1000 the median rate at the cold end, a lower activation).
+    bias_jump : float, default 0
+        DN of bias added by an event just before this campaign (with ``age``).
     seed : int, default 0
         Random seed (the sensor's truth depends on it, not on ``age``).
 
@@ -347,15 +355,15 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     raw = outdir / "raw"
     rng = np.random.default_rng(seed + 1 + int(age * 100))
     truth = truth_maps(tuple(shape), min(temperatures), law, seed, full_well, hot_share)
-    if age:
-        truth = age_truth(truth, age, seed)
+    if age or bias_jump:
+        truth = age_truth(truth, age, seed, bias_jump)
     hits = np.zeros(shape, np.int32)
     style = np.random.default_rng(seed + 7)  # the camera's quirks do not change the frames' noise
 
     def write(path, data, header):
         _write(path, *_camera(data, header, temperature_style, date_style, bitpix, nan_pixels, style))
 
-    index = 0
+    index = int(round(age * _YEAR))  # seconds since the sensor's first frame: DATE-OBS
     for setpoint in temperatures:
         for i in range(bias_frames):
             T = setpoint + rng.normal(0, jitter)
@@ -389,9 +397,27 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     maps = {k: v for k, v in truth.items() if isinstance(v, np.ndarray)}
     header = provenance(fits.Header(), bunit="", description="truth of a simulated cmoscal campaign",
                         GAIN=(truth["gain"], "e-/DN"), TREF=(truth["tref"], "degC, reference of DARK_A"),
-                        LAW=law, SEED=seed, AGE=(age, "years"), BITPIX0=(bitpix, "BITPIX of the frames"),
+                        LAW=law, SEED=seed, AGE=(age, "years"), BIASJUMP=(bias_jump, "DN, event before this campaign"),
+                        BITPIX0=(bitpix, "BITPIX of the frames"),
                         TSTYLE=(temperature_style, "how the frames state T"))
     write_hdus(outdir / "truth.fits", np.zeros((1, 1), np.float32), header,
                [(name.upper(), np.asarray(value, np.float32 if value.dtype != bool else np.uint8), "")
                 for name, value in maps.items()])
     return truth
+
+
+def simulate_mission(outdir, ages=(0.5, 1.0, 2.0), shape=(128, 128), jump_at=None, bias_jump=3.0, seed=0,
+                     **campaign) -> dict:
+    """Campaigns of one sensor over its mission: ``outdir/age_0y`` (the first) and one ``outdir/age_<A>y`` per age.
+
+    Each is :func:`simulate_campaign` with ``campaign`` (its layout) and that age: new hot pixels, bias and dark
+    drifts, later dates. From ``jump_at`` [years] on, the bias is ``bias_jump`` DN higher (an event). Returns the
+    truth of each campaign by folder name.
+    """
+    outdir = Path(outdir)
+    truths = {}
+    for age in (0.0, *ages):
+        name = f"age_{age:g}y"
+        jump = bias_jump if jump_at is not None and age >= jump_at else 0.0
+        truths[name] = simulate_campaign(outdir / name, shape=shape, age=age, bias_jump=jump, seed=seed, **campaign)
+    return truths

@@ -12,6 +12,7 @@ from cmoscal.fitsio import read_table
 from cmoscal.history import history
 from cmoscal.simulate import simulate_mission
 from cmoscal.stages import STAGES
+from cmoscal.stages import history as history_stage
 
 AGES = (0.5, 1.0, 2.0)
 LAYOUT = dict(temperatures=(-10, 0, 10, 20), exptimes=(2, 10, 40), frames=3, bias_frames=5)
@@ -65,3 +66,16 @@ def test_history_command_writes_its_tables_and_refuses_what_it_cannot_place(miss
     assert "bias_a" in list(read_table(tmp_path / "history_drifts.ecsv")["quantity"])
     with pytest.raises(CampaignError, match="at least two campaigns"):
         history(outputs[:1])
+
+
+def test_the_history_stage_follows_this_campaign_among_the_earlier_ones(mission):
+    root, truths, _ = mission
+    name = list(truths)[-1]
+    params = load_params(write_params(root / "last.yml", campaign=name, raw_dir=f"{name}/raw", output_dir=f"{name}/out",
+                                      history_campaigns=[f"{n}/out" for n in list(truths)[:-1]]), root=root)
+    _, drift = STAGES["history"](params)
+    stored, drifts = history_stage.load(params)
+    assert list(stored["campaign"]) == list(truths) and list(drifts["jumps"]) == list(drift["jumps"])
+    again = dict(params, history_campaigns=[*params["history_campaigns"], params["output_dir"]])
+    with pytest.raises(CampaignError, match="this campaign's own output_dir"):
+        STAGES["history"](again)

@@ -63,6 +63,13 @@ def _keywords(value):
     return None
 
 
+def _folders(value):
+    if not isinstance(value, list) or not all(isinstance(k, str) and k.strip() for k in value):
+        return "must be a list of folders (may be empty)"
+    missing = [k for k in value if not Path(k).exists()]
+    return f"{', '.join(missing)} do(es) not exist" if missing else None
+
+
 def _patterns(value):
     if not isinstance(value, list) or not all(isinstance(k, str) and k.strip() for k in value):
         return "must be a list of glob patterns (may be empty)"
@@ -178,6 +185,8 @@ _CHECKS = {
     "max_exposure_factor": _number(1),
     "snr_min": _number(0),
     "budget_temperatures": _temperatures,
+    "history_campaigns": _folders,
+    "jump_sigma": _number(0, open_lo=True),
     "loo_pixels": _number(0, integer=True),
     "seed": _number(0, integer=True),
     "checks.residual_noise_max": _number(1),
@@ -282,6 +291,9 @@ def load_params(path: str | Path, root: str | Path = ".", overrides: dict | None
     for key in ("raw_dir", "output_dir", "report_dir", "science_dir", "reference_campaign"):
         if isinstance(params.get(key), str):
             params[key] = str((root / params[key]).resolve())
+    if isinstance(params.get("history_campaigns"), list):
+        params["history_campaigns"] = [str((root / p).resolve()) if isinstance(p, str) else p
+                                       for p in params["history_campaigns"]]
     problems = validate_params(params)
     if problems:
         raise ParamsError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))

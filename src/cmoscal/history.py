@@ -2,7 +2,7 @@
 
 Each campaign is an ``output_dir`` (or its ``calibration_model.fits``) of the same sensor and
 readout. Per campaign, in time order from the frames' dates (the inventory's, else USEAFTER):
-warm and hot pixels (new, gone and persistent since the previous campaign), and the median over
+warm and hot pixels (new, gone and persistent since the previous campaign; 0 for the first), and the median over
 normal pixels (no DQ defect, not warm or hot in any campaign) of bias a, read noise, the dark
 rate at one common (T, t), the temperature slope and gamma when the form is the same, and the
 floor; each median with its standard error (1.2533 sigma / sqrt(n)). Then, per quantity, a
@@ -82,7 +82,7 @@ def campaign_rows(paths) -> Table:
                 "floor": model.dark[3] if dark_form(model.form).floor else None}
         row = dict(campaign=str(model.meta.get("CAMPAIGN", "")), path=path, date=date,
                    years=(datetime.fromisoformat(date) - first).total_seconds() / (365.25 * 86400),
-                   form=model.form, flagged=int(flagged[k].sum()), new=int((flagged[k] & ~previous).sum()),
+                   form=model.form, flagged=int(flagged[k].sum()), new=int((flagged[k] & ~previous).sum()) if k else 0,
                    gone=int((previous & ~flagged[k]).sum()), persistent=int((previous & flagged[k]).sum()) if k else 0)
         for name, values in maps.items():
             row[name], row[f"{name}_error"] = _median(values[normal]) if values is not None else (np.nan, np.nan)

@@ -45,7 +45,8 @@ _PRODUCTS = (("calibration_model.fits", "the model: every map, covariance, DQ an
              ("dq_counts.ecsv", "pixels per DQ class"), ("files.ecsv", "every raw frame and its status"),
              ("evaluation", "synthetic against real masters"), ("synthetic", "synthetic frames"),
              ("calibrated", "calibrated science frames"), ("comparison", "changes since the reference campaign"),
-             ("dark_budget.ecsv", "dark rate and dark-limited exposure per temperature"))
+             ("dark_budget.ecsv", "dark rate and dark-limited exposure per temperature"),
+             ("history", "the sensor over its campaigns: drifts per year, jumps"))
 
 
 def format_value(value, digits: int = 4) -> str:

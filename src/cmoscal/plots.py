@@ -451,3 +451,31 @@ def dark_budget(budget: Table):
     for ax in (rate, limit):
         ax.set_xlabel("temperature [degC]")
     return fig
+
+
+def history(table: Table, drift: Table):
+    """Each followed quantity against time with its error, the drift per year and any jump in the title; warm and
+    hot pixels per campaign (all, new since the previous, gone)."""
+    rows = {row["quantity"]: row for row in drift}
+    names = [name for name in rows if np.isfinite(np.asarray(table[name], dtype=float)).all()]
+    ncols = 3
+    fig, axes = _panels(-(-(len(names) + 1) // ncols), ncols, 3.6, 2.6, **_LABELLED)
+    years = np.asarray(table["years"], dtype=float)
+    for ax, name in zip(axes.flat, names):
+        unit = str(table[name].unit or "")
+        ax.errorbar(years, table[name], table[f"{name}_error"], fmt="o-", ms=4, capsize=3)
+        row = rows[name]
+        text = f"{name}: {format_value(row['drift_per_year'], 3)} +- {format_value(row['error'], 2)} {unit}/year"
+        ax.set_title(text + (f"\njump: {row['jumps']}" if row["jumps"] else ""), fontsize=8)
+        ax.set_ylabel(unit)
+    counts = axes.flat[len(names)]
+    for offset, (key, color) in enumerate((("flagged", "C0"), ("new", "C3"), ("gone", "C2"))):
+        counts.bar(np.arange(len(table)) + 0.27 * (offset - 1), table[key], 0.27, color=color, label=key)
+    counts.set_xticks(np.arange(len(table)), [f"{y:.2g} y" for y in years], fontsize=7)
+    counts.set_title("warm and hot pixels", fontsize=8)
+    counts.legend(fontsize=7)
+    for ax in list(axes.flat)[:len(names)]:
+        ax.set_xlabel("years since the first campaign")
+    for ax in list(axes.flat)[len(names) + 1:]:
+        ax.set_visible(False)
+    return fig

@@ -117,6 +117,7 @@ PIPELINE = (
            "exposure_unit")),
     Stage("comparison", ("hot_pixels",), {"comparison": "comparison/"}, ("reference_campaign", "change_sigma")),
     Stage("dark_budget", ("hot_pixels",), {"dark_budget": "dark_budget.ecsv"}, ("budget_temperatures",)),
+    Stage("history", ("inventory", "hot_pixels"), {"history": "history/"}, ("history_campaigns", "jump_sigma")),
 )
 STAGE = {s.name: s for s in PIPELINE}
 #: stage -> the stages whose products it reads

@@ -426,16 +426,9 @@ def _store3(H, g, P, s):
 @njit(cache=True, error_model="numpy")
 def _store(H, g, P, s):
     """Write the normal sums of :func:`_add` into the symmetric P x P matrix H and the gradient g (P <= 4)."""
-    h00, h01, h02, h11, h12, h22, g0, g1, g2, h03, h13, h23, h33, g3 = s
-    H[0, 0], g[0] = h00, g0
-    if P > 1:
-        H[0, 1] = H[1, 0] = h01
-        H[1, 1], g[1] = h11, g1
-    if P > 2:
-        H[0, 2] = H[2, 0] = h02
-        H[1, 2] = H[2, 1] = h12
-        H[2, 2], g[2] = h22, g2
+    _store3(H, g, P, s[:9])
     if P > 3:
+        h03, h13, h23, h33, g3 = s[9:]
         H[0, 3] = H[3, 0] = h03
         H[1, 3] = H[3, 1] = h13
         H[2, 3] = H[3, 2] = h23

@@ -2,10 +2,8 @@
 
 import hashlib
 
-import numpy as np
 import pytest
 import yaml
-from astropy.io import fits
 
 from cmoscal.config import load_params
 from cmoscal.simulate import simulate_campaign
@@ -38,12 +36,3 @@ def campaign(tmp_path_factory):
                                       report_dir="reports", loo_pixels=0), root=root)
     results = {name: stage(params) for name, stage in STAGES.items()}
     return dict(root=root, truth=truth, params=params, results=results, raw_digest=raw_digest)
-
-
-def read_truth(root):
-    """Truth maps of a simulated campaign, by lower-case name, plus gain and tref."""
-    with fits.open(root / "truth.fits") as hdul:
-        truth = {hdu.name.lower(): hdu.data.astype(np.float64) for hdu in hdul[1:]}
-        truth.update(gain=hdul[0].header["GAIN"], tref=hdul[0].header["TREF"])
-    truth["hot"] = truth["hot"].astype(bool)
-    return truth

@@ -6,14 +6,14 @@ import re
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import read_truth, write_params
+from conftest import write_params
 
 from cmoscal.config import load_params
 from cmoscal.dq import DQ
 from cmoscal.errors import CampaignError
 from cmoscal.model import CalibrationModel
 from cmoscal.products import stage_states
-from cmoscal.simulate import dark_truth, simulate_campaign
+from cmoscal.simulate import dark_truth, read_truth, simulate_campaign
 from cmoscal.stages import STAGES, dark_model, hot_pixels, summary
 from cmoscal.stages import inventory as inventory_stage
 from cmoscal.stages.summary import files_accounted

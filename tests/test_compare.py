@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import read_truth, write_params
+from conftest import write_params
 
 from cmoscal.compare import CLASSES, compare_models
 from cmoscal.config import load_params
 from cmoscal.errors import CampaignError
 from cmoscal.model import CalibrationModel
-from cmoscal.simulate import simulate_campaign
+from cmoscal.simulate import read_truth, simulate_campaign
 from cmoscal.stages import STAGES
 
 AGE = 10.0  # years: 0.5 % of the pixels turn hot, the bias rises by 5 DN, the dark rate by 50 %

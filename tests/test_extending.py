@@ -7,12 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import read_truth
 
 from cmoscal.dq import DQ, dq_table, has
 from cmoscal.fitsio import read_table
 from cmoscal.products import product
-from cmoscal.simulate import dark_truth
+from cmoscal.simulate import dark_truth, read_truth
 from cmoscal.stages import dark_budget, hot_pixels, summary
 
 

@@ -3,13 +3,13 @@ rays told from misfit, and warm/hot pixels only for a significant excess."""
 
 import numpy as np
 import pytest
-from conftest import read_truth, write_params
+from conftest import write_params
 
 from cmoscal.config import load_params
 from cmoscal.dq import DQ, has
 from cmoscal.errors import CampaignWarning
 from cmoscal.forms import FORMS
-from cmoscal.simulate import dark_truth, simulate_campaign
+from cmoscal.simulate import dark_truth, read_truth, simulate_campaign
 from cmoscal.stages import STAGES
 
 UP_TO_HOT_PIXELS = ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels")

@@ -3,14 +3,14 @@
 
 import numpy as np
 import pytest
-from conftest import read_truth, write_params
+from conftest import write_params
 from test_cli import cmoscal
 
 from cmoscal.config import load_params
 from cmoscal.errors import CampaignError
 from cmoscal.fitsio import read_table
 from cmoscal.history import history
-from cmoscal.simulate import simulate_mission
+from cmoscal.simulate import read_truth, simulate_mission
 from cmoscal.stages import STAGES
 from cmoscal.stages import history as history_stage
 

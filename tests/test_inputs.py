@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import read_truth, write_params
+from conftest import write_params
 from test_cli import cmoscal
 from test_inventory import frame, params_for
 
@@ -26,7 +26,7 @@ from cmoscal.inventory import build_inventory, frame_exposure, frame_temperature
 from cmoscal.model import CalibrationModel
 from cmoscal.products import LEDGER
 from cmoscal.report import NOTEBOOK_DIR
-from cmoscal.simulate import simulate_campaign
+from cmoscal.simulate import read_truth, simulate_campaign
 from cmoscal.stages import STAGES
 
 SMALL = dict(shape=(32, 32), temperatures=(-10, 0, 10, 20), exptimes=(2, 10, 40), frames=3, bias_frames=5)

@@ -2,14 +2,14 @@
 
 import numpy as np
 from astropy.io import fits
-from conftest import digest, read_truth
+from conftest import digest
 
 from cmoscal.darkfit import covariance_matrix, design, fit_loglinear, predict
 from cmoscal.dq import DQ, FLAGS
 from cmoscal.forms import FORMS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
-from cmoscal.simulate import dark_truth
+from cmoscal.simulate import dark_truth, read_truth
 
 
 def robust_std(x):

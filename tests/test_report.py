@@ -10,14 +10,14 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 from browser import CHROMIUM, Browser
-from conftest import read_truth, write_params
+from conftest import write_params
 from jupyter_client.manager import KernelManager
 
 from cmoscal.compare import describe
 from cmoscal.config import load_params
 from cmoscal.index import format_value
 from cmoscal.report import ReportError, _clear, _connect, run_report
-from cmoscal.simulate import simulate_campaign
+from cmoscal.simulate import read_truth, simulate_campaign
 from cmoscal.stages import STAGES
 
 

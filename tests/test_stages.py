@@ -69,7 +69,8 @@ def test_the_model_id_hashes_exactly_what_shapes_the_product(campaign):
     params, inventory = campaign["params"], campaign["results"]["inventory"]
     ids = {stage: model_id(params, inventory, stage) for stage in ("dark_model", "hot_pixels")}
     for key, value, moved in (("warm_sigma", 4.0, {"hot_pixels"}), ("outlier_sigma", 6.0, {"dark_model", "hot_pixels"}),
-                              ("change_sigma", 3.0, set()), ("reference_campaign", "/elsewhere", set()),
+                              ("change_sigma", 3.0, {"dark_model", "hot_pixels"}), ("jump_sigma", 3.0, set()),
+                              ("reference_campaign", "/elsewhere", set()),
                               ("output_dir", "/elsewhere", set())):
         changed = {stage for stage in ids if model_id(dict(params, **{key: value}), inventory, stage) != ids[stage]}
         assert changed == moved, key

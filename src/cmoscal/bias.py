@@ -9,7 +9,8 @@ from .kernels import fit_lines, kernel_array
 __all__ = ["bias_at", "bias_variance_at", "fit_bias"]
 
 
-def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, rv: np.ndarray, prior=None):
+def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, rv: np.ndarray, prior=None,
+             pixel_prior=None):
     """Fit a straight line in temperature to the master biases of every pixel at once.
 
     Parameters
@@ -25,6 +26,10 @@ def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, 
     prior : (float, float), optional
         Population slope [DN/degC] and its variance: a pixel whose usable masters span fewer
         than two temperatures gets this slope (and its own level); NaN without it.
+    pixel_prior : (ndarray, ndarray), optional
+        Each pixel's slope and its variance from an earlier model of the sensor: a Gaussian prior of the slope
+        (the level, which drifts, is fitted freely), so a narrow temperature range keeps the earlier slope and
+        its uncertainty. Replaces ``prior``.
 
     Returns
     -------
@@ -46,9 +51,14 @@ def fit_bias(temperature: np.ndarray, masters: np.ndarray, weights: np.ndarray, 
     def flat(x):
         return kernel_array(x, (M, *shape)).reshape(M, -1)
 
+    def pixels(x):
+        return kernel_array(x, shape, np.float64).reshape(-1)
+
+    mode = 2 if pixel_prior is not None else int(prior is not None)
+    slope, variance = pixel_prior if pixel_prior is not None else (prior if prior is not None else (np.nan, np.nan))
     fit_lines(np.asarray(temperature, np.float64), flat(masters), flat(weights), kernel_array(rv, shape).reshape(-1),
-              np.array(prior if prior is not None else (np.nan, np.nan), dtype=np.float64), prior is not None,
-              a.reshape(-1), b.reshape(-1), cov.reshape(3, -1), rms.reshape(-1), fallback.reshape(-1))
+              pixels(slope), pixels(variance), mode, a.reshape(-1), b.reshape(-1), cov.reshape(3, -1),
+              rms.reshape(-1), fallback.reshape(-1))
     return a, b, cov, rms, fallback
 
 

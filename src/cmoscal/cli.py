@@ -72,7 +72,7 @@ def _stages(values) -> list[str]:
 
 
 def _simulate(args) -> None:
-    from .simulate import simulate_campaign, simulate_mission
+    from .simulate import FLIGHT, simulate_campaign, simulate_mission
 
     layout = dict(temperatures=args.temps, exptimes=args.exptimes, frames=args.frames, bias_frames=args.bias_frames,
                   law=args.law, cosmics=args.cosmics, full_well=args.full_well, bitpix=args.bitpix,
@@ -81,8 +81,10 @@ def _simulate(args) -> None:
     n = len(args.temps) * (args.bias_frames + len(args.exptimes) * args.frames)
     if args.mission:
         names = simulate_mission(args.outdir, ages=args.mission, shape=args.shape, jump_at=args.jump_at,
-                                 bias_jump=args.bias_jump, seed=args.seed, **layout)
-        print(f"wrote {len(names)} campaigns of {n} frames of {args.shape[0]}x{args.shape[1]}, one sensor ageing: "
+                                 bias_jump=args.bias_jump, flight=FLIGHT if args.flight else None, seed=args.seed,
+                                 **layout)
+        epochs = " (the later ones in-flight epochs, with held-out darks)" if args.flight else ""
+        print(f"wrote {len(names)} campaigns of {args.shape[0]}x{args.shape[1]} pixels, one sensor ageing{epochs}: "
               f"{', '.join(str(Path(args.outdir) / name) for name in names)}")
         return
     simulate_campaign(args.outdir, shape=args.shape, bad_files=args.bad_files, odd_files=args.odd_files,
@@ -212,8 +214,10 @@ def _history(args) -> None:
     from .fitsio import write_table
     from .history import history
 
-    table, drift = history(args.campaigns, args.jump_sigma)
     out = Path(args.output)
+    if out.suffix != ".ecsv":
+        raise UserError(f"--output {out}: the history is an ECSV table; give a name ending in .ecsv")
+    table, drift = history(args.campaigns, args.jump_sigma)
     write_table(table, out)
     write_table(drift, out.with_name(f"{out.stem}_drifts.ecsv"))
     columns = ["campaign", "date", "years", "flagged", "new", "gone", "persistent", "bias_a", "read_noise", "dark_rate"]
@@ -269,6 +273,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jump-at", type=_finite, default=None, help="with --mission: age from which the bias is "
                    "--bias-jump DN higher (an event)")
     p.add_argument("--bias-jump", type=_finite, default=3.0, help="DN of the bias jump (default 3)")
+    p.add_argument("--flight", action="store_true", help="with --mission: the later campaigns are in-flight epochs "
+                   "(darks at 8 and 10.5 degC, 10 and 60 s, 3 frames; 5 biases; held-out darks at those and 15.5 "
+                   "degC in held_out/)")
     p.add_argument("--bad-files", action="store_true", help="also write five unusable files")
     p.add_argument("--odd-files", action="store_true", help="fpack, gzip, extension, float32, ms, kelvin, "
                    "a duplicate and a light-leak frame")

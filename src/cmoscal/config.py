@@ -175,6 +175,7 @@ _CHECKS = {
     "science_dir": _text(optional=True),
     "calibration_mask": _patterns,
     "reference_campaign": _text(optional=True),
+    "prior_model": _text(optional=True),
     "change_sigma": _number(0, open_lo=True),
     "instrument.instrume": _text(optional=True),
     "instrument.telescop": _text(optional=True),
@@ -193,6 +194,7 @@ _CHECKS = {
     "checks.loo_noise_max": _number(1),
     "checks.chi2_ratio_max": _number(1),
     "checks.residual_trend_max": _number(0, open_lo=True),
+    "checks.extrapolation_error_max": _number(0, open_lo=True),
     "checks.hot_fraction_max": _number(0, 1),
     "checks.rejected_fraction_max": _number(0, 1),
     "checks.unreliable_fraction_max": _number(0, 1),
@@ -230,9 +232,10 @@ def validate_params(params: dict) -> list[str]:
         folder = flat.get(key)
         if isinstance(folder, str) and folder.strip() and not Path(folder).is_dir():
             problems.append(f"{key}: {folder} is not a directory")
-    reference = flat.get("reference_campaign")
-    if isinstance(reference, str) and reference.strip() and not Path(reference).exists():
-        problems.append(f"reference_campaign: {reference} does not exist")
+    for key in ("reference_campaign", "prior_model"):
+        earlier = flat.get(key)
+        if isinstance(earlier, str) and earlier.strip() and not Path(earlier).exists():
+            problems.append(f"{key}: {earlier} does not exist")
     from .dq import flag_value
 
     try:
@@ -288,7 +291,7 @@ def load_params(path: str | Path, root: str | Path = ".", overrides: dict | None
     for key, default in (("output_dir", "products"), ("report_dir", "reports")):
         if params.get(key) is None and isinstance(params.get("campaign"), str):
             params[key] = f"{default}/{params['campaign']}"
-    for key in ("raw_dir", "output_dir", "report_dir", "science_dir", "reference_campaign"):
+    for key in ("raw_dir", "output_dir", "report_dir", "science_dir", "reference_campaign", "prior_model"):
         if isinstance(params.get(key), str):
             params[key] = str((root / params[key]).resolve())
     if isinstance(params.get("history_campaigns"), list):

@@ -25,7 +25,8 @@ from .kernels import COVARIANCE_PLANES, FIT_FLAGS, fit_pixels, kernel_array
 from .noise import Noise
 
 __all__ = ["DarkFit", "compare_forms", "covariance_matrix", "design", "deviance", "fit_dark", "fit_loglinear",
-           "floor_test", "linear_variance", "predict", "predict_variance", "select_form", "temperature_feature"]
+           "floor_test", "has_prior", "linear_variance", "predict", "predict_variance", "prior_information",
+           "select_form", "temperature_feature"]
 _TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
 _LN_A_LOW = np.log(1e-9)  # A floor, DN/s^gamma: 1 DN in 30 years; keeps var(lnA) of dark-less pixels finite
 
@@ -83,7 +84,7 @@ class DarkFit:
 def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str = "exponential",
              fit_gamma: bool = True, *, usable=None, max_iterations: int = 50, min_dof: int = 1,
              full_well: float = 0.0, outlier_sigma: float = np.inf, max_outliers: int = 0, bounds=None,
-             prior=(np.nan, np.nan, np.nan, 0.0, 0.0, 0.0)) -> DarkFit:
+             prior=(np.nan, np.nan, np.nan, 0.0, 0.0, 0.0), pixel_prior=None) -> DarkFit:
     """Fit the dark model to every pixel by noise-weighted, robust Levenberg-Marquardt.
 
     Parameters
@@ -114,6 +115,10 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
         ``{"lnA": (lo, hi), "slope": (lo, hi), "gamma": (lo, hi)}``: an own fit outside is not trusted.
     prior : (slope, gamma, floor, var_slope, var_gamma, var_floor)
         Population values for FALLBACK pixels (NaN parameters without them; the floor only for a form with one).
+    pixel_prior : (ndarray, ndarray), optional
+        Each pixel's prior from an earlier model (:func:`prior_information`): parameters (4, npix) and information
+        planes (10, npix). Its pixels are fitted to maximum posterior; their chi-square includes the prior's term and
+        has one degree of freedom for each parameter beyond lnA more.
 
     Returns
     -------
@@ -137,6 +142,10 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     def pixels(x, rows=()):
         return kernel_array(x, (*rows, npix))
 
+    own_prior = [np.zeros((k, npix)) if pixel_prior is None else kernel_array(np.reshape(x, (k, -1)), (k, npix),
+                                                                             np.float64)
+                 for k, x in zip((4, 10), pixel_prior or (0, 0))]
+
     fit_pixels(pixels(signal, (M,)), kernel_array(noise.nframes, (M, npix), np.int16),
                np.ones((M, npix), bool) if usable is None else np.ascontiguousarray(usable, dtype=bool),
                pixels(noise.read_var), float(noise.inv_gain), pixels(a), pixels(b), pixels(cov, (3,)),
@@ -144,13 +153,45 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
                chain_groups(temperature, 1.0), chain_groups(exptime, 0.02, relative=True), Z, offset, P, F, min_dof,
                max_iterations, _TOLERANCE, outlier_sigma, max_outliers, full_well if noise.bias is not None else 0.0,
                lo, hi, np.array(prior[:3], dtype=np.float64), np.array(prior[3:], dtype=np.float64),
+               *own_prior,
                noise.bias is not None, *out)
     params, cov, chi2, nvalid, flags, dropped = out
     params, cov = params[:3 + F], cov[:(3 + F) * (4 + F) // 2]  # a form without a floor keeps (lnA, slope, gamma)
-    dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1, P) - F
+    own = P + F if pixel_prior is None else np.where(has_prior(pixel_prior), 1, P + F)
+    dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1 + F, own)
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2r = np.where(dof > 0, chi2 / dof, np.nan)
     return DarkFit(params=params, cov=cov, chi2r=chi2r, nvalid=nvalid, flags=flags, dropped=dropped)
+
+
+def prior_information(dark, cov, chi2r, fit_gamma: bool):
+    """The prior an earlier model of the sensor gives a new fit: its parameters (4, ...) in the stored order and the
+    information (inverse covariance, :data:`COVARIANCE_PLANES`) of those beyond lnA that a fit solves for: slope,
+    gamma (2d) and the floor (a form with one). lnA has none: the amplitude is what ageing changes.
+
+    The covariance is scaled by max(chi2r, 1), as a poor fit's is; a pixel without a usable prior (no finite,
+    positive definite covariance) gets zero information and is fitted from its own data alone.
+    """
+    floor = len(dark) == 4
+    shape = dark.shape[1:]
+    keep = [1] + ([2] if fit_gamma else []) + ([3] if floor else [])
+    full = covariance_matrix(cov)
+    block = np.moveaxis(full[np.ix_(keep, keep)], (0, 1), (-2, -1)).reshape(-1, len(keep), len(keep))
+    theta = np.zeros((4, block.shape[0]))
+    theta[:len(dark)] = dark.reshape(len(dark), -1)
+    information = np.zeros((10, block.shape[0]))
+    good = np.isfinite(block).all(axis=(1, 2)) & np.isfinite(theta).all(axis=0)
+    good[good] &= np.all(np.linalg.eigvalsh(block[good]) > 0, axis=1)
+    inverse = np.linalg.inv(block[good])
+    for k, (i, j) in enumerate(COVARIANCE_PLANES):
+        if i in keep and j in keep:
+            information[k, good] = inverse[:, keep.index(i), keep.index(j)]
+    return theta.reshape((4, *shape)), information.reshape((10, *shape))
+
+
+def has_prior(pixel_prior) -> np.ndarray:
+    """Pixels to which :func:`prior_information`'s ``pixel_prior`` gives a prior."""
+    return np.any(pixel_prior[1] != 0, axis=0)
 
 
 def deviance(signal, noise: Noise, temperature, exptime, tmin: float, form: str, fit: DarkFit, usable=None):

@@ -74,6 +74,8 @@ FLAGS = (
                                 "hot_reference_temperature and the longest exposure: the dark is poorly known",
          "hot_pixels",
          verdict=True),
+    Flag("CHANGED", 14, "dark rate changed beyond its prior model (prior_model) by more than change_sigma (beyond the "
+                        "sensor's common drift): fitted from this campaign's frames alone", "dark_model"),
 )
 
 #: flag values by name: ``DQ.HOT``, ``DQ.WARM | DQ.HOT``, ...; ``DQ.DEFECT`` every flag that is not a verdict

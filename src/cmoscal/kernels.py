@@ -341,12 +341,15 @@ def _exp(x):
 # (the population floor of a FALLBACK pixel), absent when F = 0. _fitted(P, F) counts what is solved for. The model is
 # DC = exp(offset + Z theta) + C * exp(floor_offset + gamma ln t): for a form without a floor the
 # Jacobian is DC * Z, for one with a floor it is (e, e x, DC ln t, t^gamma) with e the thermal term.
-_Work = namedtuple("_Work", "model trial_model H A g step trial work K weights floor trial_floor few")
+_Work = namedtuple("_Work", "model trial_model H A g step trial work K weights floor trial_floor few prior_mean "
+                             "prior_info prior_p")
 _Work.__doc__ = """Scratch arrays of one pixel's fit: the model and a trial model (M,), the normal matrix, its
 regularized copy and the gradient (4, 4), (4, 4), (4,), a step and a trial point (4,), inversion room (4, 4), the
 bias-error gain (4, 2), the weights of the last normal-equation pass (M,), the floor term t^gamma of the model and
 of the trial (M,), (M,), and which samples come from masters of 1-2 frames (M,), the only ones that can hold a
-cosmic ray (temporal clipping cleans the others)."""
+cosmic ray (temporal clipping cleans the others); a prior of the pixel's parameters beyond lnA (an earlier model of
+the same sensor): its mean (4,) and information matrix (4, 4) in the compact order of a fit of ``prior_p[0]`` thermal
+parameters (prior_p[0] = 0: no prior)."""
 _Rescue = namedtuple("_Rescue", "valid dropped theta cov offset Z1 floor_offset")
 _Rescue.__doc__ = """The fits against the population law (rescue and fallback): samples, dropped ones, parameters,
 covariance (M,), (M,), (4,), (4, 4); the offsets under the population slope and gamma, the lnA-only regressors and
@@ -378,6 +381,53 @@ def _add_floor(Z, floor_offset, gamma, c, out, floor):
 def _fitted(P, F):
     """Parameters solved for: the P thermal ones, and the floor when it is fitted (F = 1)."""
     return P + (F == 1)
+
+
+# plane of COVARIANCE_PLANES holding element (i, j) of a stored-order (lnA, slope, gamma, C) matrix
+_PLANE = np.array([[0, 3, 4, 7], [3, 1, 5, 8], [4, 5, 2, 9], [7, 8, 9, 6]])
+
+
+@njit(cache=True, error_model="numpy")
+def _load_prior(p, P, F, prior_theta, prior_info, ws):
+    """Pixel ``p``'s prior (stored order, information as :data:`COVARIANCE_PLANES`) into ``ws`` in the compact order
+    of a fit of P thermal parameters and floor mode F; none if it is not finite or carries no information."""
+    NP = _fitted(P, F)
+    ws.prior_p[0] = 0
+    total, finite = 0.0, True
+    for a in range(1, NP):
+        sa = a if a < P else 3
+        ws.prior_mean[a] = prior_theta[sa, p]
+        finite = finite and np.isfinite(ws.prior_mean[a])
+        for b in range(1, NP):
+            sb = b if b < P else 3
+            ws.prior_info[a, b] = prior_info[_PLANE[sa, sb], p]
+            total += abs(ws.prior_info[a, b])
+    if finite and total > 0 and np.isfinite(total):
+        ws.prior_p[0] = P
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _prior_chi2(ws, theta, P, NP):
+    """(theta - prior)^T I (theta - prior) over the solved parameters beyond lnA (0 without a prior for P)."""
+    total = 0.0
+    if ws.prior_p[0] == P:
+        for a in range(1, NP):
+            for b in range(1, NP):
+                total += (theta[a] - ws.prior_mean[a]) * ws.prior_info[a, b] * (theta[b] - ws.prior_mean[b])
+    return total
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _add_prior(ws, theta, P, NP):
+    """Add the prior's information to the normal matrix ``ws.H`` and its pull to the gradient ``ws.g``; return its
+    chi-square (0 without a prior for P)."""
+    if ws.prior_p[0] != P:
+        return 0.0
+    for a in range(1, NP):
+        for b in range(1, NP):
+            ws.H[a, b] += ws.prior_info[a, b]
+            ws.g[a] += ws.prior_info[a, b] * (ws.prior_mean[b] - theta[b])
+    return _prior_chi2(ws, theta, P, NP)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -573,7 +623,7 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
     lam = 1e-3
     _model(Z, offset, floor_offset, theta, P, F, m, ws.floor)
     for _ in range(max_iter):
-        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
+        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights) + _add_prior(ws, theta, P, NP)
         _regularize(H, NP, A, lam)
         solved = _solve(A, g, NP, step, work)
         if solved and F == 1 and theta[P] <= 0.0 and step[P] < 0.0:  # the floor held at its bound: step the others
@@ -597,7 +647,7 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
         elif F == 2:
             trial[P] = theta[P]
         _model(Z, offset, floor_offset, trial, P, F, mt, ws.trial_floor)
-        chi2_trial = 0.0
+        chi2_trial = _prior_chi2(ws, trial, P, NP)
         for i in range(y.shape[0]):
             if valid[i]:
                 chi2_trial += (y[i] - mt[i]) ** 2 * weights[i]
@@ -620,8 +670,11 @@ def _steps(y, valid, base, shot, Z, offset, floor_offset, P, F, theta, max_iter,
 @njit(cache=True, error_model="numpy", inline="always")
 def _start(y, valid, base, shot, Z, offset, P, F, theta, ws):
     """Weighted log-linear start (weights y^2 / var) of the thermal parameters, no floor; flat at the mean level if
-    too few positive samples."""
+    too few positive samples. With a prior for P: its slope, gamma and floor, and the amplitude of the mean level."""
     H, A, g, work = ws.H, ws.A, ws.g, ws.work
+    if ws.prior_p[0] == P:
+        _prior_start(y, valid, Z, offset, P, F, theta, ws)
+        return
     if F == 1:
         theta[P] = 0.0
     sums = (0.0,) * 9
@@ -655,6 +708,22 @@ def _start(y, valid, base, shot, Z, offset, P, F, theta, ws):
         theta[2] = 1.0
 
 
+@njit(cache=True, error_model="numpy")
+def _prior_start(y, valid, Z, offset, P, F, theta, ws):
+    """Slope, gamma and floor from the prior; lnA from the mean signal above the floor under them."""
+    for a in range(1, _fitted(P, F)):
+        theta[a] = ws.prior_mean[a]
+    gamma = theta[2] if P == 3 else 0.0
+    c = theta[P] if F else 0.0
+    above = thermal = 0.0
+    for i in range(y.shape[0]):
+        if valid[i]:
+            e = offset[i] + Z[i, 1] * theta[1] + Z[i, 2] * gamma
+            above += y[i] - c * np.exp(offset[i] + Z[i, 2] * gamma)
+            thermal += np.exp(min(e, _MAX_EXPONENT))
+    theta[0] = np.log(max(above, 1e-6 * thermal, 1e-300) / max(thermal, 1e-300))
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2):
     """Chi-square and parameter covariance (inverse normal matrix) at the current model ``ws.model``;
@@ -663,7 +732,7 @@ def _covariance(y, valid, base, shot, Z, P, F, theta, cov, ws, chi2):
     m, H, A, g, weights = ws.model, ws.H, ws.A, ws.g, ws.weights
     NP = _fitted(P, F)
     if not chi2 == chi2:
-        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights)
+        chi2 = _normal(y, valid, base, shot, Z, P, F, theta, m, ws.floor, H, g, weights) + _add_prior(ws, theta, P, NP)
     _regularize(H, NP, A, 0.0)
     ok = _inverse(A, NP, cov)
     for a in range(NP):
@@ -1021,12 +1090,13 @@ def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_
           _in(_F4), _F8, _in(_F4), _in(_F4), _in(_F4, 2), _in(_F4),  # read_var ... extra_var
           _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
           _I8, _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
-          _in(_F8), _in(_F8), _in(_F8), _in(_F8), _B,  # lo, hi, prior, prior_var, propagate
+          _in(_F8), _in(_F8), _in(_F8), _in(_F8), _in(_F8, 2), _in(_F8, 2), _B,  # lo ... pixel_info, propagate
           _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
          error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
                egroup, Z, offset, P, F, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
-               prior_var, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out):
+               prior_var, pixel_prior, pixel_info, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out,
+               outliers_out):
     """Fit ``DC = exp(offset + Z theta) + C t^gamma`` to every pixel by noise-weighted, reweighted Levenberg-Marquardt.
 
     Parameters
@@ -1069,6 +1139,11 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         Population (slope, gamma, floor C) and their variances used where a pixel's own fit is not
         trusted: then only lnA is fitted (flag FALLBACK), and the population spread enters its
         covariance.
+    pixel_prior, pixel_info : ndarray, shape (4, npix), (10, npix)
+        Each pixel's prior from an earlier model of the sensor: (lnA, slope, gamma, C) and the information matrix
+        (inverse covariance) of the fitted parameters beyond lnA as :data:`COVARIANCE_PLANES` (zero: no prior). A
+        pixel with a prior is fitted to maximum posterior: its chi-square has the prior's term, its covariance the
+        prior's information, and it needs (and its chi-square counts) one sample for each parameter beyond lnA less.
     propagate : bool
         Propagate the error of the bias model (common to all masters of a pixel) into the
         covariance.
@@ -1082,7 +1157,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
     yp, bp, sp, level = np.empty(M), np.empty(M), np.empty(M), np.empty(M)
     vp, v0, outl = np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_)
     ws = _Work(np.empty(M), np.empty(M), np.empty((4, 4)), np.empty((4, 4)), np.empty(4), np.empty(4), np.empty(4),
-               np.empty((4, 4)), np.empty((4, 2)), np.empty(M), np.zeros(M), np.zeros(M), np.empty(M, dtype=np.bool_))
+               np.empty((4, 4)), np.empty((4, 2)), np.empty(M), np.zeros(M), np.zeros(M), np.empty(M, dtype=np.bool_),
+               np.zeros(4), np.zeros((4, 4)), np.zeros(1, dtype=np.int64))
     r = _Rescue(np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.zeros(4), np.zeros((4, 4)),
                 np.empty(M), np.zeros((M, 3)), np.empty(M))
     r.Z1[:, 0] = 1.0  # lnA alone (P = 1)
@@ -1104,12 +1180,15 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         for i in range(M):
             v0[i] = vp[i]
         trusted, chi2, dropped = False, np.nan, 0
-        if n >= NP + min_dof:
+        _load_prior(p, P, F, pixel_prior, pixel_info, ws)
+        known = NP - 1 if ws.prior_p[0] == P else 0  # parameters the prior determines
+        if n >= NP - known + min_dof:
             _start(yp, vp, bp, sp, Z, offset, P, F, theta, ws)
             converged, chi2, positive, dropped = _robust(yp, vp, bp, sp, Z, offset, offset, P, F, theta, max_iter,
-                                                         tol, ln_a_range, outlier_sigma, max_outliers, NP + min_dof,
-                                                         tgroup, egroup, outl, cov, ws, trial, best)
-            if not _acceptable(chi2, n - dropped - NP, outlier_sigma) and np.isfinite(prior[0]):
+                                                         tol, ln_a_range, outlier_sigma, max_outliers,
+                                                         NP - known + min_dof, tgroup, egroup, outl, cov, ws, trial,
+                                                         best)
+            if not _acceptable(chi2, n - dropped - NP + known, outlier_sigma) and np.isfinite(prior[0]):
                 ok, conv2, c2, pos2, k = _rescue(yp, vp, v0, bp, sp, Z, offset, P, F, prior, opts, outl, theta, cov,
                                                  ws, trial, best, r)
                 if ok:
@@ -1133,15 +1212,17 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
                      chi2_out, nvalid_out, flags_out, outliers_out)
 
 
-@_kernel((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _B,
+@_kernel((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _in(_F8), _I8,
           _out(_F4), _out(_F4), _out(_F4, 2), _out(_F4), _out(_B)), error_model="numpy")
-def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fallback):
+def fit_lines(temperature, y, weights, rv, prior_slope, prior_var, mode, a, b, cov, rms, fallback):
     """Weighted straight line y = a + b T of every pixel, in one pass (see :func:`cmoscal.bias.fit_bias`).
 
     ``y`` and ``weights`` are (M, npix) float32 (a sample counts where its weight > 0 and it is finite),
-    ``rv`` (npix,) the variance of unit weight, ``prior`` (slope, variance) used where
-    ``use_prior`` and the usable samples span fewer than two temperatures. Writes a, b, the
-    covariance planes (3, npix: var a, var b, cov ab), the residual RMS and the fallback flag.
+    ``rv`` (npix,) the variance of unit weight, ``prior_slope`` and ``prior_var`` (npix,) a slope and its
+    variance: with ``mode`` 1 the slope a pixel gets when its usable samples span fewer than two temperatures
+    (the population's), with ``mode`` 2 a Gaussian prior of every pixel's slope (an earlier model's; the level
+    is free), 0 none. Writes a, b, the covariance planes (3, npix: var a, var b, cov ab), the residual RMS
+    and the fallback flag.
     """
     M = y.shape[0]
     for p in range(a.size):
@@ -1156,16 +1237,20 @@ def fit_lines(temperature, y, weights, rv, prior, use_prior, a, b, cov, rms, fal
                 s2 += w * T * T
                 sy += w * v
                 sty += w * T * v
+        known = rv[p] / prior_var[p] if mode == 2 and prior_var[p] > 0 else 0.0  # the prior's weight on the slope
+        if known > 0 and np.isfinite(known + prior_slope[p]):
+            s2 += known
+            sty += known * prior_slope[p]
         det = s0 * s2 - s1 * s1
         spread = det > 1e-9 * s0 * s0
         slope = (s0 * sty - s1 * sy) / det if spread else np.nan
         level = (sy - slope * s1) / s0
         c0, c1, c2 = rv[p] * s2 / det, rv[p] * s0 / det, -rv[p] * s1 / det
         fallback[p] = not spread and s0 > 0
-        if fallback[p] and use_prior:
+        if fallback[p] and mode == 1:
             mean_T = s1 / s0
-            slope, level = prior[0], sy / s0 - prior[0] * mean_T
-            c0, c1, c2 = rv[p] / s0 + mean_T * mean_T * prior[1], prior[1], -mean_T * prior[1]
+            slope, level = prior_slope[p], sy / s0 - prior_slope[p] * mean_T
+            c0, c1, c2 = rv[p] / s0 + mean_T * mean_T * prior_var[p], prior_var[p], -mean_T * prior_var[p]
         ss, n = 0.0, 0
         for k in range(M):
             w = float(weights[k, p])

@@ -41,7 +41,9 @@ _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAIN
          "TREFHOT": "degC, reference of hot_rate_min", "FORMREQ": "dark_form requested (auto: chosen by the data)",
          "FORMVZ": "Vuong z of the temperature laws", "FLOORZ": "likelihood-ratio z of the floor",
          "DQCLASS": "DQ has the hot_pixels classification",
-         "MODELID": "model id: hash of inputs and parameters", "REFTYPE": "kind of reference file",
+         "MODELID": "model id: hash of inputs and parameters", "PRIORID": "MODELID of the prior model (prior_model)",
+         "PRIORCMP": "campaign of the prior model", "PRIORFIL": "file of the prior model",
+         "REFTYPE": "kind of reference file",
          "PEDIGREE": "origin of the calibration data", "USEAFTER": "use for data taken after this date",
          "AUTHOR": "who made this file", "INSTRUME": "", "TELESCOP": "", "DETECTOR": ""}
 _PRIOR = ("POPSLOPE", "POPGAMMA", "POPFLOOR", "POPVSLOP", "POPVGAMM", "POPVFLOR")

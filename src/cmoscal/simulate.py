@@ -23,13 +23,16 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .dq import DQ
 from .fitsio import provenance, write_atomic, write_hdus
 from .forms import FORMS, KELVIN, dark_form
 
-__all__ = ["BITPIXES", "DATE_STYLES", "TEMPERATURE_STYLES", "age_truth", "dark_truth",
-           "held_out_points", "simulate_campaign", "simulate_mission", "truth_maps"]
+__all__ = ["BITPIXES", "DATE_STYLES", "FLIGHT", "TEMPERATURE_STYLES", "age_truth", "dark_truth", "flight_held_out",
+           "held_out_points", "held_out_residuals", "read_truth", "simulate_campaign", "simulate_mission",
+           "truth_maps"]
 
 GAIN = 1.5  # e- / DN
+GROUND_TEMPERATURES = (-10, -5, 0, 5, 10, 15, 20, 25)  # degC: the set points of a ground campaign by default
 SATURATION = 4095
 _START = datetime(2026, 1, 1)  # DATE-OBS of the first frame of a sensor's first campaign
 _YEAR = 365.25 * 86400  # s
@@ -289,11 +292,12 @@ def held_out_points(temperatures, exptimes) -> list[tuple[float, float]]:
     return [(T, t) for T in Ts for t in ts]
 
 
-def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10, 15, 20, 25),
+def simulate_campaign(outdir, shape=(128, 128), temperatures=GROUND_TEMPERATURES,
                       exptimes=(1, 5, 10, 30, 60), frames=5, bias_frames=10, jitter=0.15, law="exponential",
                       bad_files=False, odd_files=False, real_folder=False, cosmics=0.0, full_well=0.0,
                       age=0.0, held_out=False, bitpix=16, nan_pixels=0.0, temperature_style="degC",
-                      date_style="iso", light_leak=False, hot_share=1e-3, bias_jump=0.0, seed=0) -> dict:
+                      date_style="iso", light_leak=False, hot_share=1e-3, bias_jump=0.0, held_out_frames=1,
+                      tref=None, seed=0) -> dict:
     """Write a simulated campaign: ``outdir/raw/{bias,dark}/*.fits`` and ``outdir/truth.fits``.
 
     Parameters
@@ -326,9 +330,14 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     age : float, default 0
         Years of ageing (:func:`age_truth`): more hot pixels, shifted bias and dark rate; the frames'
         DATE-OBS are that much later.
-    held_out : bool, default False
-        Also write one dark frame at each of :func:`held_out_points` into ``outdir/held_out``
-        (not in the campaign: for calibrating as science frames).
+    held_out : bool or sequence of (float, float), default False
+        Also write dark frames at each of :func:`held_out_points` (True) or at the given (T, t) into
+        ``outdir/held_out`` (not in the campaign: for calibrating as science frames, or predicting).
+    held_out_frames : int, default 1
+        Frames at each held-out point.
+    tref : float, optional
+        Reference temperature of the truth's dark_a [degC]; default the coldest of ``temperatures``. The
+        campaigns of one sensor share it.
     bitpix : {16, 32, -32, -64}, default 16
         How the campaign frames store their (x16) values: uint16, int32, float32 or float64.
     nan_pixels : float, default 0
@@ -354,7 +363,7 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     outdir = Path(outdir)
     raw = outdir / "raw"
     rng = np.random.default_rng(seed + 1 + int(age * 100))
-    truth = truth_maps(tuple(shape), min(temperatures), law, seed, full_well, hot_share)
+    truth = truth_maps(tuple(shape), min(temperatures) if tref is None else tref, law, seed, full_well, hot_share)
     if age or bias_jump:
         truth = age_truth(truth, age, seed, bias_jump)
     hits = np.zeros(shape, np.int32)
@@ -381,10 +390,12 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
         leaked = _frame(truth, T, t, np.random.default_rng(seed + 8)).astype(np.int64) + 3000 * 16
         write(raw / "dark" / f"dark_{T:+.0f}C_{t:g}s_light_leak.fits", np.minimum(leaked, 4095 * 16).astype(np.uint16),
               _header("DARK", T, t, index + 1))
-    if held_out:
-        for T0, t in held_out_points(sorted(temperatures), sorted(exptimes)):
+    points = held_out_points(sorted(temperatures), sorted(exptimes)) if held_out is True else held_out or []
+    for T0, t in points:
+        for i in range(held_out_frames):
             T = T0 + rng.normal(0, jitter)
-            _write(outdir / "held_out" / f"dark_{T0:+.2f}C_{t:.3g}s.fits", _frame(truth, T, t, rng, cosmics),
+            name = f"dark_{T0:+.2f}C_{t:.3g}s" + (f"_{i:03d}" if held_out_frames > 1 else "")
+            _write(outdir / "held_out" / f"{name}.fits", _frame(truth, T, t, rng, cosmics),
                    _header("DARK", T, t, index))
             index += 1
     if bad_files:
@@ -406,12 +417,23 @@ def simulate_campaign(outdir, shape=(128, 128), temperatures=(-10, -5, 0, 5, 10,
     return truth
 
 
-def simulate_mission(outdir, ages=(0.5, 1.0, 2.0), shape=(128, 128), jump_at=None, bias_jump=3.0, seed=0,
-                     **campaign) -> dict:
+#: an in-flight calibration slot: darks at two temperatures 2.5 degC apart, two exposures, 3 frames; 5 biases
+FLIGHT = dict(temperatures=(8.0, 10.5), exptimes=(10.0, 60.0), frames=3, bias_frames=5)
+
+
+def flight_held_out(temperatures, exptimes) -> list[tuple[float, float]]:
+    """Where an in-flight epoch is checked: its own temperatures and 5 degC beyond the warmest, at its exposures."""
+    return [(T, t) for T in (*temperatures, max(temperatures) + 5.0) for t in exptimes]
+
+
+def simulate_mission(outdir, ages=(0.5, 1.0, 2.0), shape=(128, 128), jump_at=None, bias_jump=3.0, flight=None,
+                     seed=0, **campaign) -> dict:
     """Campaigns of one sensor over its mission: ``outdir/age_0y`` (the first) and one ``outdir/age_<A>y`` per age.
 
     Each is :func:`simulate_campaign` with ``campaign`` (its layout) and that age: new hot pixels, bias and dark
-    drifts, later dates. From ``jump_at`` [years] on, the bias is ``bias_jump`` DN higher (an event). Returns the
+    drifts, later dates. From ``jump_at`` [years] on, the bias is ``bias_jump`` DN higher (an event). With
+    ``flight`` (a layout such as :data:`FLIGHT`), the campaigns after the first are in-flight epochs of that
+    layout, each with 8 held-out darks at every point of :func:`flight_held_out` in ``held_out/``. Returns the
     truth of each campaign by folder name.
     """
     outdir = Path(outdir)
@@ -419,5 +441,46 @@ def simulate_mission(outdir, ages=(0.5, 1.0, 2.0), shape=(128, 128), jump_at=Non
     for age in (0.0, *ages):
         name = f"age_{age:g}y"
         jump = bias_jump if jump_at is not None and age >= jump_at else 0.0
-        truths[name] = simulate_campaign(outdir / name, shape=shape, age=age, bias_jump=jump, seed=seed, **campaign)
+        layout = dict(campaign)
+        if flight and age > 0:
+            layout.update(flight, held_out=flight_held_out(flight["temperatures"], flight["exptimes"]),
+                          held_out_frames=8)
+        truths[name] = simulate_campaign(outdir / name, shape=shape, age=age, bias_jump=jump,
+                                         tref=min(campaign.get("temperatures", GROUND_TEMPERATURES)), seed=seed,
+                                         **layout)
     return truths
+
+
+def read_truth(outdir) -> dict:
+    """The truth maps of a simulated campaign (lower-case names, ``hot`` boolean) with its gain and tref."""
+    with fits.open(Path(outdir) / "truth.fits") as hdul:
+        truth = {hdu.name.lower(): hdu.data.astype(np.float64) for hdu in hdul[1:]}
+        truth.update(gain=hdul[0].header["GAIN"], tref=hdul[0].header["TREF"])
+    truth["hot"] = truth["hot"].astype(bool)
+    return truth
+
+
+def held_out_residuals(model, outdir):
+    """A model against the held-out darks of a simulated campaign (``outdir/held_out``, raw x16 frames).
+
+    Yields, for each held-out (T, t) group: its name, mean T and, for normal and hot pixels (usable, unsaturated
+    in every frame), the residuals of the group's mean over the stated uncertainty (model bias and dark variance
+    plus the frames' read and shot noise) and the model's relative error against the true dark.
+    """
+    outdir = Path(outdir)
+    truth = read_truth(outdir)
+    groups = {}
+    for path in sorted((outdir / "held_out").glob("*.fits")):
+        groups.setdefault(path.name.rsplit("_", 1)[0], []).append(path)
+    for name, paths in groups.items():
+        frames = np.array([fits.getdata(p).astype(np.float64) / 16 for p in paths])
+        headers = [fits.getheader(p) for p in paths]
+        T, t = float(np.mean([h["CCD-TEMP"] for h in headers])), headers[0]["EXPTIME"]
+        dark, dark_var = model.prediction(T, t)
+        frame_var = (model.read_variance + np.maximum(dark, 0) / model.meta["GAIN"]) / len(paths)
+        pull = (frames.mean(0) - model.bias(T) - dark) / np.sqrt(dark_var + model.bias_variance(T) + frame_var)
+        error = dark / dark_truth(truth, T, t) - 1
+        usable = (model.dq & DQ.DO_NOT_USE) == 0
+        usable &= frames.max(0) < model.meta["SATURATE"]
+        yield name, T, {kind: (pull[usable & sel], error[usable & sel])
+                        for kind, sel in (("normal", ~truth["hot"]), ("hot", truth["hot"]))}

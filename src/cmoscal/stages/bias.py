@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.stats import theilslopes
 
+from .. import prior as prior_model
 from ..bias import fit_bias
 from ..compute import row_bands, run_tiles, sample_rows
 from ..errors import CampaignError
@@ -118,23 +119,28 @@ def frames_table(params: dict, kind: str) -> Table:
     return read_table(required(params, _MASTERS[kind], "frames.ecsv"))
 
 
-def _bias_tile(index, rows, prior, from_residuals: bool) -> tuple:
+def _bias_tile(index, rows, prior, from_residuals: bool, params=None) -> tuple:
     """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker).
 
     The read variance is pooled from the scatter inside the bias groups, or (``from_residuals``,
     when no group has two frames) taken from the residuals of each pixel's own line fit, with
-    its usable masters - 2 degrees of freedom (NaN with none).
+    its usable masters - 2 degrees of freedom (NaN with none). With ``params`` naming a
+    ``prior_model``, every pixel's slope has that model's as its prior (:mod:`cmoscal.prior`).
     """
     masters = load_masters(index, rows, extensions=("VARIANCE", "NFRAMES", "NSATUR"))
     weights = np.where(masters.valid, masters.nframes, 0)
+    pixel_prior = prior_model.bias_prior(params, rows) if params and params["prior_model"] else None
     if not from_residuals:
         rv = read_variance(masters.variance, masters.nframes)
-        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior), rv)
+        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior), rv)
     a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights,
                                         np.ones(masters.data.shape[1:], np.float32), prior)
     used = np.count_nonzero(weights > 0, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rv = np.where(used > 2, rms.astype(np.float64) ** 2 * used / (used - 2), np.nan).astype(np.float32)
+    if pixel_prior is not None:  # the read variance known, the slope's prior can be weighed against the data
+        a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior)
+        return a, b, cov, rms, fallback, rv
     return a, b, (cov * rv).astype(np.float32), rms, fallback, rv
 
 
@@ -169,9 +175,10 @@ def run(params: dict) -> dict:
         raise CampaignError(f"every master bias has 1 usable frame and there are {len(index)}: the read noise needs "
                             "a bias group of >= 2 frames or biases at >= 3 temperatures (bias-fit residuals)")
     ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
+    before = prior_model.load(params, (ny, nx))
     prior = _population_slope(index, ny, from_residuals)
     bands = row_bands(ny, len(index) * nx * 64, params)
-    tasks = [(index, band, prior, from_residuals) for band in bands]
+    tasks = [(index, band, prior, from_residuals, params) for band in bands]
     parts = zip(*run_tiles(_bias_tile, tasks, params, "bias model"))
     a, b, cov, rms, fallback, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
     T = [h["TEMP"] for _, h in index]
@@ -183,7 +190,8 @@ def run(params: dict) -> dict:
                     RNDOF=(len(index) - 2 if from_residuals else int(sum(n - 1 for n in counts)),
                            "degrees of freedom of the read noise"),
                     RNSOURCE=(RESIDUALS if from_residuals else "bias groups", "what the read noise comes from"),
-                    BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"))
+                    BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"),
+                    **(prior_model.lineage(before, prior_model.prior_file(params)) if before is not None else {}))
     inputs = [p.name for p, _ in index]
     maps = {"bias_a_map": (a, "DN", "bias at 0 degC (a of a + b*T)"),
             "bias_b_map": (b, "DN/degC", "bias temperature slope (b of a + b*T)"),

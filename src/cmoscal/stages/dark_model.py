@@ -21,16 +21,17 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .. import __version__
+from .. import prior as prior_model
 from ..compute import concurrently, row_bands, run_tiles, sample_rows
-from ..darkfit import deviance, fit_dark, predict, select_form
-from ..dq import DQ, DQ_DTYPE, from_fit_flags
+from ..darkfit import deviance, fit_dark, has_prior, predict, select_form
+from ..dq import DQ, DQ_DTYPE, from_fit_flags, has
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
 from ..forms import FORMS, dark_form
 from ..inventory import frame_label
 from ..kernels import FIT_FLAGS
 from ..masters import inverse_gain, load_masters, master_index
-from ..model import CalibrationModel
+from ..model import CalibrationModel, shared_model
 from ..noise import Noise
 from ..products import note, product, required, shaping, stage
 from . import bias as bias_stage
@@ -41,21 +42,24 @@ __all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options",
 
 
 def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
-    """Identifier of the products of ``stage_name``: a hash of the frames used (path, plane, T, t) and of exactly
-    the parameters that shape them (:func:`cmoscal.products.shaping`): the dark fit's id changes with no
-    hot-pixel threshold, the model's (with its DQ) with each."""
+    """Identifier of the products of ``stage_name``: a hash of the frames used (path, plane, T, t), of exactly
+    the parameters that shape them (:func:`cmoscal.products.shaping`) and of the prior model's id: the dark fit's
+    id changes with no hot-pixel threshold, the model's (with its DQ) with each."""
     used = inventory[inventory["status"] == "ok"]
     frames = sorted(f"{p}[{q}] {T:.4f} {t:.6g}" for p, q, T, t in zip(used["path"], used["plane"],
                                                                         used["temperature"], used["exposure"]))
-    text = json.dumps(dict(frames=frames, params=shaping(params, stage_name), cmoscal=__version__), sort_keys=True,
-                      default=str)
+    text = json.dumps(dict(frames=frames, params=shaping(params, stage_name), prior=prior_model.parent_id(params),
+                           cmoscal=__version__), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def gain(params: dict, index, inventory) -> tuple[float, str]:
-    """1/gain [DN/e-] and where it comes from: the parameter, the dark frames, the headers, or unknown."""
+def gain(params: dict, index, inventory, before: CalibrationModel | None = None) -> tuple[float, str]:
+    """1/gain [DN/e-] and where it comes from: the parameter, the prior model ``before`` (a few in-flight darks
+    measure it to ~10 %, a ground campaign to ~1 %), the dark frames, the headers, or unknown."""
     if params["gain"] is not None:
         return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN"
+    if before is not None and before.meta.get("GAIN", 0) > 0:
+        return 1 / before.meta["GAIN"], f"prior model {before.meta.get('CAMPAIGN', '')}"
     measured = inverse_gain(np.sum([[h.get(f"GAINS{k}", 0.0) for k in range(5)] for _, h in index], axis=0))
     if measured > 0:
         return measured, "measured: photon transfer of dark frames"
@@ -95,8 +99,9 @@ def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
                       bias=(bias["a"].reshape(-1), bias["b"].reshape(-1), bias["cov"].reshape(3, -1)))
     else:
         noise = Noise(flat(darks.nframes), read_var, inv_gain, extra_var=read_var / bias["header"]["NBIASMED"])
+    prior = prior_model.dark_prior(params, rows) if params["prior_model"] else None
     return dict(darks=darks, shape=darks.data.shape[1:], signal=flat(darks.data), usable=flat(darks.nsaturated == 0),
-                noise=noise)
+                noise=noise, prior=prior)
 
 
 def fit_options(params: dict, saturation: float, M: int, form: str,
@@ -121,12 +126,41 @@ class FitSetup(NamedTuple):
     fit_gamma: bool
     tmin: float
     options: dict
+    change: tuple = ()  # with prior_model: (T, t, the sensor's common change of ln DC there) of the change test
 
 
-def _fit(inputs, setup: FitSetup):
+def _fit(inputs, setup: FitSetup, pixels=slice(None)):
     darks = inputs["darks"]
-    return fit_dark(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, setup.tmin, setup.form,
-                    setup.fit_gamma, usable=inputs["usable"], **setup.options)
+    prior = inputs["prior"]
+    return fit_dark(inputs["signal"][:, pixels], inputs["noise"].columns(pixels), darks.temperature, darks.exptime,
+                    setup.tmin, setup.form, setup.fit_gamma, usable=inputs["usable"][:, pixels],
+                    pixel_prior=None if prior is None else (prior[0][:, pixels], prior[1][:, pixels]), **setup.options)
+
+
+def _changed(inputs, setup: FitSetup, fit) -> np.ndarray:
+    """Pixels whose dark rate at ``setup.change`` moved beyond the sensor's common change by more than
+    change_sigma against their prior (:func:`cmoscal.prior.change_z`); none without a prior."""
+    if not setup.change:
+        return np.zeros(fit.flags.shape, bool)
+    theta, information = inputs["prior"]
+    rows = inputs["rows"]
+    before = shared_model(prior_model.prior_file(setup.params))
+    cov = before.dark_cov[:, rows].reshape(len(before.dark_cov), -1)
+    z = prior_model.change_z(fit.params, fit.cov, theta[:len(fit.params)], cov, setup.change, setup.tmin, setup.form)
+    return has_prior((theta, information)) & ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool) & (
+        np.abs(z) > setup.params["change_sigma"])
+
+
+def _refit_changed(inputs, setup: FitSetup, fit):
+    """The fit with the pixels that changed beyond their prior refitted from their own data alone; and those."""
+    changed = _changed(inputs, setup, fit)
+    pixels = np.flatnonzero(changed)
+    if pixels.size:
+        own = _fit(dict(inputs, prior=None), setup, pixels)
+        for name in ("params", "cov", "chi2r", "nvalid", "flags"):
+            getattr(fit, name)[..., pixels] = getattr(own, name)
+        fit.dropped[:, pixels] = own.dropped
+    return fit, changed
 
 
 class TileFit(NamedTuple):
@@ -138,13 +172,14 @@ class TileFit(NamedTuple):
     nvalid: np.ndarray
     flags: np.ndarray
     saturated: np.ndarray
+    changed: np.ndarray
     dropped: tuple
 
 
 def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
     """Fit one band of rows (a task: runs in a thread or on a dask worker)."""
-    inputs = fit_inputs(setup.params, setup.index, rows, setup.inv_gain)
-    fit = _fit(inputs, setup)
+    inputs = dict(fit_inputs(setup.params, setup.index, rows, setup.inv_gain), rows=rows)
+    fit, changed = _refit_changed(inputs, setup, _fit(inputs, setup))
     shape = inputs["shape"]
     saturated = inputs["darks"].nsaturated.any(0)
     for path in bias_files:
@@ -155,7 +190,7 @@ def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
     model = predict(fit.params[:, p], darks.temperature[m], darks.exptime[m], setup.tmin, setup.form)
     dropped = (m, y + (rows.start or 0), x, inputs["signal"][m, p], model)
     return TileFit(fit.params.reshape((-1,) + shape), fit.cov.reshape((-1,) + shape), fit.chi2r.reshape(shape),
-                   fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, dropped)
+                   fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, changed.reshape(shape), dropped)
 
 
 def sample_inputs(params: dict, index, inv_gain: float) -> dict:
@@ -172,8 +207,10 @@ def sample_inputs(params: dict, index, inv_gain: float) -> dict:
         rows = np.sort(rng.choice(ny, min(ny, 4 * -(-n // nx)), replace=False))
         pixels = np.sort(rng.choice(len(rows) * nx, n, replace=False))
     inputs = fit_inputs(params, index, rows, inv_gain)
+    prior = inputs["prior"]
     return dict(inputs, signal=inputs["signal"][:, pixels], usable=inputs["usable"][:, pixels],
-                noise=inputs["noise"].columns(pixels), rows=rows, pixels=pixels)
+                noise=inputs["noise"].columns(pixels), rows=rows, pixels=pixels,
+                prior=None if prior is None else (prior[0][:, pixels], prior[1][:, pixels]))
 
 
 def _sample_tile(setup: FitSetup, rows):
@@ -222,7 +259,7 @@ def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, f
 
     def chi2_of(form, gamma):
         setup = FitSetup(params, [], 0.0, form, gamma, tmin, fit_options(params, saturation, M, form))
-        fit = _fit(inputs, setup)
+        fit = _fit(dict(inputs, prior=None), setup)  # an earlier model is a prior of its own form only
         own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
         darks = inputs["darks"]
         return (deviance(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit,
@@ -255,8 +292,8 @@ def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, f
 def run(params: dict) -> dict:
     """Fit the dark model to every pixel, tile by tile, and write the dark fit (the model with the DQ of the fits).
 
-    Returns the model, the model comparison table, the per-master dropped-sample counts and
-    the gain.
+    Returns the model, the model comparison table, the per-master dropped-sample counts, the
+    gain and, with ``prior_model``, the update (:func:`cmoscal.prior.moved`; else None).
     """
     inventory = inventory_stage.load(params)
     index = master_index(required(params, "dark_masters"))
@@ -268,39 +305,48 @@ def run(params: dict) -> dict:
     if len(np.unique(np.round(temperatures, 1))) < 2:
         raise CampaignError(f"the dark masters cover 1 temperature ({temperatures[0]:.1f} degC): the dark model "
                             "needs >= 2")
-    fit_gamma = _dimension(params, exptimes)
-    tmin = float(temperatures.min())
-    inv_gain, gain_source = gain(params, index, inventory)
-    comparison = compare_models(params, sample_inputs(params, index, inv_gain), saturation, tmin, fit_gamma)
-    form = comparison.meta["used"]
-    if form != comparison.meta["supported"]:
+    before = prior_model.load(params, (ny, nx))
+    fit_gamma = _dimension(params, exptimes) if before is None else before.fit_gamma
+    tmin = float(temperatures.min()) if before is None else before.tmin
+    inv_gain, gain_source = gain(params, index, inventory, before)
+    sample = sample_inputs(params, index, inv_gain)
+    comparison = compare_models(params, sample, saturation, tmin, fit_gamma)
+    form = comparison.meta["used"] if before is None else before.form
+    if before is not None:
+        comparison.meta.update(used=form, verdict=f"{form}: the form of the prior model ({comparison.meta['verdict']})")
+    elif form != comparison.meta["supported"]:
         warnings.warn(f"dark_form={form}, but the data support {comparison.meta['supported']}: "
                       f"{comparison.meta['verdict']}", CampaignWarning, stacklevel=2)
     setup = FitSetup(params, index, inv_gain, form, fit_gamma, tmin, fit_options(params, saturation, len(index), form))
     prior, trusted_share = _population(setup)
     setup = setup._replace(options=dict(setup.options, prior=prior))
+    if before is not None:
+        setup = setup._replace(change=_common_change(sample, setup, temperatures, exptimes))
     floor = FORMS[form].floor
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
     bias_files = [path for path, _ in bias_index]
     maps = (np.empty((3 + floor, ny, nx)), np.empty((6 + 4 * floor, ny, nx)), np.empty((ny, nx)),
-            np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool))
+            np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool),
+            np.empty((ny, nx), bool))
     dropped_parts = []
     for band, part in zip(bands, run_tiles(_fit_tile, [(setup, band, bias_files) for band in bands], params,
                                            "dark fit")):
         for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
             whole[..., band, :] = piece
         dropped_parts.append(part.dropped)
-    dark, cov, chi2r, nvalid, flags, saturated = maps
+    dark, cov, chi2r, nvalid, flags, saturated, changed = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params)
     dq = from_fit_flags(flags, FIT_FLAGS)
     dq[saturated] |= DQ_DTYPE(DQ.SATURATED)
     dq[bias["fallback"] > 0] |= DQ_DTYPE(DQ.FALLBACK)
+    dq[changed] |= DQ_DTYPE(DQ.CHANGED)
     bias_T = [h["TEMP"] for _, h in bias_index]
+    calibrated = [*temperatures, *bias_T, *(before.trange if before is not None else ())]
     model = CalibrationModel(
         bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
         dark_cov=cov, chi2r=chi2r, nvalid=nvalid, dq=dq, form=form, fit_gamma=fit_gamma, tmin=tmin,
-        trange=(float(min(temperatures.min(), min(bias_T))), float(max(temperatures.max(), max(bias_T)))),
+        trange=(float(min(calibrated)), float(max(calibrated))),
         exprange=(float(exptimes.min()), float(exptimes.max())), max_extrapolation=params["max_extrapolation"],
         max_exposure_factor=params["max_exposure_factor"], prior=prior,
         meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
@@ -310,16 +356,57 @@ def run(params: dict) -> dict:
                   NDARK=sum(h["NCOMBINE"] for _, h in index), DQCLASS=False, FORMREQ=params["dark_form"],
                   FORMVZ=comparison.meta["vuong_z"], FLOORZ=comparison.meta["floor_z"]))
     keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments
+    if before is not None:
+        keywords.update(prior_model.lineage(before, prior_model.prior_file(params)))
     model.meta.update({k: v[0] if isinstance(v, tuple) else v for k, v in keywords.items()},
                       MODELID=model_id(params, inventory))
     model.history = [f"input: {p.name}" for p, _ in bias_index + index]
+    if before is not None:
+        model.history.append(f"prior: {prior_model.prior_file(params)} (MODELID {before.meta.get('MODELID', '?')})")
     per_master = _record_dropped(params, index, dropped, model)
     concurrently([lambda: model.write(product(params, "dark_fit")), lambda: write_maps(params, model),
                   lambda: write_table(comparison, product(params, "model_comparison"))], params)
+    update = _write_update(params, before, model, setup.change) if before is not None else None
     note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
     return dict(model=model, comparison=comparison, dropped=per_master, inv_gain=inv_gain, gain_source=gain_source,
-                prior=prior)
+                prior=prior, update=update)
+
+
+def _common_change(sample: dict, setup: FitSetup, temperatures, exptimes) -> tuple:
+    """Where the change test looks (the darks' mean temperature, their geometric-mean exposure) and the sensor's
+    common change of ln DC there since the prior: the median over the sample pixels fitted with their prior."""
+    fit = _fit(sample, setup)
+    point = (float(np.mean(temperatures)), float(np.exp(np.mean(np.log(exptimes)))), 0.0)
+    theta, information = sample["prior"]
+    T, t, _ = point
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = np.log(predict(fit.params, T, t, setup.tmin, setup.form)) - np.log(
+            predict(theta[:len(fit.params)], T, t, setup.tmin, setup.form))
+    usable = has_prior((theta, information)) & np.isfinite(change)
+    return point[:2] + (float(np.median(change[usable])) if usable.any() else 0.0,)
+
+
+def _write_update(params: dict, before: CalibrationModel, model: CalibrationModel, change: tuple) -> tuple:
+    """Write ``dark_model/prior_update.ecsv`` (what the frames moved, per parameter) and ``prior_update.fits`` (its
+    maps); return both (:func:`cmoscal.prior.moved`)."""
+    usable = (model.dq & (DQ.DO_NOT_USE | DQ.FALLBACK | DQ.CHANGED)) == 0
+    table, maps = prior_model.moved(before, model, usable)
+    T, t, shift = change
+    table.meta.update(prior=str(prior_model.prior_file(params)), prior_model=before.meta.get("MODELID", ""),
+                      prior_campaign=before.meta.get("CAMPAIGN", ""), change_temperature=T, change_exptime=t,
+                      common_change_percent=100 * float(np.expm1(shift)), changed_pixels=int(has(model.dq,
+                                                                                                  DQ.CHANGED).sum()),
+                      change_sigma=params["change_sigma"])
+    write_table(table, product(params, "prior_update"))
+    header = model.header()
+    header["BUNIT"], header["REFTYPE"] = "", "PRIOR_UPDATE"
+    header["DESCRIP"] = "per parameter: (now - prior) / prior sigma, and sigma now / prior sigma"
+    extensions = [(f"{name.replace(' ', '_').upper()}_{kind}", plane.astype(np.float32), "")
+                  for name, (shift_map, ratio) in maps.items()
+                  for kind, plane in (("SHIFT", shift_map), ("RATIO", ratio))]
+    write_hdus(product(params, "prior_update_maps"), None, header, extensions)
+    return table, maps
 
 
 def _record_dropped(params, index, dropped, model: CalibrationModel) -> Table:

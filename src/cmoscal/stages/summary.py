@@ -192,6 +192,23 @@ def _residual_trend(evidence: Evidence):
                                   f"the master by {abs(row['resid_mean']):.2f} sigma on average")
 
 
+def _extrapolation_error(evidence: Evidence):
+    """Median over normal pixels of the error of ln DC that the slope's uncertainty adds max_extrapolation degC beyond
+    the warmest calibrated temperature: a narrow temperature range without a prior model leaves the slope unknown."""
+    model = evidence.model
+    law = dark_form(model.form)
+    warmest = model.trange[1]
+    lever = abs(float(law.feature(warmest + model.max_extrapolation, model.tmin) - law.feature(warmest, model.tmin)))
+    normal = ~has(model.dq, DQ.DEFECT) & np.isfinite(model.dark_cov[1]) & (model.dark_cov[1] >= 0)
+    if not normal.any():
+        return np.nan, "no normal pixel"
+    value = float(np.median(np.sqrt(model.dark_cov[1][normal]))) * lever
+    prior = model.meta.get("PRIORCMP")
+    where = (f"{law.slope} from the prior model ({prior}) and these frames" if prior else
+             f"{law.slope} from these frames alone over {model.trange[0]:.1f}..{warmest:.1f} degC")
+    return value, f"{where}; at {warmest + model.max_extrapolation:.1f} degC"
+
+
 def _flagged_share(value: int) -> Callable:
     return lambda evidence: (float(np.mean(has(evidence.model.dq, value))), "")
 
@@ -225,6 +242,9 @@ CHECKS = (
     Check("dark residual trend", "largest |mean (synthetic - master) / noise| over normal pixels among the dark "
           "groups: a form that misses the temperature or exposure dependence leaves a systematic departure",
           "residual_trend_max", _residual_trend),
+    Check("dark extrapolation error", "median over normal pixels of the error of ln(dark) that the slope's "
+          "uncertainty alone adds at max_extrapolation beyond the warmest calibrated temperature: darks over a few "
+          "degrees (in flight) need prior_model", "extrapolation_error_max", _extrapolation_error),
     Check("warm + hot fraction", "share of pixels flagged WARM or HOT", "hot_fraction_max",
           _flagged_share(DQ.HOT | DQ.WARM)),
     Check("unreliable dark fraction", "share of pixels flagged UNRELIABLE_DARK (dark rate known to no better than "

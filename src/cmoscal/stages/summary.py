@@ -18,6 +18,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.stats import chi2
 
+from ..darkfit import predict
 from ..dq import DQ, dq_table, has
 from ..fitsio import read_table, write_table
 from ..forms import dark_form
@@ -193,20 +194,25 @@ def _residual_trend(evidence: Evidence):
 
 
 def _extrapolation_error(evidence: Evidence):
-    """Median over normal pixels of the error of ln DC that the slope's uncertainty adds max_extrapolation degC beyond
-    the warmest calibrated temperature: a narrow temperature range without a prior model leaves the slope unknown."""
+    """Median over normal pixels of the error the slope's uncertainty alone adds to a dark frame max_extrapolation
+    beyond the warmest calibrated temperature (longest exposure), over that frame's own noise: a narrow temperature
+    range without a prior model leaves the slope unknown; a faint dark known to a few percent does not matter."""
     model = evidence.model
     law = dark_form(model.form)
-    warmest = model.trange[1]
-    lever = abs(float(law.feature(warmest + model.max_extrapolation, model.tmin) - law.feature(warmest, model.tmin)))
+    warmest, t = model.trange[1], model.exprange[1]
+    T = warmest + model.max_extrapolation
+    lever = abs(float(law.feature(T, model.tmin) - law.feature(warmest, model.tmin)))
     normal = ~has(model.dq, DQ.DEFECT) & np.isfinite(model.dark_cov[1]) & (model.dark_cov[1] >= 0)
     if not normal.any():
         return np.nan, "no normal pixel"
-    value = float(np.median(np.sqrt(model.dark_cov[1][normal]))) * lever
+    signal = predict(model.dark[:, normal], T, t, model.tmin, model.form)
+    inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN", 0) > 0 else 0.0
+    noise = np.sqrt(model.read_variance[normal] + np.maximum(signal, 0) * inv_gain)
+    value = float(np.median(signal * np.sqrt(model.dark_cov[1][normal]) * lever / noise))
     prior = model.meta.get("PRIORCMP")
     where = (f"{law.slope} from the prior model ({prior}) and these frames" if prior else
              f"{law.slope} from these frames alone over {model.trange[0]:.1f}..{warmest:.1f} degC")
-    return value, f"{where}; at {warmest + model.max_extrapolation:.1f} degC"
+    return value, f"{where}; a {t:.3g} s dark at {T:.1f} degC"
 
 
 def _flagged_share(value: int) -> Callable:
@@ -242,9 +248,10 @@ CHECKS = (
     Check("dark residual trend", "largest |mean (synthetic - master) / noise| over normal pixels among the dark "
           "groups: a form that misses the temperature or exposure dependence leaves a systematic departure",
           "residual_trend_max", _residual_trend),
-    Check("dark extrapolation error", "median over normal pixels of the error of ln(dark) that the slope's "
-          "uncertainty alone adds at max_extrapolation beyond the warmest calibrated temperature: darks over a few "
-          "degrees (in flight) need prior_model", "extrapolation_error_max", _extrapolation_error),
+    Check("dark extrapolation error / noise", "median over normal pixels of the error the slope's uncertainty alone "
+          "adds to a dark of the longest exposure max_extrapolation beyond the warmest calibrated temperature, over "
+          "that frame's noise: darks over a few degrees (in flight) need prior_model", "extrapolation_error_max",
+          _extrapolation_error),
     Check("warm + hot fraction", "share of pixels flagged WARM or HOT", "hot_fraction_max",
           _flagged_share(DQ.HOT | DQ.WARM)),
     Check("unreliable dark fraction", "share of pixels flagged UNRELIABLE_DARK (dark rate known to no better than "

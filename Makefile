@@ -8,6 +8,9 @@ PARAMS ?= params/$(CAMPAIGN).yml
 STAGES ?=
 # the last folder the demo simulation writes: its absence means the demo data is missing or older
 DEMO_DATA := data/demo/held_out
+# the demo sensor later, compared with (demo-aged) or updating (demo-flight) the demo campaign's model
+LATER_demo-aged := --age 3
+LATER_demo-flight := --age 1 --temps 8,10.5 --exptimes 10,60 --frames 3 --bias-frames 5 --tref -10
 
 .PHONY: env report demo-data test bench lab clean
 
@@ -25,9 +28,9 @@ demo-data: env
 	@if [ "$(PARAMS)" = params/demo.yml ] && [ ! -d $(DEMO_DATA) ]; then \
 	  echo "simulating the demo campaign into data/demo"; \
 	  $(BIN)/cmoscal simulate data/demo --shape 256x256 --bad-files --held-out; fi
-	@if [ "$(PARAMS)" = params/demo-aged.yml ]; then \
-	  if [ ! -d data/demo-aged/held_out ]; then echo "simulating the aged demo sensor into data/demo-aged"; \
-	    $(BIN)/cmoscal simulate data/demo-aged --shape 256x256 --age 3 --held-out; fi; \
+	@if [ -n "$(LATER_$(CAMPAIGN))" ] && [ "$(PARAMS)" = params/$(CAMPAIGN).yml ]; then \
+	  if [ ! -d data/$(CAMPAIGN)/held_out ]; then echo "simulating the demo sensor later into data/$(CAMPAIGN)"; \
+	    $(BIN)/cmoscal simulate data/$(CAMPAIGN) --shape 256x256 $(LATER_$(CAMPAIGN)) --held-out; fi; \
 	  if [ ! -f products/demo/calibration_model.fits ]; then $(MAKE) --no-print-directory report CAMPAIGN=demo; fi; fi
 
 report: env demo-data

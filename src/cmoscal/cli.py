@@ -89,7 +89,7 @@ def _simulate(args) -> None:
         return
     simulate_campaign(args.outdir, shape=args.shape, bad_files=args.bad_files, odd_files=args.odd_files,
                       real_folder=args.real_folder, age=args.age, held_out=args.held_out, light_leak=args.light_leak,
-                      seed=args.seed, **layout)
+                      tref=args.tref, seed=args.seed, **layout)
     print(f"wrote {n} frames of {args.shape[0]}x{args.shape[1]} to {Path(args.outdir) / 'raw'} "
           f"and the truth to {Path(args.outdir) / 'truth.fits'}")
 
@@ -268,6 +268,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="dark-current form of the truth (default exponential; +floor: a temperature-independent "
                    "floor)")
     p.add_argument("--hot-share", type=_finite, default=1e-3, help="share of hot pixels (default 0.001)")
+    p.add_argument("--tref", type=_finite, default=None, help="degC where the truth's dark A is drawn (default the "
+                   "coldest --temps): give the first campaign's to simulate the same sensor at other temperatures")
     p.add_argument("--mission", type=_floats, default=None, help="ages in years (e.g. 0.5,1,2): one campaign of "
                    "the same sensor at age 0 and at each, in OUTDIR/age_<A>y (new hot pixels, bias and dark drifts)")
     p.add_argument("--jump-at", type=_finite, default=None, help="with --mission: age from which the bias is "

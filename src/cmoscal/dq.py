@@ -58,7 +58,8 @@ FLAGS = (
     Flag("NOISY", 2, "read noise above median + noisy_sigma * 1.4826 * MAD (e.g. telegraph noise)", "hot_pixels"),
     Flag("SATURATED", 3, "saturated in at least one input frame: those samples are left out", "dark_model"),
     Flag("FEW_SAMPLES", 4, "too few valid master samples for the pixel's own dark fit", "dark_model", "FEW_SAMPLES"),
-    Flag("POOR_FIT", 5, "reduced chi-square of the dark fit above poor_fit_chi2r", "hot_pixels", verdict=True),
+    Flag("POOR_FIT", 5, "reduced chi-square of the dark fit above poor_fit_chi2r and beyond chance at excess_sigma",
+         "hot_pixels", verdict=True),
     Flag("FALLBACK", 6, "own fit not trusted (undetermined or out of bounds): population B/Ea, gamma, floor (or "
                         "bias slope) with the pixel's own amplitude", "dark_model", "FALLBACK"),
     Flag("OUTLIER", 7, "master samples dropped as outliers (e.g. cosmic rays in one-frame masters)", "dark_model",

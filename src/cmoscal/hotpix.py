@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import chi2, norm
 
 from .dq import DQ, DQ_DTYPE, has
 
@@ -75,7 +76,14 @@ class Thresholds:
         return cls(**{name: params[name] for name in cls.__dataclass_fields__})
 
 
-def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, fit_dq, limits: Thresholds,
+def _poor_fit(chi2r, dof, limits: Thresholds) -> np.ndarray:
+    """Reduced chi-square above poor_fit_chi2r and the chi-square beyond chance at excess_sigma."""
+    with np.errstate(invalid="ignore"):
+        chance = chi2.sf(chi2r * dof, np.maximum(dof, 1))
+    return (chi2r > limits.poor_fit_chi2r) & (dof > 0) & (chance < norm.sf(limits.excess_sigma))
+
+
+def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, dof, fit_dq, limits: Thresholds,
                     rate_min=None):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
@@ -91,8 +99,9 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
         Relative 1-sigma error of the dark rate at the reference temperature.
     read_noise : ndarray
         Per-pixel read noise [DN].
-    chi2r : ndarray
-        Reduced chi-square of the dark fit.
+    chi2r, dof : ndarray
+        Reduced chi-square of the dark fit and its degrees of freedom: POOR_FIT needs chi2r above poor_fit_chi2r
+        and a chi-square beyond chance at excess_sigma (a fit of 3 degrees of freedom exceeds 3 by chance in 3 %).
     fit_dq : ndarray
         Bits already set by the fits (SATURATED, FEW_SAMPLES, FALLBACK, ...).
     limits : Thresholds
@@ -124,7 +133,7 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
         thresholds["hot_rate_min"] = rate_min
         hot |= excess_significance(*rate_ref, rate_min) > limits.excess_sigma
     flags = {DQ.HOT: hot & usable, DQ.WARM: warm & ~hot & usable,
-             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: chi2r > limits.poor_fit_chi2r,
+             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: _poor_fit(chi2r, dof, limits),
              DQ.UNRELIABLE_DARK: (rate_error > limits.unreliable_dark_error) & usable}
     dq = fit_dq.astype(DQ_DTYPE)
     for value, flag in flags.items():

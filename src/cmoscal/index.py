@@ -127,6 +127,12 @@ def _campaign(params: dict, files: Table | None) -> str:
         parts.append(f"<p class='muted'>Instrument {_cell(h.get('INSTRUME', '?'))}, detector "
                      f"{_cell(h.get('DETECTOR', '?'))}; pedigree {_cell(h.get('PEDIGREE', '?'))}; use after "
                      f"{_cell(h.get('USEAFTER', '?'))}; model id <code>{_cell(h.get('MODELID', '?'))}</code>.</p>")
+        if h.get("PRIORID"):
+            parts.append(f"<p>Updated from the prior model of campaign {_cell(h.get('PRIORCMP', '?'))} (model id "
+                         f"<code>{_cell(h['PRIORID'])}</code>): these frames set the bias level and dark amplitude, "
+                         "the prior the temperature and exposure behaviour where they cannot; the temperature range "
+                         "includes the prior's. What moved: <code>dark_model/prior_update.ecsv</code> and the dark "
+                         "model page.</p>")
     science = product(params, "calibrated", "frames.ecsv")
     if stage_states(params["output_dir"])["calibration"][0] == "current" and science.exists():
         frames = read_table(science)

@@ -24,7 +24,7 @@ from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
 from .darkfit import temperature_feature
-from .dq import DQ_DTYPE, dq_table
+from .dq import DQ, DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
 from .fitsio import provenance, set_card, write_hdus
 from .forms import KELVIN, dark_form
@@ -127,6 +127,18 @@ class CalibrationModel:
         return np.square(self.read_noise, dtype=np.float32)
 
     # --- synthesis -----------------------------------------------------------------------
+    @property
+    def dark_dof(self) -> np.ndarray:
+        """Degrees of freedom of each pixel's dark fit: valid samples less the parameters the samples determine (all
+        of an own fit; lnA alone for a FALLBACK pixel, or for one fitted with a prior model, whose chi-square holds the
+        prior's terms too)."""
+        floor = len(self.dark) - 3
+        own = 1 if self.meta.get("PRIORID") else (3 if self.fit_gamma else 2) + floor
+        alone = (self.dq & DQ_DTYPE(DQ.CHANGED)) > 0
+        fitted = np.where((self.dq & DQ_DTYPE(DQ.FALLBACK)) > 0, 1 + floor,
+                          np.where(alone, (3 if self.fit_gamma else 2) + floor, own))
+        return self.nvalid.astype(np.int64) - fitted
+
     def check_request(self, temperature: float, exptime: float | None = None) -> list[str]:
         """Warnings for a request just outside the calibrated ranges.
 

@@ -90,7 +90,8 @@ def run(params: dict) -> dict:
         rate_min = rate_min / model.meta["GAIN"]
     stated = model.log_rate(tref, model.exprange[1])[1]  # as the model states it, where the dark is largest
     dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated),
-                                     model.read_noise, model.chi2r, fit_dq, Thresholds.from_params(params), rate_min)
+                                     model.read_noise, model.chi2r, model.dark_dof, fit_dq,
+                                     Thresholds.from_params(params), rate_min)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())

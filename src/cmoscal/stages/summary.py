@@ -171,7 +171,7 @@ def _loo_noise(kind: str) -> Callable:
 def _chi2_ratio(evidence: Evidence):
     """Median over normal pixels of the dark fit's reduced chi-square over the median of chi-square(dof) / dof."""
     model = evidence.model
-    dof = model.nvalid.astype(np.float64) - (3 if model.fit_gamma else 2) - (len(model.dark) - 3)
+    dof = model.dark_dof
     normal = ~has(model.dq, DQ.DEFECT) & (dof > 0) & np.isfinite(model.chi2r)
     if not normal.any():
         return np.nan, "no normal pixel has degrees of freedom left in its dark fit"

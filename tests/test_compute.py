@@ -24,14 +24,13 @@ def test_bands_cover_every_row_within_the_budget():
 
 
 def test_concurrent_calls_return_in_order_and_raise_the_first_error():
-    params = compute_params(workers=2)
-    assert concurrently([lambda k=k: k * k for k in range(5)], params) == [0, 1, 4, 9, 16]
+    assert concurrently([lambda k=k: k * k for k in range(5)], 2) == [0, 1, 4, 9, 16]
 
     def fail():
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        concurrently([lambda: 1, fail], params)
+        concurrently([lambda: 1, fail], 2)
 
 
 def test_each_kernel_is_compiled_once_for_writable_and_read_only_inputs():

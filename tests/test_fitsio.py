@@ -8,8 +8,9 @@ from astropy.table import Table
 from cmoscal.fitsio import read_product, write_hdus
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("primary", ["f4", "f8", "u1", "i2", "u2", "i4", "u4", None])
-def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alone(tmp_path, primary):
+def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alone(tmp_path, primary, threads):
     rng = np.random.default_rng(5)
     shape = (301, 517)  # rows of odd length: the data ends inside a 2880-byte block and a buffer chunk
     images = {"f4": rng.normal(size=shape).astype("f4"), "f8": rng.normal(size=(3,) + shape),
@@ -24,7 +25,7 @@ def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alo
     table = fits.table_to_hdu(Table({"x": [1, 2], "name": ["a", "bb"]}))
 
     write_hdus(tmp_path / "streamed.fits", data, header.copy(),
-               [(k.upper(), v, "DN") for k, v in images.items()] + [("TABLE", table, "")])
+               [(k.upper(), v, "DN") for k, v in images.items()] + [("TABLE", table, "")], threads=threads)
 
     hdus = [fits.PrimaryHDU(data, header.copy())]
     for k, v in images.items():
@@ -43,14 +44,15 @@ def test_streamed_products_are_the_bytes_astropy_writes_and_leave_the_arrays_alo
         assert np.array_equal(read_product(tmp_path / "streamed.fits", k.upper()), v, equal_nan=True), k
 
 
-def test_streamed_checksums_verify_and_a_changed_byte_is_caught(tmp_path):
+@pytest.mark.parametrize("threads", [1, 4])
+def test_streamed_checksums_verify_and_a_changed_byte_is_caught(tmp_path, threads):
     rng = np.random.default_rng(6)
     images = [("SIGNAL", rng.normal(size=(3, 77, 131)).astype("f4"), "DN"),  # 3 * 77 * 131 * 4 bytes: whole words
               ("DQ", rng.integers(0, 1 << 32, (77, 131)).astype("u4"), ""),
               ("COUNT", rng.integers(0, 256, (77, 131)).astype("u1"), "")]  # ends inside a word
     table = fits.table_to_hdu(Table({"x": [1, 2]}))
     path = write_hdus(tmp_path / "sums.fits", None, fits.Header([("BUNIT", "")]),
-                      images + [("TABLE", table, "")], checksum=True)
+                      images + [("TABLE", table, "")], checksum=True, threads=threads)
     with fits.open(path, checksum=True) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "SIGNAL", "DQ", "COUNT", "TABLE"]
         assert all(h.verify_checksum() == 1 and h.verify_datasum() == 1 for h in hdul)

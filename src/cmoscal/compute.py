@@ -76,10 +76,12 @@ def sample_rows(ny: int) -> np.ndarray:
     return np.unique(np.linspace(0, ny - 1, min(ny, SAMPLE_ROWS)).astype(int))
 
 
-def concurrently(calls: list, params: dict) -> list:
-    """Run the argument-less ``calls`` (e.g. product writes, which mostly release the GIL) on this
-    process's threads at once; return their results in order (the first error is raised)."""
-    with ThreadPoolExecutor(max_workers=workers(params)) as pool:
+def concurrently(calls: list, threads: int) -> list:
+    """Run the argument-less ``calls`` (e.g. product writes, array statistics: work that mostly releases the
+    GIL) on up to ``threads`` threads at once; return their results in order (the first error is raised)."""
+    if threads <= 1 or len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(threads, len(calls))) as pool:
         return [future.result() for future in [pool.submit(call) for call in calls]]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,6 +206,20 @@ def _layouts(path: str, mtime: int) -> dict:
     return found
 
 
+def _read_band(path: str, offset: int, dtype: np.dtype, shape: tuple, rows: slice) -> np.ndarray:
+    """Rows ``rows`` (the second-to-last axis) of an image at ``offset``, read into memory: one read per plane
+    (a memory map would cost a mapping and a page fault per 4 kB, and threads mapping at once wait on each other)."""
+    start, stop, _ = rows.indices(shape[-2])
+    planes, row_bytes = int(np.prod(shape[:-2])), shape[-1] * dtype.itemsize
+    data = np.empty((planes, stop - start, shape[-1]), dtype)
+    with open(path, "rb", buffering=0) as f:
+        for plane, out in enumerate(data):
+            f.seek(offset + (plane * shape[-2] + start) * row_bytes)
+            if out.nbytes and f.readinto(out) != out.nbytes:
+                raise OSError(f"{path}: file ends before its pixels do (truncated?)")
+    return data.reshape(*shape[:-2], stop - start, shape[-1])
+
+
 def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
     """Rows (the second-to-last axis) of an image extension of a product, memory-mapped.
 
@@ -217,7 +232,10 @@ def read_product(path: str | Path, ext=0, rows=slice(None)) -> np.ndarray:
     if key not in layouts:
         raise KeyError(f"{path}: no image extension {ext!r}")
     offset, dtype, shape, bscale, bzero = layouts[key]
-    data = np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[..., rows, :])
+    if isinstance(rows, slice) and rows.step in (None, 1):
+        data = _read_band(path, offset, dtype, shape, rows)
+    else:  # scattered sample rows
+        data = np.asarray(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[..., rows, :])
     if bscale == 1 and dtype.kind == "i" and bzero == _SIGN_BIT.get(dtype.itemsize):  # unsigned, stored signed
         return (data.astype(np.int64) + int(bzero)).astype(f"u{dtype.itemsize}")
     data = data.astype(dtype.newbyteorder("="))
@@ -363,20 +381,37 @@ def _encode_checksum(value: int) -> str:
     return (chars[15:] + chars[:15]).decode("ascii")
 
 
-def _stream_image(f, hdu, checksum: bool) -> None:
-    """Write an image HDU as astropy would: its header, then the data big-endian through a small buffer.
+def _card_placeholders(header: fits.Header) -> None:
+    """CHECKSUM and DATASUM cards with placeholder values: the header's length is final before the sums are known."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    header["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {now}")
+    header["DATASUM"] = ("0", f"data unit checksum updated {now}")
+
+
+def _hdu_size(hdu) -> int:
+    """Bytes of an image HDU in the file: its header and its data padded to 2880-byte blocks."""
+    nbytes = 0 if hdu.data is None else hdu.data.nbytes
+    return len(hdu.header.tostring()) + nbytes + -nbytes % 2880
+
+
+def _pwrite(fd: int, block, position: int) -> None:
+    """Write all of ``block`` at ``position`` of ``fd`` (a write may take only part of it)."""
+    view = memoryview(block).cast("B")
+    while view.nbytes:
+        written = os.pwrite(fd, view, position)
+        view, position = view[written:], position + written
+
+
+def _write_image(fd: int, offset: int, hdu, checksum: bool) -> None:
+    """Write an image HDU at ``offset`` of the open file ``fd`` as astropy would: the data big-endian through a
+    small buffer, then the header (with its CHECKSUM and DATASUM, whose placeholders are already in it).
 
     astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped
     values), or copies it, and writes it in one call; a small buffer is written at memory speed.
-    With ``checksum``, DATASUM and CHECKSUM are summed on the way and the header rewritten.
+    Positioned writes let the HDUs of one file be written by several threads at once.
     """
     header = hdu.header
-    if checksum:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        header["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {now}")
-        header["DATASUM"] = ("0", f"data unit checksum updated {now}")
-    start = f.tell()
-    f.write(header.tostring().encode("ascii"))
+    position = offset + len(header.tostring())
     datasum = 0
     if hdu.data is not None:
         flat = np.ascontiguousarray(hdu.data).reshape(-1)
@@ -388,28 +423,27 @@ def _stream_image(f, hdu, checksum: bool) -> None:
                 np.bitwise_xor(flat[first:first + step], flat.dtype.type(_SIGN_BIT[flat.itemsize]), out=out)
             else:
                 out[...] = flat[first:first + step]
-            f.write(out)
+            _pwrite(fd, out, position)
+            position += out.nbytes
             if checksum:
                 datasum += _word_sum(out)  # chunks are whole words but the last
-        f.write(bytes(-flat.nbytes % 2880))
+        _pwrite(fd, bytes(-flat.nbytes % 2880), position)
     if checksum:
         datasum = _fold(datasum)
         header["DATASUM"] = str(datasum)
         header["CHECKSUM"] = _encode_checksum(~_fold(_word_sum(header.tostring().encode("ascii")) + datasum)
                                               & 0xFFFFFFFF)
-        end = f.tell()
-        f.seek(start)
-        f.write(header.tostring().encode("ascii"))
-        f.seek(end)
+    _pwrite(fd, header.tostring().encode("ascii"), offset)
 
 
 def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, extensions=(),
-               checksum: bool = False) -> Path:
+               checksum: bool = False, threads: int = 1) -> Path:
     """Write a primary image and named image/table extensions atomically.
 
     ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. The images are
-    streamed (:func:`_stream_image`; without checksums the same bytes as astropy's), tables
-    appended by astropy; ``checksum`` adds CHECKSUM and DATASUM to every HDU.
+    streamed (:func:`_write_image`; without checksums the same bytes as astropy's), on up to
+    ``threads`` threads at once, each at its place in the file; tables are appended by astropy;
+    ``checksum`` adds CHECKSUM and DATASUM to every HDU.
     """
     hdus = [fits.PrimaryHDU(data=data, header=header)]
     for name, ext, bunit in extensions:
@@ -424,12 +458,23 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
     if not _streamable(hdus[0]):
         return write_atomic(hdul, path, checksum)
     hdul.verify("exception")
-    streamed = next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))
+    streamed = hdus[:next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))]
+    for hdu in streamed if checksum else ():
+        _card_placeholders(hdu.header)
+    offsets = np.cumsum([0] + [_hdu_size(hdu) for hdu in streamed]).tolist()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            for hdu in hdus[:streamed]:
-                _stream_image(f, hdu, checksum)
-        for hdu in hdus[streamed:]:
+            f.truncate(offsets[-1])
+            calls = [functools.partial(_write_image, f.fileno(), offset, hdu, checksum)
+                     for offset, hdu in zip(offsets, streamed)]
+            if threads > 1 and len(calls) > 1:
+                with ThreadPoolExecutor(min(threads, len(calls))) as pool:
+                    for future in [pool.submit(call) for call in calls]:
+                        future.result()
+            else:
+                for call in calls:
+                    call()
+        for hdu in hdus[len(streamed):]:
             fits.append(tmp, hdu.data, hdu.header, checksum=checksum)
     return Path(path)
 

@@ -78,9 +78,11 @@ class Thresholds:
 
 def _poor_fit(chi2r, dof, limits: Thresholds) -> np.ndarray:
     """Reduced chi-square above poor_fit_chi2r and the chi-square beyond chance at excess_sigma."""
-    with np.errstate(invalid="ignore"):
-        chance = chi2.sf(chi2r * dof, np.maximum(dof, 1))
-    return (chi2r > limits.poor_fit_chi2r) & (dof > 0) & (chance < norm.sf(limits.excess_sigma))
+    poor = (chi2r > limits.poor_fit_chi2r) & (dof > 0)
+    candidates = np.flatnonzero(poor)  # the chance is computed for these few only
+    poor.flat[candidates] = chi2.sf(chi2r.flat[candidates] * dof.flat[candidates],
+                                    dof.flat[candidates]) < norm.sf(limits.excess_sigma)
+    return poor
 
 
 def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, dof, fit_dq, limits: Thresholds,

@@ -243,8 +243,9 @@ class CalibrationModel:
             header.add_history(line)
         return header
 
-    def write(self, path: str | Path) -> Path:
-        """Write the multi-extension model file atomically (with checksums)."""
+    def write(self, path: str | Path, threads: int = 1) -> Path:
+        """Write the multi-extension model file atomically (with checksums), its extensions on up to ``threads``
+        threads."""
         header = self.header()
         law = dark_form(self.form)
         images = [("BIAS_A", self.bias_a, "DN"), ("BIAS_B", self.bias_b, "DN/degC"),
@@ -262,7 +263,7 @@ class CalibrationModel:
         extensions = [(name, np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)),
                        unit) for name, data, unit in images]
         return write_hdus(path, None, header, extensions + [("DQ_DEF", fits.table_to_hdu(dq_table()), "")],
-                          checksum=True)
+                          checksum=True, threads=threads)
 
     @classmethod
     def read(cls, path: str | Path) -> CalibrationModel:

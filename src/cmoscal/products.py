@@ -35,7 +35,7 @@ from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
-           "hold", "ledger", "note", "out", "product", "require", "require_current", "required", "shaping", "stage",
+           "differences", "hold", "ledger", "note", "out", "product", "require", "require_current", "required", "shaping", "stage",
            "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
@@ -365,3 +365,38 @@ def stage(name: str, reads_stale: bool = False):
         run.stage_name = name
         return run
     return decorate
+
+
+_VOLATILE = ("DATE", "CHECKSUM", "DATASUM")  # header cards that differ between two runs of the same work
+
+
+def differences(output_a, output_b) -> list[str]:
+    """What differs between the products of two output folders (e.g. two runs with other ``compute`` settings):
+    one line per file or HDU whose values or header differ, beyond the date and checksums of the writing and
+    the ledger (which records when and how fast the stages ran). Empty when the products are the same."""
+    import numpy as np
+    from astropy.io import fits
+
+    a, b = Path(output_a), Path(output_b)
+
+    def files(root):
+        return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name not in (LEDGER, _LOCK)}
+
+    found = [f"{name}: only in {root}" for root, other in ((a, b), (b, a)) for name in sorted(files(root) -
+                                                                                              files(other))]
+    for name in sorted(files(a) & files(b)):
+        if name.suffix != ".fits":
+            if (a / name).read_bytes() != (b / name).read_bytes():
+                found.append(f"{name}: contents differ")
+            continue
+        with fits.open(a / name) as one, fits.open(b / name) as two:
+            if len(one) != len(two):
+                found.append(f"{name}: {len(one)} HDUs against {len(two)}")
+                continue
+            for k, (x, y) in enumerate(zip(one, two)):
+                cards = [{c.keyword: c.value for c in h.header.cards if c.keyword not in _VOLATILE} for h in (x, y)]
+                if cards[0] != cards[1]:
+                    found.append(f"{name}[{k}]: headers differ")
+                elif x.data is not None and (y.data is None or x.data.tobytes() != y.data.tobytes()):
+                    found.append(f"{name}[{k}] ({x.name}): values differ")
+    return found

@@ -8,6 +8,7 @@ read_noise_map, bias_covariance and bias_fallback_map.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy.stats import theilslopes
 
 from .. import prior as prior_model
 from ..bias import fit_bias
-from ..compute import row_bands, run_tiles, sample_rows
+from ..compute import concurrently, row_bands, run_tiles, sample_rows, workers
 from ..errors import CampaignError
 from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
 from ..inventory import frame_refs, natural_key
@@ -202,11 +203,14 @@ def run(params: dict) -> dict:
                                (RESIDUALS if from_residuals else "bias groups (pooled)")),
             "bias_covariance": (cov, "var(a) DN2; var(b); cov(a,b)", "bias parameter covariance planes"),
             "bias_fallback_map": (fallback.astype(np.uint8), "", "1 = fewer than 2 temperatures: population slope")}
-    for name, (data, unit, text) in maps.items():
+
+    def write(name, data, unit, text):
         header = provenance(fits.Header(), bunit=unit, description=text, inputs=inputs,
                             CAMPAIGN=params["campaign"], **keywords,
                             **reference(params, inventory.meta, name.removesuffix("_map").upper()))
         write_hdus(product(params, "bias_model", f"{name}.fits"), data, header)
+
+    concurrently([functools.partial(write, name, *entry) for name, entry in maps.items()], workers(params))
     note(fallback_pixels=int(fallback.sum()))
     return dict(masters=summarize_masters(folder), frames=frames, a=a, b=b, cov=cov, rms=rms,
                 read_noise=np.sqrt(rv), fallback=fallback)

@@ -11,11 +11,13 @@ why). Writes ``dark_budget.ecsv``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 from astropy.table import Table
 
+from ..compute import concurrently, workers
 from ..dq import DQ, has
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_table, write_table
@@ -53,21 +55,24 @@ def budget_row(model: CalibrationModel, temperature: float, pixels: np.ndarray) 
     return (temperature, median, median * gain, tail, tail * gain, float(np.median(limit)))
 
 
+def _row(model: CalibrationModel, temperature: float, pixels: np.ndarray) -> tuple:
+    """:func:`budget_row` with a note on extrapolation, or a refusal (and its warning) beyond the limits."""
+    try:
+        notes = model.check_request(temperature)
+    except CampaignError as err:
+        warnings.warn(f"budget_temperatures: {err}", CampaignWarning, stacklevel=2)
+        return (temperature, *[np.nan] * 5, f"refused: {err}")
+    return (*budget_row(model, temperature, pixels), "; ".join(notes))
+
+
 @stage("dark_budget")
 def run(params: dict) -> Table:
     """Write and return ``dark_budget.ecsv``: one row per temperature."""
     model = CalibrationModel.read(required(params, "model"))
     pixels = np.flatnonzero(~has(model.dq, DQ.DO_NOT_USE))
     pixels = pixels[::max(1, len(pixels) >> _SAMPLE_BITS)]  # every k-th usable pixel: at most ~2^20
-    rows = []
-    for T in temperatures(params, model):
-        try:
-            notes = model.check_request(T)
-        except CampaignError as err:
-            rows.append((T, *[np.nan] * 5, f"refused: {err}"))
-            warnings.warn(f"budget_temperatures: {err}", CampaignWarning, stacklevel=2)
-            continue
-        rows.append((*budget_row(model, T, pixels), "; ".join(notes)))
+    rows = concurrently([functools.partial(_row, model, T, pixels) for T in temperatures(params, model)],
+                        workers(params))  # the temperatures on threads of their own
     table = Table(rows=rows, names=("temperature", "median_rate", "median_rate_e", "tail_rate", "tail_rate_e",
                                     "read_limited_exptime", "note"),
                   dtype=(float, float, float, float, float, float, str),

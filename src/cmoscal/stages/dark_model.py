@@ -11,6 +11,7 @@ the tiling.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -22,7 +23,7 @@ from astropy.table import Table
 
 from .. import __version__
 from .. import prior as prior_model
-from ..compute import concurrently, row_bands, run_tiles, sample_rows
+from ..compute import concurrently, row_bands, run_tiles, sample_rows, workers
 from ..darkfit import deviance, fit_dark, has_prior, predict, select_form
 from ..dq import DQ, DQ_DTYPE, from_fit_flags, has
 from ..errors import CampaignError, CampaignWarning
@@ -37,8 +38,8 @@ from ..products import note, product, required, shaping, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options", "gain", "model_id", "run",
-           "sample_inputs"]
+__all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options", "gain", "map_writes", "model_id",
+           "run", "sample_inputs"]
 
 
 def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
@@ -265,7 +266,7 @@ def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, f
         return (deviance(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit,
                          inputs["usable"]), fit.chi2r[own])
 
-    fits = concurrently([lambda form=form: chi2_of(form, fit_gamma) for form in FORMS], params)
+    fits = concurrently([lambda form=form: chi2_of(form, fit_gamma) for form in FORMS], workers(params))
     chi2 = {form: total for form, (total, _) in zip(FORMS, fits)}
     choice = select_form(chi2)
     used = choice["form"] if params["dark_form"] == "auto" else params["dark_form"]
@@ -364,8 +365,9 @@ def run(params: dict) -> dict:
     if before is not None:
         model.history.append(f"prior: {prior_model.prior_file(params)} (MODELID {before.meta.get('MODELID', '?')})")
     per_master = _record_dropped(params, index, dropped, model)
-    concurrently([lambda: model.write(product(params, "dark_fit")), lambda: write_maps(params, model),
-                  lambda: write_table(comparison, product(params, "model_comparison"))], params)
+    concurrently([lambda: model.write(product(params, "dark_fit"), workers(params)),
+                  lambda: write_table(comparison, product(params, "model_comparison")), *map_writes(params, model)],
+                 workers(params))
     update = _write_update(params, before, model, setup.change) if before is not None else None
     note(fallback_pixels=int(np.count_nonzero(flags & FIT_FLAGS["FALLBACK"])), dropped_samples=len(dropped[0]),
          trusted_share_sample=trusted_share)
@@ -437,8 +439,8 @@ def _record_dropped(params, index, dropped, model: CalibrationModel) -> Table:
     return table
 
 
-def write_maps(params: dict, model: CalibrationModel) -> None:
-    """The parameter maps of the dark model, one FITS file each."""
+def map_writes(params: dict, model: CalibrationModel) -> list:
+    """The writes of the parameter maps of the dark model, one FITS file each (calls to run concurrently)."""
     header = model.header()
     sigma = np.sqrt(model.dark_cov[:3])  # planes 00 11 22: the variances
     A = np.exp(model.dark[0])
@@ -455,7 +457,10 @@ def write_maps(params: dict, model: CalibrationModel) -> None:
     if law.floor:
         maps.update(dark_floor_map=(model.dark[3], a_unit, "dark floor C: temperature-independent signal at t = 1 s"),
                     dark_floor_sigma_map=(np.sqrt(model.dark_cov[6]), a_unit, "1-sigma uncertainty of dark C"))
-    for name, (data, unit, text) in maps.items():
+
+    def write(name, data, unit, text):
         h = header.copy()
         h["BUNIT"], h["DESCRIP"], h["REFTYPE"] = unit, text, name.removesuffix("_map").upper()
         write_hdus(product(params, "dark_fit").with_name(f"{name}.fits"), data.astype(np.float32), h)
+
+    return [functools.partial(write, name, *entry) for name, entry in maps.items()]

@@ -10,10 +10,13 @@ stage is the model file's one writer, so a model on disk holds a classification 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from ..compute import concurrently, workers
 from ..dq import DQ, DQ_DTYPE, dq_table, has, set_by
 from ..errors import CampaignError
 from ..fitsio import atomic_path, write_hdus, write_table
@@ -74,15 +77,15 @@ def run(params: dict) -> dict:
     model = CalibrationModel.read(required(params, "dark_fit"))
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
-    ends, significance, populations, rates = model.trange, [], [], {}
-    for T in ends:
-        rates[T] = log_rates(model, T)
-        z, stats = log_rate_significance(*rates[T], usable)
-        significance.append(z)
-        populations.append(dict(stats, temperature=T))
+    ends = model.trange
     tref = params["hot_reference_temperature"]
     tref = float(model.trange[1] if tref is None else tref)
-    rate_ref = rates[tref] if tref in rates else log_rates(model, tref)
+    needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own
+    rates = dict(zip(needed, concurrently([functools.partial(log_rates, model, T) for T in needed], workers(params))))
+    significance, populations = zip(*concurrently([functools.partial(log_rate_significance, *rates[T], usable)
+                                                   for T in ends], workers(params)))
+    populations = [dict(stats, temperature=T) for stats, T in zip(populations, ends)]
+    rate_ref = rates[tref]
     rate_min = params["hot_rate_min"]
     if rate_min is not None and params["hot_rate_unit"] == "e-/s":
         if not model.meta.get("GAIN"):
@@ -107,17 +110,18 @@ def run(params: dict) -> dict:
         table[name].unit = "DN/s"
     order = np.argsort(-np.nan_to_num(np.maximum(table["spread_cold"], table["spread_warm"]), nan=-np.inf))
     table = table[order]
-    write_table(table, product(params, "hot_pixels"))
-    write_regions(table, product(params, "hot_pixel_regions"))
     header = model.header()
     header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
     definitions = dq_table(dq)
-    write_hdus(product(params, "dq_map"), dq, header,
-               [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True)
-    header["DESCRIP"], header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
+    mask_header = header.copy()
+    mask_header["DESCRIP"], mask_header["REFTYPE"] = "warm and hot pixels (1 = mask): DQ bits WARM or HOT", "MASK"
     mask = has(dq, DQ.HOT | DQ.WARM).astype(np.uint8)
-    write_hdus(product(params, "hot_pixel_mask"), mask, header, checksum=True)
-    model.write(product(params, "model"))
+    concurrently([lambda: write_table(table, product(params, "hot_pixels")),
+                  lambda: write_regions(table, product(params, "hot_pixel_regions")),
+                  lambda: write_hdus(product(params, "dq_map"), dq, header,
+                                     [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True),
+                  lambda: write_hdus(product(params, "hot_pixel_mask"), mask, mask_header, checksum=True),
+                  lambda: model.write(product(params, "model"), workers(params))], workers(params))
     note(hot=int(hot.sum()), warm=int((~hot).sum()))
     return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
                 threshold_rates=threshold_table(thresholds, model.meta.get("GAIN")), reference_temperature=tref,

@@ -10,6 +10,7 @@ stale (an earlier stage ran again after the evaluation) fails, naming them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,6 +19,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.stats import chi2
 
+from ..compute import concurrently, workers
 from ..darkfit import predict
 from ..dq import DQ, dq_table, has
 from ..fitsio import read_table, write_table
@@ -61,11 +63,12 @@ def _median_spread(values: np.ndarray) -> tuple[float, float]:
     return median, float(_MAD_TO_SIGMA * np.median(np.abs(values - median)))
 
 
-def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> Table:
+def model_numbers(model: CalibrationModel, comparison: Table | None = None, threads: int = 1) -> Table:
     """Median and robust spread (MAD-based sigma) of each model parameter over pixels without flags.
 
     ``meta`` carries the model form and dimension and, from the dark-model stage's
-    ``comparison`` table, the evidence for the form and for gamma.
+    ``comparison`` table, the evidence for the form and for gamma. The quantities are summarized
+    on up to ``threads`` threads at once.
     """
     good = model.dq == 0
     slope = model.dark[1][good]
@@ -79,7 +82,8 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None) -> T
     if law.floor:
         rows.append(("dark floor C", model.dark[3][good], f"DN/s{'^gamma' if model.fit_gamma else ''}"))
     rows.append(("reduced chi-square", model.chi2r[good], ""))
-    table = Table(rows=[(name, *_median_spread(v), unit) for name, v, unit in rows],
+    spreads = concurrently([functools.partial(_median_spread, v) for _, v, _ in rows], threads)
+    table = Table(rows=[(name, *spread, unit) for (name, _, unit), spread in zip(rows, spreads)],
                   names=("quantity", "median", "spread", "unit"))
     gain = float(model.meta.get("GAIN") or np.nan)
     table.add_row(("gain", gain, np.nan, f"e-/DN ({model.meta.get('GAINSRC', 'unknown source')})"))
@@ -273,10 +277,11 @@ def run(params: dict) -> Table:
                         stage_states(params["output_dir"]))
     write_table(files, product(params, "files"))
     write_table(dq_table(model.dq), product(params, "dq_counts"))
-    write_table(model_numbers(model, read_table(product(params, "model_comparison"))),
+    threads = workers(params)
+    write_table(model_numbers(model, read_table(product(params, "model_comparison")), threads),
                 product(params, "model_numbers"))
-    checks = Table(rows=[check.row(evidence, params["checks"]) for check in CHECKS],
-                   names=("check", "definition", "value", "limit", "status", "reason"))
+    checks = Table(rows=concurrently([functools.partial(check.row, evidence, params["checks"]) for check in CHECKS],
+                                     threads), names=("check", "definition", "value", "limit", "status", "reason"))
     failed = [c["check"] for c in checks if c["status"] == "FAIL"]
     checks.meta.update(verdict="FAILED" if failed else "SUCCESS", failed=failed)
     write_table(checks, product(params, "checks"))

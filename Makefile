@@ -45,6 +45,7 @@ bench: env
 	$(BIN)/python bench/inputs.py
 	$(BIN)/python bench/forms.py
 	$(BIN)/python bench/performance.py
+	$(BIN)/python bench/scaling.py
 
 lab: env
 	@$(MAKE) --no-print-directory demo-data PARAMS=params/demo.yml

@@ -36,7 +36,8 @@ from cmoscal.stages.inventory import load as load_inventory
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "cache"
-CMOSCAL = str(Path(sys.executable).parent / "cmoscal")
+CMOSCAL = [sys.executable, "-m", "cmoscal.cli"]  # this Python, installed or not (PYTHONPATH=src)
+SCALING = "## Scaling with the cores"  # the section of results.md that bench/scaling.py writes
 
 
 def warm(root: Path) -> None:
@@ -70,7 +71,7 @@ def campaign(name: str, shape, frames: int, bias_frames: int) -> Path:
     root = CACHE / name
     if not (root / "truth.fits").exists():  # in a process of its own, so this one stays small
         print(f"simulating {name} (once) ...", flush=True)
-        subprocess.run([CMOSCAL, "simulate", str(root), "--shape", f"{shape[0]}x{shape[1]}", "--frames", str(frames),
+        subprocess.run([*CMOSCAL, "simulate", str(root), "--shape", f"{shape[0]}x{shape[1]}", "--frames", str(frames),
                         "--bias-frames", str(bias_frames), "--seed", "1"], check=True, stdout=subprocess.DEVNULL)
     (root / "params.yml").write_text(yaml.safe_dump(dict(campaign=name, raw_dir="raw", output_dir="products",
                                                          report_dir="reports", progress=False)))
@@ -108,8 +109,9 @@ def write_floor(nbytes: float, folder: Path) -> float:
         return time.perf_counter() - start
 
 
-def written_bytes(root: Path) -> float:
-    return sum(p.stat().st_size for p in (root / "products").rglob("*") if p.is_file()) / 1e9
+def written_bytes(root: Path, folder: str = "products") -> float:
+    """GB of products in ``root / folder``."""
+    return sum(p.stat().st_size for p in (root / folder).rglob("*") if p.is_file()) / 1e9
 
 
 def fastest(measure, repeats: int = 3) -> float:
@@ -192,7 +194,7 @@ def main():
     for name, seconds in reads.items():
         say(f"read floor ({name}): {size:.2f} GB of raw frames read and decoded once in {seconds:.1f} s "
             f"({size / seconds:.2f} GB/s)")
-    subprocess.run([CMOSCAL, "run", "params.yml"], cwd=root, check=True, capture_output=True)  # products to size
+    subprocess.run([*CMOSCAL, "run", "params.yml"], cwd=root, check=True, capture_output=True)  # products to size
     out_size = written_bytes(root)
     write = write_floor(out_size * 1e9, root)
     say(f"write floor: the {out_size:.2f} GB of products written and synced in {write:.1f} s")
@@ -204,7 +206,7 @@ def main():
     say("|---|---|---|")
     total = 0.0
     for name in STAGES:
-        sec, mem = run([CMOSCAL, "run", "params.yml", "--stages", name], root)
+        sec, mem = run([*CMOSCAL, "run", "params.yml", "--stages", name], root)
         total += sec
         say(f"| {name} | {sec:.1f} | {mem:.2f} |")
     facts = {name: entry.get("facts", {}) for name, entry in ledger(root / "products")["stages"].items()}
@@ -214,7 +216,7 @@ def main():
     timings = {name: [] for name in commands}
     for _ in range(2):  # twice, alternating: the faster of each says what the software costs
         for name in commands:
-            timings[name].append(run([CMOSCAL, name, "params.yml"], root))
+            timings[name].append(run([*CMOSCAL, name, "params.yml"], root))
     results = dict(floor=floor)
     for name, label in commands.items():
         (sec, _), (other, _) = sorted(timings[name])
@@ -247,11 +249,14 @@ def main():
         say("peak memory when the frames double (1024x1024, each stage in its own process):")
         for frames, bias_frames in ((5, 10), (10, 20)):
             small = campaign(f"r1024_{frames}", (1024, 1024), frames, bias_frames)
-            peaks = {s: run([CMOSCAL, "run", "params.yml", "--stages", s], small)[1] for s in STAGES}
+            peaks = {s: run([*CMOSCAL, "run", "params.yml", "--stages", s], small)[1] for s in STAGES}
             n = 8 * (bias_frames + 5 * frames)
             say(f"- {n} frames: peak {max(peaks.values()):.2f} GB ("
                 + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + ")")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    results = HERE / "results.md"
+    old = results.read_text() if results.exists() else ""
+    kept = old[old.find(SCALING):] if SCALING in old else ""  # bench/scaling.py's section stays
+    results.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
     print(f"written to {HERE / 'results.md'}")
 
 

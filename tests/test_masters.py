@@ -1,6 +1,7 @@
 """Combining frames into masters, judging frames, and the noise model."""
 
 import numpy as np
+import pytest
 from astropy.stats import sigma_clip
 
 from cmoscal.config import default_params
@@ -104,8 +105,10 @@ def test_noise_model_recovers_read_noise_and_gain():
     assert abs(1 / inverse_gain(sums) - gain) / gain < 0.03
 
 
-def test_master_counts_are_stored_as_bytes_and_read_back_as_counts(tmp_path):
-    """NFRAMES and NCLIP of a group of at most 255 frames take a byte per pixel on disk."""
+@pytest.mark.parametrize("kind", ["bias", "dark"])
+def test_master_counts_are_bytes_and_what_no_stage_reads_is_written_on_request(tmp_path, kind):
+    """NFRAMES and NCLIP of a group of at most 255 frames take a byte per pixel on disk; NCLIP, and VARIANCE of a
+    master dark, only with master_diagnostics."""
     from astropy.io import fits
 
     from cmoscal.masters import load_masters, write_master
@@ -114,12 +117,20 @@ def test_master_counts_are_stored_as_bytes_and_read_back_as_counts(tmp_path):
     stack = rng.normal(100, 2, (6, 30, 40)).astype(np.float32)
     stack[2, 7, 9] += 400
     combined = combine(stack, "mean", 4.0, noise=(4.0, 0.0))
-    path = write_master(tmp_path / "m" / "darks_T+10C_texp5s.fits", combined, kind="dark", temperatures=[10.0] * 6,
-                        exptime=5.0, inputs=[f"f{i}" for i in range(6)], rules=FrameRules.from_params(default_params()),
-                        scale=16.0, saturation=4095.0, noise=(4.0, 0.0))
+    names = {}
+    for diagnostics in (False, True):
+        path = write_master(tmp_path / f"m{diagnostics}" / "master.fits", combined, kind=kind,
+                            temperatures=[10.0] * 6, exptime=5.0, inputs=[f"f{i}" for i in range(6)],
+                            rules=FrameRules.from_params({**default_params(), "master_diagnostics": diagnostics}),
+                            scale=16.0, saturation=4095.0, noise=(4.0, 0.0))
+        with fits.open(path) as hdul:
+            names[diagnostics] = [hdu.name for hdu in hdul[1:]]
+    assert names[True] == ["VARIANCE", "NFRAMES", "NSATUR", "NCLIP"]
+    assert names[False] == (["VARIANCE"] if kind == "bias" else []) + ["NFRAMES", "NSATUR"]
+    assert load_masters(tmp_path / "mFalse").nclipped is None
     with fits.open(path) as hdul:
         assert hdul["NFRAMES"].data.dtype == np.uint8 and hdul["NCLIP"].data.dtype == np.uint8
-    masters = load_masters(tmp_path / "m")
+    masters = load_masters(tmp_path / "mTrue")
     assert masters.nframes.dtype == np.int16 and masters.nclipped.dtype == np.int16
     np.testing.assert_array_equal(masters.nframes[0], combined[2])
     np.testing.assert_array_equal(masters.nclipped[0], combined[4])

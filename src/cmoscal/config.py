@@ -171,6 +171,7 @@ _CHECKS = {
     "synthesize": _points,
     "generate_set": lambda v: None if isinstance(v, bool) else "must be true or false",
     "save_eval_fits": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "master_diagnostics": lambda v: None if isinstance(v, bool) else "must be true or false",
     "max_extrapolation": _number(0),
     "science_dir": _text(optional=True),
     "calibration_mask": _patterns,

@@ -29,9 +29,9 @@ from . import __version__
 from .compute import scratch
 from .kernels import decode_be16, mark_frame
 
-__all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "provenance", "read_image", "read_product",
-           "read_rows", "read_stack", "read_table", "reference", "set_card", "write_atomic", "write_hdus",
-           "write_table"]
+__all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "has_image", "provenance", "read_image",
+           "read_product", "read_rows", "read_stack", "read_table", "reference", "set_card", "write_atomic",
+           "write_hdus", "write_table"]
 
 _BITPIX = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
@@ -204,6 +204,11 @@ def _layouts(path: str, mtime: int) -> dict:
             found[index] = found[hdu.name] = (hdu.fileinfo()["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),
                                               shape, header.get("BSCALE", 1), header.get("BZERO", 0))
     return found
+
+
+def has_image(path: str | Path, ext: str) -> bool:
+    """Whether a product has an image extension named ``ext``."""
+    return ext.upper() in _layouts(str(path), os.stat(path).st_mtime_ns)
 
 
 def _read_band(path: str, offset: int, dtype: np.dtype, shape: tuple, rows: slice) -> np.ndarray:

@@ -1,11 +1,12 @@
 """Master frames: judge the frames of a group, combine them, and read masters back.
 
-A master file holds the combined frame [DN] and four extensions: VARIANCE (of the master,
+A master file holds the combined frame [DN] and up to four extensions: VARIANCE (of the master,
 DN^2, from the scatter of the frames used; NaN for one frame, whose error comes from the noise
 model), NFRAMES (frames used per pixel), NSATUR (saturated input samples per pixel, at most
 255) and NCLIP (samples clipped per pixel, e.g. cosmic rays); the counts are stored as bytes
 unless a group has more than 255 frames. Saturated, NaN and clipped samples are left out of
-the combine.
+the combine. What no later stage reads (NCLIP, and VARIANCE of master darks) is written only
+with ``master_diagnostics``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from astropy.stats import mad_std
 from astropy.table import Table
 
 from .compute import sample_rows, scratch, tile_budget
-from .fitsio import provenance, read_image, read_product, read_stack, write_hdus
+from .fitsio import has_image, provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 from .products import product
@@ -57,6 +58,8 @@ class FrameRules:
         Shares of a frame's pixels beyond which the frame is rejected.
     frame_outlier_sigma : float
         A frame whose level departs by more than this many times the pixels' scatter is rejected.
+    master_diagnostics : bool
+        Also write the extensions no later stage reads (NCLIP; VARIANCE of master darks).
     tile_bytes : float
         Bytes one group may hold in memory at once.
     """
@@ -67,6 +70,7 @@ class FrameRules:
     max_saturated_fraction: float
     max_nan_fraction: float
     frame_outlier_sigma: float
+    master_diagnostics: bool
     tile_bytes: float
 
     @classmethod
@@ -440,8 +444,10 @@ def write_master(path, combined, *, kind: str, temperatures, exptime: float, inp
         header.add_history(f"bias removed: {subtracted}")
     if len(inputs) <= 255:  # counts of at most 255 frames: a byte each
         nframes, nclip = nframes.astype(np.uint8), nclip.astype(np.uint8)
+    read_later = ("NFRAMES", "NSATUR") + (("VARIANCE",) if kind == "bias" else ())  # the read noise's source
     return write_hdus(path, master, header, [(name, data, unit) for name, data, unit in
-                                             zip(_EXTENSIONS, (variance, nframes, nsat, nclip), ("DN2", "", "", ""))])
+                                             zip(_EXTENSIONS, (variance, nframes, nsat, nclip), ("DN2", "", "", ""))
+                                             if rules.master_diagnostics or name in read_later])
 
 
 @dataclass
@@ -488,14 +494,15 @@ def master_index(folder: str | Path) -> list[tuple[Path, fits.Header]]:
 def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
     """Read masters (a folder, or the list of :func:`master_index`) restricted to ``rows``.
 
-    Only the requested rows of the requested extensions are read (memory-mapped); the others
-    come back as None. ``rows`` is a slice or an index array.
+    Only the requested rows of the requested extensions are read; the others, and those the files
+    lack (written without ``master_diagnostics``), come back as None. ``rows`` is a slice or an
+    index array.
     """
     index = master_index(source) if isinstance(source, (str, Path)) else source
     paths = [path for path, _ in index]
 
     def stack(ext, dtype=None):
-        if ext not in extensions:
+        if ext not in extensions or not has_image(paths[0], ext):
             return None
         stacked = np.stack([read_product(p, ext, rows) for p in paths])
         return stacked if dtype is None else stacked.astype(dtype, copy=False)

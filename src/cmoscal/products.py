@@ -35,8 +35,8 @@ from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
-           "differences", "hold", "ledger", "note", "out", "product", "require", "require_current", "required", "shaping", "stage",
-           "stage_states", "upstream"]
+           "differences", "hold", "ledger", "note", "out", "product", "require", "require_current", "required",
+           "shaping", "stage", "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
@@ -80,8 +80,10 @@ class Stage:
         return tuple(path + "*" if path.endswith("/") else path for path in self.products.values())
 
 
-#: parameters that say where the inputs and products are and how a stage runs, never what the products hold
-EXECUTION = ("raw_dir", "output_dir", "report_dir", "compute", "memory_budget", "progress", "kernel")
+#: parameters that say where the inputs and products are and how a stage runs, never the values the products hold
+#: (master_diagnostics adds extensions no stage reads)
+EXECUTION = ("raw_dir", "output_dir", "report_dir", "compute", "memory_budget", "progress", "kernel",
+             "master_diagnostics")
 #: parameters written into headers as labels, never shaping a value
 LABELS = ("campaign", "instrument")
 _FRAMES = ("combine", "clip_sigma", "frame_outlier_sigma", "max_zero_fraction", "max_saturated_fraction",
@@ -374,7 +376,6 @@ def differences(output_a, output_b) -> list[str]:
     """What differs between the products of two output folders (e.g. two runs with other ``compute`` settings):
     one line per file or HDU whose values or header differ, beyond the date and checksums of the writing and
     the ledger (which records when and how fast the stages ran). Empty when the products are the same."""
-    import numpy as np
     from astropy.io import fits
 
     a, b = Path(output_a), Path(output_b)
@@ -390,13 +391,14 @@ def differences(output_a, output_b) -> list[str]:
                 found.append(f"{name}: contents differ")
             continue
         with fits.open(a / name) as one, fits.open(b / name) as two:
-            if len(one) != len(two):
-                found.append(f"{name}: {len(one)} HDUs against {len(two)}")
-                continue
-            for k, (x, y) in enumerate(zip(one, two)):
+            hdus = [{hdu.name: hdu for hdu in hdul} for hdul in (one, two)]
+            found += [f"{name}[{ext}]: only in {root}" for root, mine, other in ((a, *hdus), (b, *hdus[::-1]))
+                      for ext in mine if ext not in other]
+            for ext in (ext for ext in hdus[0] if ext in hdus[1]):
+                x, y = hdus[0][ext], hdus[1][ext]
                 cards = [{c.keyword: c.value for c in h.header.cards if c.keyword not in _VOLATILE} for h in (x, y)]
                 if cards[0] != cards[1]:
-                    found.append(f"{name}[{k}]: headers differ")
+                    found.append(f"{name}[{ext}]: headers differ")
                 elif x.data is not None and (y.data is None or x.data.tobytes() != y.data.tobytes()):
-                    found.append(f"{name}[{k}] ({x.name}): values differ")
+                    found.append(f"{name}[{ext}]: values differ")
     return found

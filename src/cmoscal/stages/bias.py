@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from scipy.stats import theilslopes
 
 from .. import prior as prior_model
 from ..bias import fit_bias
@@ -48,6 +47,8 @@ MAPS = ("bias_a_map", "bias_b_map", "bias_a_sigma_map", "bias_b_sigma_map", "bia
 def _expected_level(temperature: float, peers, log: bool) -> float:
     """Level [DN] at ``temperature`` from the (T, level) of up to 4 nearest peer groups, by a Theil-Sen line
     (in ln level when ``log``): robust to one bad peer."""
+    from scipy.stats import theilslopes  # here: a rare path, and scipy.stats costs 0.3 s to import
+
     peers = sorted(peers, key=lambda p: abs(p[0] - temperature))[:4]
     T, level = np.array(peers).T
     y = np.log(level) if log else level

@@ -227,7 +227,7 @@ def _population(setup: FitSetup) -> tuple:
     and the share of trusted pixels.
     """
     rows = sample_rows(setup.index[0][1]["NAXIS2"])
-    tasks = [(setup, part) for part in np.array_split(rows, 4)]
+    tasks = [(setup, part) for part in np.array_split(rows, max(4, workers(setup.params)))]
     flags, theta = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, setup.params)))
     own = (flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     if not own.any():
@@ -250,23 +250,34 @@ def _median_mean(values) -> tuple[float, float]:
 def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, fit_gamma: bool) -> Table:
     """Fit every form of :data:`cmoscal.forms.FORMS` to the sample pixels and choose the one the data support.
 
+    The fits run on ``compute.workers`` threads, each form's pixels split so that every thread has a share.
+
     ``meta['used']`` is the form the model is fitted with: ``dark_form``, or with ``auto`` the
     choice of :func:`cmoscal.darkfit.select_form` (laws by Vuong's test, the floor by a likelihood
     ratio); ``meta['supported']`` that choice, ``meta['verdict']`` its evidence in words,
     ``vuong_z`` and ``floor_z`` the statistics, and ``meta['gamma']`` the likelihood-ratio test
     of 2d against 1d for the form used.
     """
-    M = len(inputs["darks"])
+    M, threads = len(inputs["darks"]), workers(params)
 
-    def chi2_of(form, gamma):
+    def chi2_of(form, gamma, pixels):
+        part = dict(inputs, signal=inputs["signal"][:, pixels], usable=inputs["usable"][:, pixels],
+                    noise=inputs["noise"].columns(pixels), prior=None)  # a prior model is a prior of its own form only
         setup = FitSetup(params, [], 0.0, form, gamma, tmin, fit_options(params, saturation, M, form))
-        fit = _fit(dict(inputs, prior=None), setup)  # an earlier model is a prior of its own form only
+        fit = _fit(part, setup)
         own = ~(fit.flags & FIT_FLAGS["FALLBACK"]).astype(bool)
         darks = inputs["darks"]
-        return (deviance(inputs["signal"], inputs["noise"], darks.temperature, darks.exptime, tmin, form, fit,
-                         inputs["usable"]), fit.chi2r[own])
+        return (deviance(part["signal"], part["noise"], darks.temperature, darks.exptime, tmin, form, fit,
+                         part["usable"]), fit.chi2r[own])
 
-    fits = concurrently([lambda form=form: chi2_of(form, fit_gamma) for form in FORMS], workers(params))
+    def fitted(models):
+        """chi2_of each (form, gamma) of ``models``, every thread fitting a share of the pixels."""
+        shares = np.array_split(np.arange(inputs["signal"].shape[1]), max(1, threads // len(models)))
+        parts = concurrently([functools.partial(chi2_of, *model, share) for share in shares for model in models],
+                             threads)
+        return [tuple(np.concatenate(p) for p in zip(*parts[k::len(models)])) for k in range(len(models))]
+
+    fits = fitted([(form, fit_gamma) for form in FORMS])
     chi2 = {form: total for form, (total, _) in zip(FORMS, fits)}
     choice = select_form(chi2)
     used = choice["form"] if params["dark_form"] == "auto" else params["dark_form"]
@@ -276,7 +287,7 @@ def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, f
     table.meta.update(used=used, requested=params["dark_form"], supported=choice["form"], verdict=choice["verdict"],
                       better=choice["law"]["better"], vuong_z=choice["law"]["z"], floor_z=choice["floor"]["z"])
     if fit_gamma:
-        a = chi2_of(used, False)[0]
+        a = fitted([(used, False)])[0][0]
         b = chi2[used]
         both = np.isfinite(a) & np.isfinite(b)
         n = int(both.sum())

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 from astropy.table import Table
-from scipy.stats import chi2
+from scipy.special import gammaincinv
 
 from ..compute import concurrently, workers
 from ..darkfit import predict
@@ -180,7 +180,8 @@ def _chi2_ratio(evidence: Evidence):
     if not normal.any():
         return np.nan, "no normal pixel has degrees of freedom left in its dark fit"
     dof = dof[normal].astype(np.int64)
-    expected = chi2.ppf(0.5, np.arange(1, dof.max() + 1)) / np.arange(1, dof.max() + 1)  # each dof once
+    k = np.arange(1, dof.max() + 1)
+    expected = 2 * gammaincinv(k / 2, 0.5) / k  # the median of chi-square(k) / k, each dof once
     ratio = model.chi2r[normal] / expected[dof - 1]
     return float(np.median(ratio)), ""
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import chdtrc, ndtr  # the chi-square and normal tails (scipy.stats costs 0.3 s to import)
 
+from .compute import concurrently
 from .dq import DQ, DQ_DTYPE, has
 
 __all__ = ["Thresholds", "classify_pixels", "excess_significance", "log_rate_significance", "robust_threshold"]
@@ -86,7 +87,7 @@ def _poor_fit(chi2r, dof, limits: Thresholds) -> np.ndarray:
 
 
 def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, dof, fit_dq, limits: Thresholds,
-                    rate_min=None):
+                    rate_min=None, threads: int = 1):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
     Parameters
@@ -110,6 +111,8 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
         warm_sigma, hot_sigma, excess_sigma, noisy_sigma, poor_fit_chi2r, unreliable_dark_error.
     rate_min : float, optional
         Absolute HOT threshold [DN/s].
+    threads : int, default 1
+        The flags are computed on up to this many threads at once.
 
     Returns
     -------
@@ -118,24 +121,25 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
         The parameters used, the noisy read-noise level [DN], and ``rates``: per end of the range
         (temperature, warm rate, hot rate) [degC, DN/s].
     """
-    usable = ~has(fit_dq, DQ.DO_NOT_USE)
-    hot = np.zeros(fit_dq.shape, bool)
-    warm = np.zeros(fit_dq.shape, bool)
     thresholds = {"warm_sigma": limits.warm_sigma, "hot_sigma": limits.hot_sigma,
-                  "excess_sigma": limits.excess_sigma,
-                  "noisy_read_noise": robust_threshold(read_noise, limits.noisy_sigma),
-                  "unreliable_dark_error": limits.unreliable_dark_error, "rates": []}
-    for (ln_rate, variance), population in zip(rates, populations):
-        levels = [np.exp(population["median"] + k * population["intrinsic"]) for k in (limits.warm_sigma,
-                                                                                       limits.hot_sigma)]
-        warm |= excess_significance(ln_rate, variance, levels[0]) > limits.excess_sigma
-        hot |= excess_significance(ln_rate, variance, levels[1]) > limits.excess_sigma
-        thresholds["rates"].append((population["temperature"], *levels))
+                  "excess_sigma": limits.excess_sigma, "unreliable_dark_error": limits.unreliable_dark_error,
+                  "rates": [(population["temperature"], *(np.exp(population["median"] + k * population["intrinsic"])
+                                                          for k in (limits.warm_sigma, limits.hot_sigma)))
+                            for population in populations]}
     if rate_min is not None:
         thresholds["hot_rate_min"] = rate_min
-        hot |= excess_significance(*rate_ref, rate_min) > limits.excess_sigma
+
+    def above(rate, threshold):
+        return lambda: excess_significance(*rate, threshold) > limits.excess_sigma
+
+    calls = [above(rate, levels[k]) for k in (1, 2) for rate, levels in zip(rates, thresholds["rates"])]
+    calls += [above(rate_ref, rate_min)] if rate_min is not None else []
+    calls += [lambda: ~has(fit_dq, DQ.DO_NOT_USE), lambda: robust_threshold(read_noise, limits.noisy_sigma),
+              lambda: _poor_fit(chi2r, dof, limits)]
+    *excess, usable, thresholds["noisy_read_noise"], poor_fit = concurrently(calls, threads)
+    warm, hot = np.logical_or.reduce(excess[:len(rates)]), np.logical_or.reduce(excess[len(rates):])
     flags = {DQ.HOT: hot & usable, DQ.WARM: warm & ~hot & usable,
-             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: _poor_fit(chi2r, dof, limits),
+             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: poor_fit,
              DQ.UNRELIABLE_DARK: (rate_error > limits.unreliable_dark_error) & usable}
     dq = fit_dq.astype(DQ_DTYPE)
     for value, flag in flags.items():

@@ -194,6 +194,15 @@ def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
                    fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, changed.reshape(shape), dropped)
 
 
+def _fit_tile_in_place(maps: tuple, setup: FitSetup, rows, bias_files) -> tuple:
+    """:func:`_fit_tile`, its maps placed into ``maps`` (dark, cov, chi2r, nvalid, flags, saturated, changed) by the
+    worker itself; returns the dropped samples."""
+    part = _fit_tile(setup, rows, bias_files)
+    for whole, piece in zip(maps, part):
+        whole[..., rows, :] = piece
+    return part.dropped
+
+
 def sample_inputs(params: dict, index, inv_gain: float) -> dict:
     """:func:`fit_inputs` on ``loo_pixels`` random pixels of a few random rows (all if 0).
 
@@ -340,12 +349,15 @@ def run(params: dict) -> dict:
     maps = (np.empty((3 + floor, ny, nx)), np.empty((6 + 4 * floor, ny, nx)), np.empty((ny, nx)),
             np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool),
             np.empty((ny, nx), bool))
-    dropped_parts = []
-    for band, part in zip(bands, run_tiles(_fit_tile, [(setup, band, bias_files) for band in bands], params,
-                                           "dark fit")):
-        for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
-            whole[..., band, :] = piece
-        dropped_parts.append(part.dropped)
+    tasks = [(setup, band, bias_files) for band in bands]
+    if params["compute"]["scheduler"] == "threads":  # the workers share the maps: each places its own tile
+        dropped_parts = list(run_tiles(_fit_tile_in_place, [(maps, *task) for task in tasks], params, "dark fit"))
+    else:
+        dropped_parts = []
+        for band, part in zip(bands, run_tiles(_fit_tile, tasks, params, "dark fit")):
+            for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
+                whole[..., band, :] = piece
+            dropped_parts.append(part.dropped)
     dark, cov, chi2r, nvalid, flags, saturated, changed = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params)
@@ -451,27 +463,31 @@ def _record_dropped(params, index, dropped, model: CalibrationModel) -> Table:
 
 
 def map_writes(params: dict, model: CalibrationModel) -> list:
-    """The writes of the parameter maps of the dark model, one FITS file each (calls to run concurrently)."""
+    """The writes of the parameter maps of the dark model, one FITS file each (calls to run concurrently: each
+    computes its own map)."""
     header = model.header()
-    sigma = np.sqrt(model.dark_cov[:3])  # planes 00 11 22: the variances
-    A = np.exp(model.dark[0])
     a_unit = "DN/s^gamma" if model.fit_gamma else "DN/s"
     law = dark_form(model.form)
-    maps = {"dark_A_map": (A, a_unit, "dark A: signal at TMIN and t = 1 s"),
-            law.map_name: (model.dark[1], law.unit, law.meaning),
-            "dark_gamma_map": (model.dark[2], "", "dark exposure exponent gamma" +
-                               ("" if model.fit_gamma else " (fixed at 1: 1d model)")),
-            "dark_A_sigma_map": (A * sigma[0], a_unit, "1-sigma uncertainty of dark A"),
-            f"dark_{law.slope}_sigma_map": (sigma[1], law.unit, f"1-sigma uncertainty of dark {law.slope}"),
-            "dark_gamma_sigma_map": (sigma[2], "", "1-sigma uncertainty of dark gamma"),
-            "dark_chi2r_map": (model.chi2r, "", "reduced chi-square of the dark fit")}
-    if law.floor:
-        maps.update(dark_floor_map=(model.dark[3], a_unit, "dark floor C: temperature-independent signal at t = 1 s"),
-                    dark_floor_sigma_map=(np.sqrt(model.dark_cov[6]), a_unit, "1-sigma uncertainty of dark C"))
 
-    def write(name, data, unit, text):
+    def sigma(plane):  # planes 00 11 22 (and 33): the variances
+        return np.sqrt(model.dark_cov[plane])
+
+    maps = {"dark_A_map": (lambda: np.exp(model.dark[0]), a_unit, "dark A: signal at TMIN and t = 1 s"),
+            law.map_name: (lambda: model.dark[1], law.unit, law.meaning),
+            "dark_gamma_map": (lambda: model.dark[2], "", "dark exposure exponent gamma" +
+                               ("" if model.fit_gamma else " (fixed at 1: 1d model)")),
+            "dark_A_sigma_map": (lambda: np.exp(model.dark[0]) * sigma(0), a_unit, "1-sigma uncertainty of dark A"),
+            f"dark_{law.slope}_sigma_map": (lambda: sigma(1), law.unit, f"1-sigma uncertainty of dark {law.slope}"),
+            "dark_gamma_sigma_map": (lambda: sigma(2), "", "1-sigma uncertainty of dark gamma"),
+            "dark_chi2r_map": (lambda: model.chi2r, "", "reduced chi-square of the dark fit")}
+    if law.floor:
+        maps.update(dark_floor_map=(lambda: model.dark[3], a_unit,
+                                    "dark floor C: temperature-independent signal at t = 1 s"),
+                    dark_floor_sigma_map=(lambda: sigma(6), a_unit, "1-sigma uncertainty of dark C"))
+
+    def write(name, compute, unit, text):
         h = header.copy()
         h["BUNIT"], h["DESCRIP"], h["REFTYPE"] = unit, text, name.removesuffix("_map").upper()
-        write_hdus(product(params, "dark_fit").with_name(f"{name}.fits"), data.astype(np.float32), h)
+        write_hdus(product(params, "dark_fit").with_name(f"{name}.fits"), compute().astype(np.float32), h)
 
     return [functools.partial(write, name, *entry) for name, entry in maps.items()]

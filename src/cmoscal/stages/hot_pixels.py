@@ -75,15 +75,19 @@ def run(params: dict) -> dict:
     the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
     """
     model = CalibrationModel.read(required(params, "dark_fit"))
+    threads = workers(params)
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
     ends = model.trange
     tref = params["hot_reference_temperature"]
     tref = float(model.trange[1] if tref is None else tref)
-    needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own
-    rates = dict(zip(needed, concurrently([functools.partial(log_rates, model, T) for T in needed], workers(params))))
+    needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own, and the error
+    *found, stated, dof = concurrently([functools.partial(log_rates, model, T) for T in needed] + [
+        lambda: model.log_rate(tref, model.exprange[1])[1],  # as the model states it, where the dark is largest
+        lambda: model.dark_dof], threads)
+    rates = dict(zip(needed, found))
     significance, populations = zip(*concurrently([functools.partial(log_rate_significance, *rates[T], usable)
-                                                   for T in ends], workers(params)))
+                                                   for T in ends], threads))
     populations = [dict(stats, temperature=T) for stats, T in zip(populations, ends)]
     rate_ref = rates[tref]
     rate_min = params["hot_rate_min"]
@@ -91,10 +95,9 @@ def run(params: dict) -> dict:
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    stated = model.log_rate(tref, model.exprange[1])[1]  # as the model states it, where the dark is largest
     dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated),
-                                     model.read_noise, model.chi2r, model.dark_dof, fit_dq,
-                                     Thresholds.from_params(params), rate_min)
+                                     model.read_noise, model.chi2r, dof, fit_dq, Thresholds.from_params(params),
+                                     rate_min, threads)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())
@@ -121,7 +124,7 @@ def run(params: dict) -> dict:
                   lambda: write_hdus(product(params, "dq_map"), dq, header,
                                      [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True),
                   lambda: write_hdus(product(params, "hot_pixel_mask"), mask, mask_header, checksum=True),
-                  lambda: model.write(product(params, "model"), workers(params))], workers(params))
+                  lambda: model.write(product(params, "model"), threads)], threads)
     note(hot=int(hot.sum()), warm=int((~hot).sum()))
     return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
                 threshold_rates=threshold_table(thresholds, model.meta.get("GAIN")), reference_temperature=tref,

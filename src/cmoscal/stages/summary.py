@@ -71,18 +71,22 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None, thre
     on up to ``threads`` threads at once.
     """
     good = model.dq == 0
-    slope = model.dark[1][good]
-    rows = [("bias a", model.bias_a[good], "DN at 0 degC"), ("bias b", model.bias_b[good], "DN/degC"),
-            ("read noise", model.read_noise[good], "DN"),
-            ("dark A", np.exp(model.dark[0][good]), f"DN/s{'^gamma' if model.fit_gamma else ''} at Tmin")]
+
+    def over_good(image, derive=lambda v: v):  # the quantity's values, computed on the thread that summarizes them
+        return lambda: derive(image[good])
+
+    rows = [("bias a", over_good(model.bias_a), "DN at 0 degC"), ("bias b", over_good(model.bias_b), "DN/degC"),
+            ("read noise", over_good(model.read_noise), "DN"),
+            ("dark A", over_good(model.dark[0], np.exp), f"DN/s{'^gamma' if model.fit_gamma else ''} at Tmin")]
     law = dark_form(model.form)
-    rows += [(law.slope, slope, law.unit)] + [(name, derive(slope), unit) for name, derive, unit in law.derived]
+    rows += [(law.slope, over_good(model.dark[1]), law.unit)] + [
+        (name, over_good(model.dark[1], derive), unit) for name, derive, unit in law.derived]
     if model.fit_gamma:
-        rows.append(("gamma", model.dark[2][good], ""))
+        rows.append(("gamma", over_good(model.dark[2]), ""))
     if law.floor:
-        rows.append(("dark floor C", model.dark[3][good], f"DN/s{'^gamma' if model.fit_gamma else ''}"))
-    rows.append(("reduced chi-square", model.chi2r[good], ""))
-    spreads = concurrently([functools.partial(_median_spread, v) for _, v, _ in rows], threads)
+        rows.append(("dark floor C", over_good(model.dark[3]), f"DN/s{'^gamma' if model.fit_gamma else ''}"))
+    rows.append(("reduced chi-square", over_good(model.chi2r), ""))
+    spreads = concurrently([lambda values=values: _median_spread(values()) for _, values, _ in rows], threads)
     table = Table(rows=[(name, *spread, unit) for (name, _, unit), spread in zip(rows, spreads)],
                   names=("quantity", "median", "spread", "unit"))
     gain = float(model.meta.get("GAIN") or np.nan)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 
 from . import __version__
-from .compute import scratch
+from .compute import concurrently, scratch
 from .kernels import decode_be16, mark_frame
 
 __all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "has_image", "provenance", "read_image",
@@ -198,7 +197,7 @@ def _layouts(path: str, mtime: int) -> dict:
     with fits.open(path, mode="readonly", lazy_load_hdus=True) as hdul:
         for index, hdu in enumerate(hdul):
             header = hdu.header
-            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)):
+            if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) or isinstance(hdu, fits.CompImageHDU):
                 continue
             shape = tuple(header[f"NAXIS{k}"] for k in range(header["NAXIS"], 0, -1))
             found[index] = found[hdu.name] = (hdu.fileinfo()["datLoc"], np.dtype(">" + _BITPIX[header["BITPIX"]]),
@@ -349,6 +348,7 @@ def write_atomic(hdul: fits.HDUList, path: str | Path, checksum: bool = False) -
 _STREAMED = {np.dtype(t) for t in ("u1", "i2", "u2", "i4", "u4", "f4", "f8")}
 _SIGN_BIT = {2: 1 << 15, 4: 1 << 31}  # unsigned integers are stored signed with this BZERO (the FITS convention)
 _CHUNK = 1 << 20  # bytes converted at a time: the buffer stays in cache
+_SEGMENT = 16 * _CHUNK  # bytes of an image one thread writes at a time
 _EXCLUDED = b":;<=>?@[\\]^_`"  # punctuation the checksum's ASCII encoding avoids
 
 
@@ -407,33 +407,46 @@ def _pwrite(fd: int, block, position: int) -> None:
         view, position = view[written:], position + written
 
 
-def _write_image(fd: int, offset: int, hdu, checksum: bool) -> None:
-    """Write an image HDU at ``offset`` of the open file ``fd`` as astropy would: the data big-endian through a
-    small buffer, then the header (with its CHECKSUM and DATASUM, whose placeholders are already in it).
+def _write_segment(fd: int, position: int, flat: np.ndarray, checksum: bool) -> int:
+    """Write ``flat`` (a piece of an image's data) big-endian at ``position`` of ``fd`` through a small buffer;
+    return the sum of its 32-bit words (for DATASUM, when ``checksum``; 0 otherwise).
 
-    astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped
-    values), or copies it, and writes it in one call; a small buffer is written at memory speed.
-    Positioned writes let the HDUs of one file be written by several threads at once.
+    astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped values), or
+    copies it, and writes it in one call; a small buffer is written at memory speed.
     """
-    header = hdu.header
-    position = offset + len(header.tostring())
-    datasum = 0
-    if hdu.data is not None:
-        flat = np.ascontiguousarray(hdu.data).reshape(-1)
-        step = _CHUNK // flat.itemsize
-        buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
-        for first in range(0, flat.size, step):
-            out = buffer[:min(step, flat.size - first)]
-            if flat.dtype.kind == "u" and flat.itemsize in _SIGN_BIT:  # stored signed with BZERO, as astropy does
-                np.bitwise_xor(flat[first:first + step], flat.dtype.type(_SIGN_BIT[flat.itemsize]), out=out)
-            else:
-                out[...] = flat[first:first + step]
-            _pwrite(fd, out, position)
-            position += out.nbytes
-            if checksum:
-                datasum += _word_sum(out)  # chunks are whole words but the last
-        _pwrite(fd, bytes(-flat.nbytes % 2880), position)
-    if checksum:
+    step = _CHUNK // flat.itemsize
+    buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
+    total = 0
+    for first in range(0, flat.size, step):
+        out = buffer[:min(step, flat.size - first)]
+        if flat.dtype.kind == "u" and flat.itemsize in _SIGN_BIT:  # stored signed with BZERO, as astropy does
+            np.bitwise_xor(flat[first:first + step], flat.dtype.type(_SIGN_BIT[flat.itemsize]), out=out)
+        else:
+            out[...] = flat[first:first + step]
+        _pwrite(fd, out, position + first * flat.itemsize)
+        if checksum:
+            total += _word_sum(out)  # chunks are whole words but the last
+    return total
+
+
+def _image_tasks(fd: int, offset: int, hdu, checksum: bool) -> list:
+    """The writes of an image HDU's data at ``offset`` of ``fd`` (its header's place left for later), in
+    segments of _SEGMENT bytes: calls, each returning its word sum (segments are whole words but the last)."""
+    if hdu.data is None:
+        return []
+    flat = np.ascontiguousarray(hdu.data).reshape(-1)
+    position = offset + len(hdu.header.tostring())
+    step = _SEGMENT // flat.itemsize
+    tasks = [functools.partial(_write_segment, fd, position + first * flat.itemsize, flat[first:first + step],
+                               checksum) for first in range(0, flat.size, step)]
+    tasks.append(functools.partial(_pwrite, fd, bytes(-flat.nbytes % 2880), position + flat.nbytes))
+    return tasks
+
+
+def _write_header(fd: int, offset: int, header: fits.Header, datasum: int | None) -> None:
+    """Write an image HDU's header at ``offset``, with its CHECKSUM and DATASUM (placeholders already in it) from
+    the data's word sum unless ``datasum`` is None."""
+    if datasum is not None:
         datasum = _fold(datasum)
         header["DATASUM"] = str(datasum)
         header["CHECKSUM"] = _encode_checksum(~_fold(_word_sum(header.tostring().encode("ascii")) + datasum)
@@ -446,9 +459,9 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
     """Write a primary image and named image/table extensions atomically.
 
     ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. The images are
-    streamed (:func:`_write_image`; without checksums the same bytes as astropy's), on up to
-    ``threads`` threads at once, each at its place in the file; tables are appended by astropy;
-    ``checksum`` adds CHECKSUM and DATASUM to every HDU.
+    streamed (:func:`_write_segment`; without checksums the same bytes as astropy's), in
+    segments written at their places in the file by up to ``threads`` threads at once; tables
+    are appended by astropy; ``checksum`` adds CHECKSUM and DATASUM to every HDU.
     """
     hdus = [fits.PrimaryHDU(data=data, header=header)]
     for name, ext, bunit in extensions:
@@ -470,15 +483,11 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.truncate(offsets[-1])
-            calls = [functools.partial(_write_image, f.fileno(), offset, hdu, checksum)
-                     for offset, hdu in zip(offsets, streamed)]
-            if threads > 1 and len(calls) > 1:
-                with ThreadPoolExecutor(min(threads, len(calls))) as pool:
-                    for future in [pool.submit(call) for call in calls]:
-                        future.result()
-            else:
-                for call in calls:
-                    call()
+            tasks = [_image_tasks(f.fileno(), offset, hdu, checksum) for offset, hdu in zip(offsets, streamed)]
+            sums = iter(concurrently([task for image in tasks for task in image], threads))
+            for offset, hdu, image in zip(offsets, streamed, tasks):
+                datasum = sum(next(sums) or 0 for _ in image)  # the padding's write returns None
+                _write_header(f.fileno(), offset, hdu.header, datasum if checksum else None)
         for hdu in hdus[len(streamed):]:
             fits.append(tmp, hdu.data, hdu.header, checksum=checksum)
     return Path(path)

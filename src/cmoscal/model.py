@@ -15,6 +15,7 @@ an :class:`~cmoscal.errors.OutOfRangeWarning`, recorded in the product's header.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,11 @@ import numpy as np
 from astropy.io import fits
 
 from .bias import bias_at, bias_variance_at
+from .compute import concurrently
 from .darkfit import temperature_feature
 from .dq import DQ, DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
-from .fitsio import provenance, set_card, write_hdus
+from .fitsio import has_image, provenance, read_product, set_card, write_hdus
 from .forms import KELVIN, dark_form
 from .kernels import predict_dark, predict_log_rate
 from .products import LEDGER, MODEL_FILE, require_current
@@ -266,8 +268,9 @@ class CalibrationModel:
                           checksum=True, threads=threads)
 
     @classmethod
-    def read(cls, path: str | Path) -> CalibrationModel:
-        """Load a model file written by :meth:`write` (an output_dir or the file itself).
+    def read(cls, path: str | Path, threads: int = 1) -> CalibrationModel:
+        """Load a model file written by :meth:`write` (an output_dir or the file itself), its images read on up to
+        ``threads`` threads at once.
 
         Raises
         ------
@@ -294,22 +297,30 @@ class CalibrationModel:
                 what = ", ".join(missing) or "CREATOR"
                 raise CampaignError(f"{path} is not a cmoscal calibration model (missing {what})")
             form = h["DARKFORM"]
-
-            def native(name, dtype=None):  # in memory, in this machine's byte order (FITS is big-endian)
-                data = hdul[name].data
-                return data.astype(dtype or data.dtype.newbyteorder("="))
-
             law = dark_form(form)
-            dark = np.empty((3 + law.floor,) + hdul["DARK_A"].data.shape)
+            wanted = ["BIAS_A", "BIAS_B", "BIAS_COV", "READ_NOISE", "DARK_A", law.extension, "DARK_GAMMA",
+                      *(["DARK_FLOOR"] if law.floor else []), "DARK_COV", "DARK_CHI2R",
+                      *(["DARK_NVALID"] if "DARK_NVALID" in names else []), "DQ"]
+            plain = all(has_image(path, name) for name in wanted)  # else (compressed) astropy reads, one at a time
+
+            def native(name):  # in memory, in this machine's byte order (FITS is big-endian)
+                if plain:
+                    return read_product(path, name)
+                data = hdul[name].data
+                return data.astype(data.dtype.newbyteorder("="))
+
+            images = dict(zip(wanted, concurrently([functools.partial(native, name) for name in wanted],
+                                                   threads if plain else 1)))
+            dark = np.empty((3 + law.floor,) + images["DARK_A"].shape)
             with np.errstate(divide="ignore"):
-                dark[0] = np.log(native("DARK_A", np.float64))
-            dark[1], dark[2] = hdul[law.extension].data, hdul["DARK_GAMMA"].data
+                dark[0] = np.log(images["DARK_A"].astype(np.float64))
+            dark[1], dark[2] = images[law.extension], images["DARK_GAMMA"]
             if law.floor:
-                dark[3] = hdul["DARK_FLOOR"].data
-            return cls(bias_a=native("BIAS_A"), bias_b=native("BIAS_B"), bias_cov=native("BIAS_COV"),
-                       read_noise=native("READ_NOISE"), dark=dark, dark_cov=native("DARK_COV"),
-                       chi2r=native("DARK_CHI2R"), nvalid=native("DARK_NVALID") if "DARK_NVALID" in names else None,
-                       dq=native("DQ"), form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
+                dark[3] = images["DARK_FLOOR"]
+            return cls(bias_a=images["BIAS_A"], bias_b=images["BIAS_B"], bias_cov=images["BIAS_COV"],
+                       read_noise=images["READ_NOISE"], dark=dark, dark_cov=images["DARK_COV"],
+                       chi2r=images["DARK_CHI2R"], nvalid=images.get("DARK_NVALID"),
+                       dq=images["DQ"], form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
                        trange=(h["TCALMIN"], h["TCALMAX"]), exprange=(h["TEXPMIN"], h["TEXPMAX"]),
                        max_extrapolation=h.get("MAXEXTRP", 5.0), max_exposure_factor=h.get("MAXEXPF", 2.0),
                        prior=tuple(float(h.get(k, np.nan)) for k in _PRIOR),
@@ -340,13 +351,13 @@ def usable_model(path: str | Path, user: str) -> CalibrationModel:
     return model
 
 
-@functools.lru_cache(maxsize=1)
-def _shared(path: str, mtime: int) -> CalibrationModel:
-    return CalibrationModel.read(path)
+_SHARED: dict = {}  # (path, mtime) -> the model of shared_model
+_SHARED_LOCK = threading.Lock()
 
 
-def shared_model(path: str | Path) -> CalibrationModel:
-    """The model at ``path`` (an output_dir or the file), read once per process while the file is unchanged.
+def shared_model(path: str | Path, threads: int = 1) -> CalibrationModel:
+    """The model at ``path`` (an output_dir or the file), read once per process while the file is unchanged (on up
+    to ``threads`` threads).
 
     For the tasks of a stage (threads, or calls on a dask worker) that only read it: treat it as
     read-only. One model is kept at a time.
@@ -354,7 +365,12 @@ def shared_model(path: str | Path) -> CalibrationModel:
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
-    return _shared(str(path), path.stat().st_mtime_ns)
+    key = (str(path), path.stat().st_mtime_ns)
+    with _SHARED_LOCK:  # the tasks asking at once wait for one read
+        if key not in _SHARED:
+            _SHARED.clear()
+            _SHARED[key] = CalibrationModel.read(path, threads)
+        return _SHARED[key]
 
 
 def to_raw16(frame_dn: np.ndarray, scale_factor: float = 16, saturation: float = 4095) -> np.ndarray:

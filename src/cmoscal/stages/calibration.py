@@ -16,7 +16,7 @@ from astropy.nddata import CCDData
 from astropy.table import Table
 
 from ..calibrate import calibrate_file, refused_row, relative_name
-from ..compute import run_tiles
+from ..compute import run_tiles, workers
 from ..errors import CampaignWarning
 from ..fitsio import write_table
 from ..inventory import find_fits
@@ -71,7 +71,7 @@ def before_after(params: dict, output: str) -> dict:
     """The maps of one calibrated frame (DN) for :func:`cmoscal.plots.image_grid`: the raw frame, the
     bias(T) + dark(T, t) removed, the result, its uncertainty and its mask."""
     ccd = CCDData.read(output)
-    model = CalibrationModel.read(product(params, "model"))
+    model = CalibrationModel.read(product(params, "model"), workers(params))
     removed = model.bias(ccd.header["CALTEMP"]) + model.dark_signal(ccd.header["CALTEMP"], ccd.header["CALEXPT"])
     return {"raw frame": (ccd.data + removed, "DN"),
             f"bias + dark removed (T = {ccd.header['CALTEMP']:.2f} degC, t = {ccd.header['CALEXPT']:.3g} s)":

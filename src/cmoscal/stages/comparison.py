@@ -16,6 +16,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..compare import CLASSES, Comparison, compare_models
+from ..compute import workers
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import provenance, read_table, write_hdus, write_table
 from ..model import CalibrationModel, usable_model
@@ -39,7 +40,7 @@ def run(params: dict) -> Comparison | None:
     if Path(reference_path).resolve() in (out(params).resolve(), own.resolve()):
         raise CampaignError("reference_campaign: it is this campaign's own output_dir; give an earlier campaign's")
     reference = usable_model(reference_path, "the comparison stage")
-    current = CalibrationModel.read(required(params, "model"))
+    current = CalibrationModel.read(required(params, "model"), workers(params))
     for key in ("INSTRUME", "DETECTOR"):
         before, now = reference.meta.get(key, "UNKNOWN"), current.meta.get(key, "UNKNOWN")
         if "UNKNOWN" not in (before, now) and before != now:

@@ -21,7 +21,7 @@ from ..compute import concurrently, workers
 from ..dq import DQ, has
 from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_table, write_table
-from ..model import CalibrationModel
+from ..model import CalibrationModel, shared_model
 from ..products import product, required, stage
 
 __all__ = ["budget_row", "load", "run", "temperatures"]
@@ -68,7 +68,7 @@ def _row(model: CalibrationModel, temperature: float, pixels: np.ndarray) -> tup
 @stage("dark_budget")
 def run(params: dict) -> Table:
     """Write and return ``dark_budget.ecsv``: one row per temperature."""
-    model = CalibrationModel.read(required(params, "model"))
+    model = shared_model(required(params, "model"), workers(params))
     pixels = np.flatnonzero(~has(model.dq, DQ.DO_NOT_USE))
     pixels = pixels[::max(1, len(pixels) >> _SAMPLE_BITS)]  # every k-th usable pixel: at most ~2^20
     rows = concurrently([functools.partial(_row, model, T, pixels) for T in temperatures(params, model)],

@@ -15,7 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ..bias import bias_at
-from ..compute import run_tiles
+from ..compute import run_tiles, workers
 from ..dq import DQ, has
 from ..errors import OutOfRangeWarning
 from ..evaluate import compare, held_out_dark, leave_one_out_bias
@@ -70,7 +70,7 @@ def run(params: dict) -> dict:
     ``previews[group]`` holds block-averaged maps of the master, the synthetic frame, MAE, MAPE
     and the residual in units of its noise (block means scaled so that pure noise has sigma 1).
     """
-    model = shared_model(required(params, "model"))
+    model = shared_model(required(params, "model"), workers(params))
     inv_gain = 1 / model.meta["GAIN"] if model.meta.get("GAIN") else 0.0
     entries = [("bias", e) for e in master_index(product(params, "bias_masters"))]
     entries += [("dark", e) for e in master_index(product(params, "dark_masters"))]

@@ -275,7 +275,7 @@ CHECKS = (
 @stage("summary", reads_stale=True)
 def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
-    model = shared_model(required(params, "model"))
+    model = shared_model(required(params, "model"), workers(params))
     files = files_accounted(params)
     evidence = Evidence(read_table(required(params, "evaluation", "summary.ecsv")),
                         read_table(product(params, "evaluation", "loo.ecsv")), model, files,

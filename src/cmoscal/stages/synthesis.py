@@ -13,10 +13,11 @@ import warnings
 import numpy as np
 from astropy.table import Table
 
+from ..compute import workers
 from ..errors import CampaignError, CampaignWarning, OutOfRangeWarning
 from ..inventory import frame_label
 from ..masters import master_index
-from ..model import CalibrationModel, write_synthetic
+from ..model import shared_model, write_synthetic
 from ..products import MODEL_FILE, product, required, stage
 
 __all__ = ["points", "run"]
@@ -35,7 +36,7 @@ def points(params: dict) -> list[tuple[str, float, float | None]]:
 @stage("synthesis")
 def run(params: dict) -> Table:
     """Write the synthetic frames; return one row per frame (mean, std, and any warning or refusal)."""
-    model = CalibrationModel.read(required(params, "model"))
+    model = shared_model(required(params, "model"), workers(params))
     rows = []
     for kind, T, t in points(params):
         name = f"synthetic_{frame_label(kind, T, t)}.fits"

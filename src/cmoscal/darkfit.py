@@ -142,7 +142,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     def pixels(x, rows=()):
         return kernel_array(x, (*rows, npix))
 
-    own_prior = [np.zeros((k, npix)) if pixel_prior is None else kernel_array(np.reshape(x, (k, -1)), (k, npix),
+    own_prior = [np.zeros((k, 0)) if pixel_prior is None else kernel_array(np.reshape(x, (k, -1)), (k, npix),
                                                                              np.float64)
                  for k, x in zip((4, 10), pixel_prior or (0, 0))]
 

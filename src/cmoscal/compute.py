@@ -56,7 +56,8 @@ def progress_enabled(params: dict) -> bool:
 
 
 def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
-    """Split ``ny`` rows into bands so the tiles in flight fit ``memory_budget`` (GB).
+    """Split ``ny`` rows into bands so the tiles in flight fit ``memory_budget`` (GB), their number a multiple of
+    the workers where the rows allow (so that no worker is left with the last band alone).
 
     Parameters
     ----------
@@ -68,6 +69,10 @@ def row_bands(ny: int, bytes_per_row: float, params: dict) -> list[slice]:
         Campaign parameters (memory_budget, compute.workers).
     """
     rows = int(max(1, min(ny, tile_budget(params) // max(bytes_per_row, 1))))
+    bands = -(-ny // rows)
+    if bands > 1:  # rounded up to a multiple of the workers
+        bands = min(ny, -(-bands // workers(params)) * workers(params))
+        rows = -(-ny // bands)
     return [slice(y, min(y + rows, ny)) for y in range(0, ny, rows)]
 
 

@@ -125,17 +125,20 @@ def _run(args) -> None:
 
     params = _load(args)
     stages = _stages(args.stages)
-    results = {}
+    checks = None
     with hold(params["output_dir"], f"cmoscal run {args.params}"):
         for i, name in enumerate(stages, 1):
             print(f"[{i}/{len(stages)}] {name} ...", flush=True)
             start = time.perf_counter()
-            results[name] = STAGES[name](params)
+            result = STAGES[name](params)
+            if name == "summary":
+                checks = result
+            del result  # each stage's arrays are freed before the next starts: only the checks are kept
             print(f"[{i}/{len(stages)}] {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     print(f"products in {params['output_dir']}")
     _stale_note(params)
-    if "summary" in results:
-        _verdict(results["summary"])
+    if checks is not None:
+        _verdict(checks)
 
 
 def _report(args) -> None:

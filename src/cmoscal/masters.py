@@ -23,7 +23,7 @@ from astropy.io import fits
 from astropy.stats import mad_std
 from astropy.table import Table
 
-from .compute import sample_rows, scratch, tile_budget
+from .compute import concurrently, sample_rows, scratch, tile_budget
 from .fitsio import has_image, provenance, read_image, read_product, read_stack, write_hdus
 from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
@@ -491,8 +491,9 @@ def master_index(folder: str | Path) -> list[tuple[Path, fits.Header]]:
     return sorted(((p, fits.getheader(p)) for p in paths), key=lambda ph: (ph[1]["EXPTIME"], ph[1]["TEMP"]))
 
 
-def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
-    """Read masters (a folder, or the list of :func:`master_index`) restricted to ``rows``.
+def load_masters(source, rows=slice(None), extensions=_EXTENSIONS, threads: int = 1) -> MasterSet:
+    """Read masters (a folder, or the list of :func:`master_index`) restricted to ``rows``, on up to ``threads``
+    threads.
 
     Only the requested rows of the requested extensions are read; the others, and those the files
     lack (written without ``master_diagnostics``), come back as None. ``rows`` is a slice or an
@@ -502,12 +503,13 @@ def load_masters(source, rows=slice(None), extensions=_EXTENSIONS) -> MasterSet:
     paths = [path for path, _ in index]
 
     def stack(ext, dtype=None):
-        if ext not in extensions or not has_image(paths[0], ext):
+        if ext != 0 and (ext not in extensions or not has_image(paths[0], ext)):
             return None
-        stacked = np.stack([read_product(p, ext, rows) for p in paths])
+        read = read_image if ext == 0 else read_product
+        stacked = np.stack(concurrently([functools.partial(read, p, ext, rows) for p in paths], threads))
         return stacked if dtype is None else stacked.astype(dtype, copy=False)
 
-    return MasterSet(data=np.stack([read_image(p, 0, rows) for p in paths]), variance=stack("VARIANCE"),
+    return MasterSet(data=stack(0), variance=stack("VARIANCE"),
                      nframes=stack("NFRAMES", np.int16), nsaturated=stack("NSATUR"),
                      nclipped=stack("NCLIP", np.int16),
                      temperature=np.array([h["TEMP"] for _, h in index]),

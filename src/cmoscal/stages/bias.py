@@ -217,15 +217,19 @@ def run(params: dict) -> dict:
                 read_noise=np.sqrt(rv), fallback=fallback)
 
 
-def load(params: dict, rows=slice(None)) -> dict:
-    """Rows of the bias model maps: a, b, cov, read_noise, fallback, and the header of bias_a_map."""
+def load(params: dict, rows=slice(None), threads: int = 1) -> dict:
+    """Rows of the bias model maps: a, b, cov, read_noise, fallback (read on up to ``threads`` threads), and the
+    header of bias_a_map."""
     folder = product(params, "bias_model")
 
     def get(name):
         return read_image(required(params, "bias_model", f"{name}.fits"), 0, rows)
 
-    return dict(a=get("bias_a_map"), b=get("bias_b_map"), cov=read_product(folder / "bias_covariance.fits", 0, rows),
-                read_noise=get("read_noise_map"), fallback=read_product(folder / "bias_fallback_map.fits", 0, rows),
+    a, b, cov, read_noise, fallback = concurrently([
+        lambda: get("bias_a_map"), lambda: get("bias_b_map"),
+        lambda: read_product(folder / "bias_covariance.fits", 0, rows), lambda: get("read_noise_map"),
+        lambda: read_product(folder / "bias_fallback_map.fits", 0, rows)], threads)
+    return dict(a=a, b=b, cov=cov, read_noise=read_noise, fallback=fallback,
                 header=fits.getheader(folder / "bias_a_map.fits"), paths=dict(
                     a=folder / "bias_a_map.fits", b=folder / "bias_b_map.fits",
                     read_noise=folder / "read_noise_map.fits"))

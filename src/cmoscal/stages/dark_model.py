@@ -85,10 +85,11 @@ def _dimension(params: dict, exptimes) -> bool:
     return params["dark_model"] == "2d" or (params["dark_model"] == "auto" and several)
 
 
-def fit_inputs(params: dict, index, rows, inv_gain: float) -> dict:
-    """Master darks of ``rows`` flattened to (M, npix), with their noise model (:class:`~cmoscal.darkfit.Noise`)."""
-    darks = load_masters(index, rows, extensions=("NFRAMES", "NSATUR"))
-    bias = bias_stage.load(params, rows)
+def fit_inputs(params: dict, index, rows, inv_gain: float, threads: int = 1) -> dict:
+    """Master darks of ``rows`` flattened to (M, npix), with their noise model (:class:`~cmoscal.darkfit.Noise`),
+    read on up to ``threads`` threads."""
+    darks = load_masters(index, rows, extensions=("NFRAMES", "NSATUR"), threads=threads)
+    bias = bias_stage.load(params, rows, threads)
     read_var = bias["read_noise"].astype(np.float32).reshape(-1) ** 2
     M = len(darks)
 
@@ -216,7 +217,7 @@ def sample_inputs(params: dict, index, inv_gain: float) -> dict:
     else:
         rows = np.sort(rng.choice(ny, min(ny, 4 * -(-n // nx)), replace=False))
         pixels = np.sort(rng.choice(len(rows) * nx, n, replace=False))
-    inputs = fit_inputs(params, index, rows, inv_gain)
+    inputs = fit_inputs(params, index, rows, inv_gain, workers(params))
     prior = inputs["prior"]
     return dict(inputs, signal=inputs["signal"][:, pixels], usable=inputs["usable"][:, pixels],
                 noise=inputs["noise"].columns(pixels), rows=rows, pixels=pixels,
@@ -281,7 +282,7 @@ def compare_models(params: dict, inputs: dict, saturation: float, tmin: float, f
 
     def fitted(models):
         """chi2_of each (form, gamma) of ``models``, every thread fitting a share of the pixels."""
-        shares = np.array_split(np.arange(inputs["signal"].shape[1]), max(1, threads // len(models)))
+        shares = np.array_split(np.arange(inputs["signal"].shape[1]), threads)  # small tasks: forms differ in cost
         parts = concurrently([functools.partial(chi2_of, *model, share) for share in shares for model in models],
                              threads)
         return [tuple(np.concatenate(p) for p in zip(*parts[k::len(models)])) for k in range(len(models))]
@@ -360,7 +361,7 @@ def run(params: dict) -> dict:
             dropped_parts.append(part.dropped)
     dark, cov, chi2r, nvalid, flags, saturated, changed = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
-    bias = bias_stage.load(params)
+    bias = bias_stage.load(params, threads=workers(params))
     dq = from_fit_flags(flags, FIT_FLAGS)
     dq[saturated] |= DQ_DTYPE(DQ.SATURATED)
     dq[bias["fallback"] > 0] |= DQ_DTYPE(DQ.FALLBACK)

@@ -431,16 +431,15 @@ def _write_segment(fd: int, position: int, flat: np.ndarray, checksum: bool) -> 
 
 def _image_tasks(fd: int, offset: int, hdu, checksum: bool) -> list:
     """The writes of an image HDU's data at ``offset`` of ``fd`` (its header's place left for later), in
-    segments of _SEGMENT bytes: calls, each returning its word sum (segments are whole words but the last)."""
+    segments of _SEGMENT bytes: calls, each returning its word sum (segments are whole words but the last).
+    The padding to 2880 bytes needs no write: the file is sized beforehand, its unwritten bytes are zeros."""
     if hdu.data is None:
         return []
     flat = np.ascontiguousarray(hdu.data).reshape(-1)
     position = offset + len(hdu.header.tostring())
     step = _SEGMENT // flat.itemsize
-    tasks = [functools.partial(_write_segment, fd, position + first * flat.itemsize, flat[first:first + step],
-                               checksum) for first in range(0, flat.size, step)]
-    tasks.append(functools.partial(_pwrite, fd, bytes(-flat.nbytes % 2880), position + flat.nbytes))
-    return tasks
+    return [functools.partial(_write_segment, fd, position + first * flat.itemsize, flat[first:first + step],
+                              checksum) for first in range(0, flat.size, step)]
 
 
 def _write_header(fd: int, offset: int, header: fits.Header, datasum: int | None) -> None:
@@ -486,7 +485,7 @@ def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, e
             tasks = [_image_tasks(f.fileno(), offset, hdu, checksum) for offset, hdu in zip(offsets, streamed)]
             sums = iter(concurrently([task for image in tasks for task in image], threads))
             for offset, hdu, image in zip(offsets, streamed, tasks):
-                datasum = sum(next(sums) or 0 for _ in image)  # the padding's write returns None
+                datasum = sum(next(sums) for _ in image)
                 _write_header(f.fileno(), offset, hdu.header, datasum if checksum else None)
         for hdu in hdus[len(streamed):]:
             fits.append(tmp, hdu.data, hdu.header, checksum=checksum)

@@ -503,13 +503,12 @@ def load_masters(source, rows=slice(None), extensions=_EXTENSIONS, threads: int 
     paths = [path for path, _ in index]
 
     def stack(ext, dtype=None):
-        if ext != 0 and (ext not in extensions or not has_image(paths[0], ext)):
+        if ext and (ext not in extensions or not has_image(paths[0], ext)):  # ext 0: the masters themselves
             return None
-        read = read_image if ext == 0 else read_product
-        stacked = np.stack(concurrently([functools.partial(read, p, ext, rows) for p in paths], threads))
+        stacked = np.stack(concurrently([functools.partial(read_product, p, ext, rows) for p in paths], threads))
         return stacked if dtype is None else stacked.astype(dtype, copy=False)
 
-    return MasterSet(data=stack(0), variance=stack("VARIANCE"),
+    return MasterSet(data=stack(0, np.float32), variance=stack("VARIANCE"),
                      nframes=stack("NFRAMES", np.int16), nsaturated=stack("NSATUR"),
                      nclipped=stack("NCLIP", np.int16),
                      temperature=np.array([h["TEMP"] for _, h in index]),

@@ -195,13 +195,17 @@ def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
                    fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, changed.reshape(shape), dropped)
 
 
-def _fit_tile_in_place(maps: tuple, setup: FitSetup, rows, bias_files) -> tuple:
-    """:func:`_fit_tile`, its maps placed into ``maps`` (dark, cov, chi2r, nvalid, flags, saturated, changed) by the
-    worker itself; returns the dropped samples."""
-    part = _fit_tile(setup, rows, bias_files)
+def _place(maps: tuple, part: TileFit, rows) -> tuple:
+    """Put a tile's maps into the whole ``maps`` (dark, cov, chi2r, nvalid, flags, saturated, changed) at ``rows``;
+    return its dropped samples."""
     for whole, piece in zip(maps, part):
         whole[..., rows, :] = piece
     return part.dropped
+
+
+def _fit_tile_in_place(maps: tuple, setup: FitSetup, rows, bias_files) -> tuple:
+    """:func:`_fit_tile`, placed into ``maps`` by the worker itself; returns the dropped samples."""
+    return _place(maps, _fit_tile(setup, rows, bias_files), rows)
 
 
 def sample_inputs(params: dict, index, inv_gain: float) -> dict:
@@ -353,12 +357,9 @@ def run(params: dict) -> dict:
     tasks = [(setup, band, bias_files) for band in bands]
     if params["compute"]["scheduler"] == "threads":  # the workers share the maps: each places its own tile
         dropped_parts = list(run_tiles(_fit_tile_in_place, [(maps, *task) for task in tasks], params, "dark fit"))
-    else:
-        dropped_parts = []
-        for band, part in zip(bands, run_tiles(_fit_tile, tasks, params, "dark fit")):
-            for whole, piece in zip(maps, part):  # placed as each tile arrives, while the next ones are fitted
-                whole[..., band, :] = piece
-            dropped_parts.append(part.dropped)
+    else:  # placed as each tile arrives, while the next ones are fitted
+        dropped_parts = [_place(maps, part, band) for band, part in zip(bands, run_tiles(_fit_tile, tasks, params,
+                                                                                          "dark fit"))]
     dark, cov, chi2r, nvalid, flags, saturated, changed = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params, threads=workers(params))

@@ -74,8 +74,8 @@ def run(params: dict) -> dict:
     Returns the model, the significance at both ends of the range, the population statistics,
     the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
     """
-    model = CalibrationModel.read(required(params, "dark_fit"), workers(params))
     threads = workers(params)
+    model = CalibrationModel.read(required(params, "dark_fit"), threads)
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
     ends = model.trange

@@ -275,14 +275,14 @@ CHECKS = (
 @stage("summary", reads_stale=True)
 def run(params: dict) -> Table:
     """Compute the checks and write ``checks.ecsv``; ``meta['verdict']`` is SUCCESS or FAILED."""
-    model = shared_model(required(params, "model"), workers(params))
+    threads = workers(params)
+    model = shared_model(required(params, "model"), threads)
     files = files_accounted(params)
     evidence = Evidence(read_table(required(params, "evaluation", "summary.ecsv")),
                         read_table(product(params, "evaluation", "loo.ecsv")), model, files,
                         stage_states(params["output_dir"]))
     write_table(files, product(params, "files"))
     write_table(dq_table(model.dq), product(params, "dq_counts"))
-    threads = workers(params)
     write_table(model_numbers(model, read_table(product(params, "model_comparison")), threads),
                 product(params, "model_numbers"))
     checks = Table(rows=concurrently([functools.partial(check.row, evidence, params["checks"]) for check in CHECKS],

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,32 +51,33 @@ def timed_run(root: Path, params: Path) -> dict:
     """Run ``cmoscal run params`` in ``root``; its wall time, peak memory, stage times and CPU samples."""
     warm(root)
     os.sync()
-    start = time.perf_counter()
-    process = subprocess.Popen([*CMOSCAL, "run", str(params)], cwd=root, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    samples, marks = [], []
+    samples, marks, done = [], [], threading.Event()
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: warnings cannot fill it and stall the run
+        start = time.perf_counter()
+        process = subprocess.Popen([*CMOSCAL, "run", str(params)], cwd=root, stdout=subprocess.PIPE,
+                                   stderr=errors, text=True)
 
-    def sample():
-        while process.poll() is None:
-            try:
-                samples.append((time.perf_counter() - start, cpu_seconds(process.pid)))
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                break
-            time.sleep(0.05)
+        def sample():  # reads /proc only: reaping the process is the main thread's (os.wait4 below)
+            while not done.is_set():
+                try:
+                    samples.append((time.perf_counter() - start, cpu_seconds(process.pid)))
+                except (FileNotFoundError, ProcessLookupError, IndexError):
+                    break
+                time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    for line in process.stdout:  # the stage each moment belongs to
-        match = _STAGE_LINE.search(line)
-        if match:
-            marks.append((time.perf_counter() - start, match[1], match[2]))
-    stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    sampler.join()
-    if process.returncode:
-        raise SystemExit(f"cmoscal run {params} failed:\n{stderr[-2000:]}")
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        for line in process.stdout:  # the stage each moment belongs to
+            match = _STAGE_LINE.search(line)
+            if match:
+                marks.append((time.perf_counter() - start, match[1], match[2]))
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        if os.waitstatus_to_exitcode(status):
+            errors.seek(0)
+            raise SystemExit(f"cmoscal run {params} failed:\n{errors.read()[-2000:]}")
     book = ledger(root / yaml.safe_load(params.read_text())["output_dir"])["stages"]
     return dict(wall=wall, memory=usage.ru_maxrss / 1e6, stages={s: book[s]["seconds"] for s in STAGES if s in book},
                 samples=np.array(samples), marks=marks)

@@ -58,7 +58,8 @@ def main():
             rv_true = truth["read_noise"] ** 2 + truth["rts"] ** 2 / 4 + 1 / 12  # read, telegraph and quantization
             rv_ratio = np.mean(model.read_noise.astype(float) ** 2) / np.mean(rv_true)
             rows.append(f"| {name} | " + " | ".join(f"{np.median(p):.3f} / {np.percentile(p, 99):.3f}" for p in pulls)
-                        + f" | {rv_ratio:.3f} ({model.meta['RNSOURCE']}, {model.meta['RNDOF']} dof) "
+                        + f" | {rv_ratio:.3f} ({model.meta['RNSOURCE']}, {model.meta['RNOWNDOF']} + "
+                          f"{model.meta['RNPOPDOF']:.0f} dof) "
                           f"| {checks.meta['verdict']} |")
             print(rows[-1], flush=True)
     text = ("# Camera styles against their clean twin (`python bench/inputs.py`)\n\n"

@@ -153,10 +153,12 @@ def test_full_well_pixels_are_flagged_and_keep_a_sensible_model(tmp_path):
 
 
 def test_bias_noise_ratios_are_unbiased_with_two_bias_frames_per_group(tmp_path):
-    """The read noise from 7 degrees of freedom: dividing a bias residual by it would read sqrt(7 / 5) = 1.18 high."""
+    """The read noise from 7 degrees of freedom of its own and the population's: dividing a bias residual by it would
+    read sqrt(dof / (dof - 2)) high."""
     simulate_campaign(tmp_path, **dict(SMALL, temperatures=(-10, -5, 0, 5, 10, 15, 20), bias_frames=2), seed=8)
     _params, results = calibrate(tmp_path)
-    assert results["hot_pixels"]["model"].meta["RNDOF"] == 7
+    meta = results["hot_pixels"]["model"].meta
+    assert meta["RNOWNDOF"] == 7 and meta["RNPOPDOF"] > 4 and meta["RNDOF"] == pytest.approx(7 + meta["RNPOPDOF"])
     checks = {c["check"]: c["value"] for c in results["summary"]}
     for name in ("bias residual / noise", "bias leave-one-out / noise"):
         assert 0.95 < checks[name] < 1.05, (name, checks[name])

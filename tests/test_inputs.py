@@ -206,8 +206,8 @@ def test_one_bias_frame_per_temperature_calibrates_with_the_read_noise_from_the_
     _, results = run(tmp_path, stages=list(STAGES)[:8])
     model = results["hot_pixels"]["model"]
     truth = read_truth(tmp_path)
-    assert model.meta["RNDOF"] == 6 and model.meta["RNSOURCE"] == "bias-fit residuals"
-    # read variance from 6 degrees of freedom: unbiased for the per-pixel variance (read noise, telegraph, 1/12)
+    assert model.meta["RNOWNDOF"] == 6 and model.meta["RNSOURCE"] == "bias-fit residuals"
+    # moderated read variance from 6 dof: unbiased for the per-pixel variance (read noise, telegraph, 1/12)
     rv_true = truth["read_noise"] ** 2 + truth["rts"] ** 2 / 4 + 1 / 12
     normal = truth["rts"] == 0
     ratio = np.mean(model.read_noise[normal] ** 2) / np.mean(rv_true[normal])
@@ -217,6 +217,26 @@ def test_one_bias_frame_per_temperature_calibrates_with_the_read_noise_from_the_
     assert checks["bias residual / noise"]["status"] == "n/a"
     assert "measured from these residuals" in checks["bias residual / noise"]["reason"]
     assert checks["dark residual / noise"]["status"] == "pass"
+
+
+def test_a_few_bias_frames_in_whole_dn_give_honest_noise_checks_and_flags(tmp_path):
+    """One bias frame per temperature and a burst cube beside the -10 degC one: 3 degrees of freedom per pixel of
+    whole-DN values (read noise ~1.2 DN), often all equal. Unmoderated, the read noise was 0 for 2 % of the pixels,
+    the bias residual check read 0.80 (a FAIL) and 2 % of the pixels were POOR_FIT."""
+    layout = dict(shape=(64, 64), temperatures=(-10, -5, 0, 5, 10, 15, 20, 25), exptimes=(1, 5, 10, 30, 60),
+                  frames=1, bias_frames=1)
+    simulate_campaign(tmp_path, seed=7, real_folder=True, cosmics=3, law="exponential+floor", bitpix=32, **layout)
+    _, results = run(tmp_path, stages=list(STAGES)[:8])
+    model, truth = results["hot_pixels"]["model"], read_truth(tmp_path)
+    assert model.meta["RNOWNDOF"] == 3 and model.meta["RNPOPDOF"] > 10
+    rv_true = truth["read_noise"] ** 2 + 1 / 12
+    normal = truth["rts"] == 0  # telegraph pixels are moderated towards the population: their noise reads low
+    assert model.read_noise.min() > 0.5
+    assert abs(np.mean(model.read_noise[normal] ** 2) / np.mean(rv_true[normal]) - 1) < 0.05
+    checks = {c["check"]: c for c in results["summary"]}
+    for name in ("bias residual / noise", "bias leave-one-out / noise", "dark residual / noise"):
+        assert checks[name]["status"] == "pass" and abs(checks[name]["value"] - 1) < 0.1, (name, checks[name])
+    assert np.mean((model.dq & DQ.POOR_FIT) > 0) < 0.003
 
 
 @pytest.mark.parametrize("frames", [3, 1])

@@ -15,19 +15,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import chdtrc, ndtr  # the chi-square and normal tails (scipy.stats costs 0.3 s to import)
+from scipy.special import fdtrc, ndtr, stdtrit  # F and normal tails, t quantile (scipy.stats: 0.3 s to import)
 
 from .compute import concurrently
 from .dq import DQ, DQ_DTYPE, has
 
 __all__ = ["Thresholds", "classify_pixels", "excess_significance", "log_rate_significance", "robust_threshold"]
 
+
 def robust_threshold(values: np.ndarray, k: float) -> float:
     """median + k * 1.4826 * MAD of the finite ``values``."""
     v = values[np.isfinite(values)]
     median = np.median(v)
     return float(median + k * 1.4826 * np.median(np.abs(v - median)))
-
 
 def log_rate_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, usable: np.ndarray):
     """How far each pixel's log dark rate lies above the population median, in units of its intrinsic spread.
@@ -77,17 +77,18 @@ class Thresholds:
         return cls(**{name: params[name] for name in cls.__dataclass_fields__})
 
 
-def _poor_fit(chi2r, dof, limits: Thresholds) -> np.ndarray:
-    """Reduced chi-square above poor_fit_chi2r and the chi-square beyond chance at excess_sigma."""
+def _poor_fit(chi2r, dof, noise_dof: float, limits: Thresholds) -> np.ndarray:
+    """Reduced chi-square above poor_fit_chi2r and beyond chance at excess_sigma: F(dof, noise_dof), the noise
+    being known from ``noise_dof`` degrees of freedom."""
     poor = (chi2r > limits.poor_fit_chi2r) & (dof > 0)
     candidates = np.flatnonzero(poor)  # the chance is computed for these few only
-    poor.flat[candidates] = chdtrc(dof.flat[candidates],
-                                   chi2r.flat[candidates] * dof.flat[candidates]) < ndtr(-limits.excess_sigma)
+    poor.flat[candidates] = fdtrc(dof.flat[candidates], noise_dof,
+                                  chi2r.flat[candidates]) < ndtr(-limits.excess_sigma)
     return poor
 
 
-def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r, dof, fit_dq, limits: Thresholds,
-                    rate_min=None, threads: int = 1):
+def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, noise_dof, chi2r, dof, fit_dq,
+                    limits: Thresholds, rate_min=None, threads: int = 1):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
     Parameters
@@ -101,10 +102,13 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
     rate_error : ndarray
         Relative 1-sigma error of the dark rate at the reference temperature.
     read_noise : ndarray
-        Per-pixel read noise [DN].
+        Per-pixel read noise from the pixel's own frames [DN] (before moderation: :mod:`cmoscal.noise`).
+    noise_dof : float
+        Degrees of freedom of the read noise the fits weighed their samples with: excesses and chi-squares are
+        judged by Student's t and F laws of them, so an uncertain noise model flags no more by chance.
     chi2r, dof : ndarray
         Reduced chi-square of the dark fit and its degrees of freedom: POOR_FIT needs chi2r above poor_fit_chi2r
-        and a chi-square beyond chance at excess_sigma (a fit of 3 degrees of freedom exceeds 3 by chance in 3 %).
+        and beyond chance at excess_sigma (a fit of 3 degrees of freedom exceeds 3 by chance in 3 %).
     fit_dq : ndarray
         Bits already set by the fits (SATURATED, FEW_SAMPLES, FALLBACK, ...).
     limits : Thresholds
@@ -129,13 +133,15 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, chi2r,
     if rate_min is not None:
         thresholds["hot_rate_min"] = rate_min
 
+    significant = float(stdtrit(noise_dof, ndtr(limits.excess_sigma)))  # excess_sigma's tail of Student's t
+
     def above(rate, threshold):
-        return lambda: excess_significance(*rate, threshold) > limits.excess_sigma
+        return lambda: excess_significance(*rate, threshold) > significant
 
     calls = [above(rate, levels[k]) for k in (1, 2) for rate, levels in zip(rates, thresholds["rates"])]
     calls += [above(rate_ref, rate_min)] if rate_min is not None else []
     calls += [lambda: ~has(fit_dq, DQ.DO_NOT_USE), lambda: robust_threshold(read_noise, limits.noisy_sigma),
-              lambda: _poor_fit(chi2r, dof, limits)]
+              lambda: _poor_fit(chi2r, dof, noise_dof, limits)]
     *excess, usable, thresholds["noisy_read_noise"], poor_fit = concurrently(calls, threads)
     warm, hot = np.logical_or.reduce(excess[:len(rates)]), np.logical_or.reduce(excess[len(rates):])
     flags = {DQ.HOT: hot & usable, DQ.WARM: warm & ~hot & usable,

@@ -39,6 +39,8 @@ __all__ = ["BIAS_EQUATION", "MODEL_FILE", "CalibrationModel", "equations", "shar
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
+         "RNOWNDOF": "of them from each pixel's own frames", "RNPOPDOF": "of them from the population",
+         "RNPOPVAR": "DN2, population scale of the read variance", "RNTELFRC": "telegraph share of READ_NOISE prior",
          "RNSOURCE": "what READ_NOISE comes from",
          "TREFHOT": "degC, reference of hot_rate_min", "FORMREQ": "dark_form requested (auto: chosen by the data)",
          "FORMVZ": "Vuong z of the temperature laws", "FLOORZ": "likelihood-ratio z of the floor",

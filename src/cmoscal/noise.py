@@ -5,18 +5,34 @@ telegraph noise and quantization, measured from the bias frames), S the dark sig
 and g the gain [e-/DN]. A master of n frames has sigma_1^2 / n, plus the variance of
 whatever bias was subtracted from it. This holds for one-frame masters too, whose own
 scatter is unknown.
+
+A pixel's read variance from a few bias frames is itself very uncertain (and, in integer DN,
+often zero); it is moderated towards the sensor's population (empirical Bayes, Smyth 2004):
+the population of true read variances is taken as a scaled inverse chi-square with d0 degrees
+of freedom, and each pixel's read variance is its posterior mean (d0 s0^2 + d s^2) / (d0 + d - 2):
+unbiased, and its inverse too (a residual over it has variance 1, where one over s^2 alone reads
+d / (d - 2) high: x3 at d = 3). Telegraph pixels are the prior's second part, of any read variance
+above the population's: a pixel far above the population keeps about its own estimate.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+from scipy.optimize import brentq
+from scipy.special import betaln, chdtr, fdtr, fdtri
 
 from .kernels import expected_variance, kernel_array, pooled_variance
 
-__all__ = ["Noise", "ratio_factor", "read_variance"]
+__all__ = ["Noise", "ReadNoisePrior", "moderate", "own_read_variance", "read_noise_prior",
+           "read_variance"]
 
+TELEGRAPH_RANGE = 100.0  # telegraph pixels' read variances: log-uniform above the population's, as if to 100x
+_EM_STEPS, _EM_SAMPLE = 100, 10_000  # expectation-maximization of the telegraph share: at most, on as many pixels
+_GRID = (1e-6, 1e6, 8192)  # the moderation curve: from, to (x the population's scale) and points (to ~1e-5)
 _NO_BIAS = np.zeros((3, 1, 1), np.float32)  # the kernels' bias covariance without a bias model (never read)
 
 
@@ -42,15 +58,147 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
     return out
 
 
-def ratio_factor(dof: float) -> float:
-    """dof / (dof - 2): the factor on a read variance from ``dof`` degrees of freedom that a residual is divided by.
+class ReadNoisePrior(NamedTuple):
+    """What a pixel's read variance is before its own frames: the sensor's population, or a telegraph pixel.
 
-    The estimated variance is unbiased but its inverse is not: E[sigma^2 / s^2] = dof / (dof - 2)
-    for Gaussian noise, so residual / noise built on s^2 alone runs high (x1.15 at dof = 8).
-    Exact for bias residuals, whose noise is all read noise. Below dof = 3 the inverse has no
-    finite mean: 1 is returned and the summary marks the bias noise checks n/a.
+    Attributes
+    ----------
+    variance : float
+        Scale s0^2 of the population, a scaled inverse chi-square law of the true read variance [DN^2].
+    dof : float
+        Its degrees of freedom d0: how much one pixel's read variance is known before its own frames.
+    telegraph_share : float
+        Share of pixels outside it: telegraph pixels, whose read variance is anything above s0^2
+        (log-uniform, as if up to TELEGRAPH_RANGE s0^2), so that their own frames tell it.
     """
-    return dof / (dof - 2) if dof > 2 else 1.0
+
+    variance: float
+    dof: float
+    telegraph_share: float = 0.0
+
+
+def _log_population_density(read_var, dof, prior: ReadNoisePrior):
+    """ln density of an estimate s^2 of ``dof`` degrees of freedom in the population: s^2 / s0^2 is F(d, d0)."""
+    d, d0, x = dof, prior.dof, read_var / prior.variance
+    return (d / 2 * np.log(d / d0) + (d / 2 - 1) * np.log(x) - (d + d0) / 2 * np.log1p(d * x / d0)
+            - betaln(d / 2, d0 / 2) - np.log(prior.variance))
+
+
+def _telegraph_terms(read_var, dof, prior: ReadNoisePrior):
+    """ln density of an estimate s^2 among telegraph pixels, and their posterior mean of the read variance.
+
+    Their sigma^2 is log-uniform above s0^2, at 1 / ln(TELEGRAPH_RANGE) per unit of ln sigma^2 (as if over that
+    range, without its end: a pixel far above keeps its own estimate); with u = d s^2 / sigma^2 ~ chi2(d) and
+    b = d s^2 / s0^2, the density is P(chi2(d) < b) / (ln K s^2) and the mean
+    d s^2 / (d - 2) P(chi2(d - 2) < b) / P(chi2(d) < b).
+    """
+    b = dof * read_var / prior.variance
+    mass = chdtr(dof, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_density = np.log(mass) - np.log(np.log(TELEGRAPH_RANGE) * read_var)
+        mean = dof * read_var / (dof - 2) * chdtr(dof - 2, b) / mass
+    return log_density, mean
+
+
+def _posterior(read_var, dof, prior: ReadNoisePrior):
+    """Each estimate's chance of being a telegraph pixel's, and the posterior mean of its read variance."""
+    x = np.maximum(read_var, 1e-6 * prior.variance)  # whole-DN estimates of 0: as the smallest variance
+    population_mean = (prior.dof * prior.variance + dof * x) / (prior.dof + dof - 2)
+    if prior.telegraph_share <= 0 or dof <= 2:  # below 3, a telegraph pixel's own frames cannot tell its variance
+        return np.zeros_like(x), population_mean
+    log_telegraph, telegraph_mean = _telegraph_terms(x, dof, prior)
+    odds = (np.log(prior.telegraph_share) + log_telegraph - np.log1p(-prior.telegraph_share)
+            - _log_population_density(x, dof, prior))
+    beyond = ~np.isfinite(odds)  # both densities vanish: far above (or below) every read variance of the prior
+    chance = np.where(beyond, x > prior.variance, np.exp(-np.logaddexp(0, -np.where(beyond, 0, odds))))
+    telegraph_mean = np.where(np.isfinite(telegraph_mean), telegraph_mean, dof * x / (dof - 2))
+    return chance, population_mean + chance * (telegraph_mean - population_mean)
+
+
+def read_noise_prior(read_var: np.ndarray, dof: np.ndarray) -> ReadNoisePrior:
+    """The population of read variances and the share of telegraph pixels, from the pixels' estimates.
+
+    Every pixel of a population of scaled inverse chi-square variances (s0^2, d0) has s^2 / s0^2
+    distributed as F(d, d0): the population's spread and the pixel's own chance together. d0 is the
+    one whose F has the estimates' interquartile range over median (quartiles: telegraph pixels, a
+    few per cent far above, do not widen it); a population no wider than chance gets d0 = the degrees
+    of freedom that measured it (the pixels' sum). The scale comes from the mean of the estimates below
+    that F's 99.9th percentile, corrected for the share of the mean the cut removes (a mean, because
+    whole-DN values put the median of few-frame variances on a coarse grid). The telegraph share
+    follows by expectation-maximization, the population held.
+
+    Parameters
+    ----------
+    read_var : ndarray
+        Per-pixel read variances [DN^2] (NaN: not measured).
+    dof : ndarray
+        Their degrees of freedom.
+    """
+    usable = np.isfinite(read_var) & (dof > 0)
+    if not usable.any():
+        return ReadNoisePrior(0.0, 0.0)
+    values = read_var[usable].astype(np.float64)
+    low, median, high = np.percentile(values, (25, 50, 75))
+    d, most = float(np.median(dof[usable])), float(np.sum(dof[usable]))
+
+    def spread(d0):  # interquartile range over median of F(d, d0)
+        q = fdtri(d, d0, np.array([0.25, 0.5, 0.75]))
+        return (q[2] - q[0]) / q[1]
+
+    observed = (high - low) / median if median > 0 else np.inf
+    d0 = most if observed <= spread(most) else 4.0 if observed >= spread(4.0) else \
+        brentq(lambda x: spread(x) - observed, 4.0, most)
+    cut = float(fdtri(d, d0, 0.999))
+    below = values[values <= cut * median / fdtri(d, d0, 0.5)]
+    # E[X; X <= q] / E[X] for X ~ F(d, d0): X size-biased is F(d + 2, d0 - 2) scaled by (d + 2) d0 / (d (d0 - 2))
+    kept = fdtr(d + 2, d0 - 2, cut * d * (d0 - 2) / ((d + 2) * d0))
+    prior = ReadNoisePrior(float(np.mean(below) / kept * (d0 - 2) / d0), float(d0))
+    if d <= 2:
+        return prior
+    sample = values[::max(1, values.size // _EM_SAMPLE)]
+    prior = prior._replace(telegraph_share=0.01)
+    for _ in range(_EM_STEPS):
+        share = float(np.clip(_posterior(sample, d, prior)[0].mean(), 1 / sample.size, 0.5))
+        converged = abs(share - prior.telegraph_share) < 1e-4
+        prior = prior._replace(telegraph_share=share)
+        if converged:
+            break
+    return prior
+
+
+@functools.lru_cache(maxsize=16)
+def _moderation_curve(dof: float, prior: ReadNoisePrior):
+    """Own estimates s^2 on a fine logarithmic grid, the same for every tile of a frame, and their posterior
+    means."""
+    own = prior.variance * np.geomspace(*_GRID)
+    return own, _posterior(own, dof, prior)[1]
+
+
+def moderate(read_var: np.ndarray, dof, prior: ReadNoisePrior) -> np.ndarray:
+    """Per-pixel read variances moderated by ``prior``: their posterior mean, float32 (NaN where the pixel has no
+    estimate of its own): (d0 s0^2 + d s^2) / (d0 + d - 2) in the population, about d s^2 / (d - 2) for a
+    telegraph pixel, weighed by the chance of each. Interpolated on :func:`_moderation_curve`, once per
+    number of degrees of freedom (beyond it, computed)."""
+    read_var = np.asarray(read_var, np.float64)
+    out = np.full(read_var.shape, np.nan, np.float32)
+    finite = np.isfinite(read_var)
+    dof = np.broadcast_to(dof, read_var.shape)
+    counts = dof[finite]
+    for d in np.unique(counts) if counts.size and counts.min() != counts.max() else counts[:1]:
+        pixels = finite & (dof == d)
+        own, mean = _moderation_curve(float(d), prior)
+        out[pixels] = np.interp(read_var[pixels], own, mean)
+        beyond = pixels & (read_var > own[-1])
+        out[beyond] = _posterior(read_var[beyond], float(d), prior)[1]
+    return out
+
+
+def own_read_variance(read_var: np.ndarray, dof: float, prior: ReadNoisePrior) -> np.ndarray:
+    """The pixels' own read variances s^2 behind moderated ones (the inverse of :func:`moderate`, which grows
+    with s^2), float64; beyond the curve, as if the pixel were a telegraph pixel, d s^2 / (d - 2)."""
+    own, mean = _moderation_curve(dof, prior)
+    read_var = np.asarray(read_var, np.float64)
+    return np.where(read_var > mean[-1], read_var * (dof - 2) / dof, np.interp(read_var, mean, own))
 
 
 @dataclass

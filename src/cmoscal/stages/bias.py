@@ -32,7 +32,7 @@ from ..masters import (
     summarize_masters,
 )
 from ..model import BIAS_EQUATION
-from ..noise import read_variance
+from ..noise import ReadNoisePrior, moderate, read_noise_prior, read_variance
 from ..products import note, product, required, stage
 from . import inventory as inventory_stage
 
@@ -40,6 +40,7 @@ __all__ = ["RESIDUALS", "frames_table", "load", "make_masters", "run"]
 
 _MASTERS = {"bias": "bias_masters", "dark": "dark_masters"}  # the product holding the masters of each kind
 RESIDUALS = "bias-fit residuals"  # RNSOURCE of a read noise from the line fit (one frame per bias group)
+READ_NOISE_KEYS = ("RNDOF", "RNOWNDOF", "RNPOPDOF", "RNPOPVAR", "RNTELFRC")  # what the read noise rests on
 MAPS = ("bias_a_map", "bias_b_map", "bias_a_sigma_map", "bias_b_sigma_map", "bias_rms_map", "read_noise_map",
         "bias_covariance", "bias_fallback_map")
 
@@ -121,39 +122,49 @@ def frames_table(params: dict, kind: str) -> Table:
     return read_table(required(params, _MASTERS[kind], "frames.ecsv"))
 
 
-def _bias_tile(index, rows, prior, from_residuals: bool, params=None) -> tuple:
+def _bias_tile(index, rows, prior, from_residuals: bool, params=None, read_noise=None) -> tuple:
     """Read variance and bias line of one band of rows (a task: runs in a thread or on a dask worker).
 
     The read variance is pooled from the scatter inside the bias groups, or (``from_residuals``,
     when no group has two frames) taken from the residuals of each pixel's own line fit, with
-    its usable masters - 2 degrees of freedom (NaN with none). With ``params`` naming a
-    ``prior_model``, every pixel's slope has that model's as its prior (:mod:`cmoscal.prior`).
+    its usable masters - 2 degrees of freedom (NaN with none); with ``read_noise`` (a
+    :class:`cmoscal.noise.ReadNoisePrior`) it is moderated towards that population before it
+    weighs anything. With ``params`` naming a ``prior_model``, every pixel's slope has that model's
+    as its prior (:mod:`cmoscal.prior`). Returns a, b, cov, rms, fallback, the read variance and
+    its own degrees of freedom per pixel.
     """
     masters = load_masters(index, rows, extensions=("VARIANCE", "NFRAMES", "NSATUR"))
     weights = np.where(masters.valid, masters.nframes, 0)
     pixel_prior = prior_model.bias_prior(params, rows) if params and params["prior_model"] else None
+
+    def moderated(rv, dof):
+        return rv if read_noise is None else moderate(rv, dof, read_noise)
+
     if not from_residuals:
-        rv = read_variance(masters.variance, masters.nframes)
-        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior), rv)
+        n = masters.nframes
+        dof = np.where((n > 1) & np.isfinite(masters.variance), n - 1, 0).sum(axis=0, dtype=np.int16)
+        rv = moderated(read_variance(masters.variance, n), dof)
+        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior), rv, dof)
     a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights,
                                         np.ones(masters.data.shape[1:], np.float32), prior)
-    used = np.count_nonzero(weights > 0, axis=0)
+    dof = np.maximum(np.count_nonzero(weights > 0, axis=0) - 2, 0).astype(np.int16)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rv = np.where(used > 2, rms.astype(np.float64) ** 2 * used / (used - 2), np.nan).astype(np.float32)
+        rv = moderated(np.where(dof > 0, rms.astype(np.float64) ** 2 * (dof + 2) / dof, np.nan), dof)
     if pixel_prior is not None:  # the read variance known, the slope's prior can be weighed against the data
-        a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior)
-        return a, b, cov, rms, fallback, rv
-    return a, b, (cov * rv).astype(np.float32), rms, fallback, rv
+        return (*fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior), rv, dof)
+    return a, b, (cov * rv).astype(np.float32), rms, fallback, rv, dof
 
 
-def _population_slope(index, ny: int, from_residuals: bool) -> tuple[float, float]:
-    """Median and robust variance of the bias slope over fixed sample rows (for pixels that need it)."""
-    _, b, _, _, fallback, _ = _bias_tile(index, sample_rows(ny), None, from_residuals)
+def _population(index, ny: int, from_residuals: bool) -> tuple[tuple[float, float], ReadNoisePrior]:
+    """Over fixed sample rows: the median and robust variance of the bias slope (for pixels that need it) and the
+    population of read variances (:func:`cmoscal.noise.read_noise_prior`)."""
+    _, b, _, _, fallback, rv, dof = _bias_tile(index, sample_rows(ny), None, from_residuals)
+    read_noise = read_noise_prior(rv, dof)
     own = np.isfinite(b) & ~fallback
     if not own.any():
-        return 0.0, 0.0
+        return (0.0, 0.0), read_noise
     median = float(np.median(b[own]))
-    return median, float((1.4826 * np.median(np.abs(b[own] - median))) ** 2)
+    return (median, float((1.4826 * np.median(np.abs(b[own] - median))) ** 2)), read_noise
 
 
 @stage("bias")
@@ -178,19 +189,26 @@ def run(params: dict) -> dict:
                             "a bias group of >= 2 frames or biases at >= 3 temperatures (bias-fit residuals)")
     ny, nx = index[0][1]["NAXIS2"], index[0][1]["NAXIS1"]
     before = prior_model.load(params, (ny, nx))
-    prior = _population_slope(index, ny, from_residuals)
+    prior, read_noise = _population(index, ny, from_residuals)
+    if read_noise.dof == 0:
+        raise CampaignError("no pixel of the sample rows has a read noise from the master biases (every sample "
+                            "saturated or not a number?): see bias_grouped_by_temp/")
     bands = row_bands(ny, len(index) * nx * 64, params)
-    tasks = [(index, band, prior, from_residuals, params) for band in bands]
+    tasks = [(index, band, prior, from_residuals, params, read_noise) for band in bands]
     parts = zip(*run_tiles(_bias_tile, tasks, params, "bias model"))
-    a, b, cov, rms, fallback, rv = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
+    a, b, cov, rms, fallback, rv, _ = (np.concatenate(p, axis=p[0].ndim - 2) for p in parts)
     T = [h["TEMP"] for _, h in index]
     counts = [h["NCOMBINE"] for _, h in index]
+    own_dof = len(index) - 2 if from_residuals else int(sum(n - 1 for n in counts))
     keywords = dict(BIASEQ=(BIAS_EQUATION, "a in DN, b in DN/degC, T in degC"),
                     TCALMIN=(float(min(T)), "degC"), TCALMAX=(float(max(T)), "degC"),
                     NBIASM=(len(index), "master biases"), NBIAS=(int(sum(counts)), "frames"),
                     NBIASMED=(float(np.median(counts)), "median frames per master"),
-                    RNDOF=(len(index) - 2 if from_residuals else int(sum(n - 1 for n in counts)),
-                           "degrees of freedom of the read noise"),
+                    RNDOF=(own_dof + read_noise.dof, "degrees of freedom of the read noise"),
+                    RNOWNDOF=(own_dof, "of them from the pixel's own frames"),
+                    RNPOPDOF=(read_noise.dof, "of them from the population (moderation)"),
+                    RNPOPVAR=(read_noise.variance, "DN2, scale of the population's read variance"),
+                    RNTELFRC=(read_noise.telegraph_share, "share of telegraph pixels (read noise prior)"),
                     RNSOURCE=(RESIDUALS if from_residuals else "bias groups", "what the read noise comes from"),
                     BPRIOR=(prior[0], "DN/degC, population slope of fallback pixels"),
                     **(prior_model.lineage(before, prior_model.prior_file(params)) if before is not None else {}))
@@ -201,7 +219,8 @@ def run(params: dict) -> dict:
             "bias_b_sigma_map": (np.sqrt(cov[1]), "DN/degC", "1-sigma uncertainty of bias b"),
             "bias_rms_map": (rms, "DN", "RMS residual of the bias fit over the masters"),
             "read_noise_map": (np.sqrt(rv), "DN", "read noise of one frame, from the " +
-                               (RESIDUALS if from_residuals else "bias groups (pooled)")),
+                               (RESIDUALS if from_residuals else "bias groups (pooled)") +
+                               ", moderated towards the population"),
             "bias_covariance": (cov, "var(a) DN2; var(b); cov(a,b)", "bias parameter covariance planes"),
             "bias_fallback_map": (fallback.astype(np.uint8), "", "1 = fewer than 2 temperatures: population slope")}
 

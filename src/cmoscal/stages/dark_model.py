@@ -377,8 +377,9 @@ def run(params: dict) -> dict:
         max_exposure_factor=params["max_exposure_factor"], prior=prior,
         meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
-                  NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index), RNDOF=bias["header"]["RNDOF"],
+                  NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index),
                   RNSOURCE=bias["header"].get("RNSOURCE", "bias groups"),
+                  **{key: bias["header"][key] for key in bias_stage.READ_NOISE_KEYS},
                   NDARK=sum(h["NCOMBINE"] for _, h in index), DQCLASS=False, FORMREQ=params["dark_form"],
                   FORMVZ=comparison.meta["vuong_z"], FLOORZ=comparison.meta["floor_z"]))
     keywords = reference(params, inventory.meta, "CMOSCAL_MODEL")  # (value, comment); the model has the comments

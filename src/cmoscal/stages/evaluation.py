@@ -23,7 +23,7 @@ from ..fitsio import cube_writer, provenance, write_table
 from ..inventory import frame_label
 from ..masters import load_masters, master_index
 from ..model import CalibrationModel, shared_model
-from ..noise import Noise, ratio_factor
+from ..noise import Noise
 from ..products import product, required, stage
 from . import dark_model as dark_model_stage
 from . import inventory as inventory_stage
@@ -50,9 +50,8 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     if dropped is not None:
         good[dropped] = False
     if kind == "bias":
-        factor = ratio_factor(model.meta["RNDOF"])  # all of this noise is estimated read noise
-        synth, var_pred = bias_at(model.bias_a, model.bias_b, T), factor * model.bias_variance(T)
-        noise = Noise(masters.nframes, factor * model.read_variance, 0.0)
+        synth, var_pred = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
+        noise = Noise(masters.nframes, model.read_variance, 0.0)
     else:
         synth, var_pred = model.prediction(T, t)
         bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
@@ -145,7 +144,7 @@ def _leave_one_out(params: dict, model: CalibrationModel, inv_gain: float) -> Ta
 
     zb, errb = leave_one_out_bias(bias_m.temperature, flat(bias_m.data),
                                   flat(np.where(bias_m.valid, bias_m.nframes, 0)),
-                                  sample(model.read_noise.astype(np.float64)) ** 2 * ratio_factor(model.meta["RNDOF"]))
+                                  sample(model.read_noise.astype(np.float64)) ** 2)
     dq = sample(model.dq)
     g, h = ~has(dq, DQ.DEFECT), has(dq, DQ.HOT)
     table_rows = []

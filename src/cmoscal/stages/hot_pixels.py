@@ -22,7 +22,7 @@ from ..errors import CampaignError
 from ..fitsio import atomic_path, write_hdus, write_table
 from ..hotpix import Thresholds, classify_pixels, log_rate_significance
 from ..model import CalibrationModel
-from ..noise import ratio_factor
+from ..noise import ReadNoisePrior, own_read_variance
 from ..products import note, product, required, stage
 from . import inventory as inventory_stage
 from .dark_model import model_id
@@ -35,15 +35,12 @@ _REGION_COLOR = {"HOT": "red", "WARM": "orange"}
 def log_rates(model: CalibrationModel, temperature: float):
     """ln of the dark rate [DN/s] at ``temperature`` and its variance, at the geometric-mean exposure.
 
-    The variance is scaled by RNDOF / (RNDOF - 2), since the fit weighed its samples with a read
-    noise estimated from RNDOF degrees of freedom, so its errors follow Student's t rather than a
-    normal law (x2 at 4 degrees of freedom, x1.03 at 72); and by the pixel's reduced chi-square
-    where that exceeds 1: a pixel whose samples scatter more than its noise model says is known no
-    better than that scatter.
+    The variance is scaled by the pixel's reduced chi-square where that exceeds 1: a pixel whose
+    samples scatter more than its noise model says is known no better than that scatter.
     """
     ln_rate, variance = model.log_rate(temperature, float(np.sqrt(model.exprange[0] * model.exprange[1])))
     scatter = np.fmax(np.nan_to_num(model.chi2r, nan=1.0), 1.0)
-    return ln_rate, variance * ratio_factor(model.meta.get("RNDOF", np.inf)) * scatter
+    return ln_rate, variance * scatter
 
 
 def threshold_table(thresholds: dict, gain) -> Table:
@@ -95,8 +92,10 @@ def run(params: dict) -> dict:
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
+    population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
+    own = np.sqrt(np.fmax(own_read_variance(model.read_variance, model.meta["RNOWNDOF"], population), 0))
     dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated),
-                                     model.read_noise, model.chi2r, dof, fit_dq, Thresholds.from_params(params),
+                                     own, model.meta["RNDOF"], model.chi2r, dof, fit_dq, Thresholds.from_params(params),
                                      rate_min, threads)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))

@@ -145,13 +145,6 @@ class Check:
         return (*row, "pass" if value <= limit else "FAIL", note)
 
 
-def _unknown_noise(kind: str, model: CalibrationModel) -> str:
-    """Why no bias check is defined when the read noise has too few degrees of freedom ('' otherwise)."""
-    dof = model.meta["RNDOF"]
-    return (f"the read noise has {dof} degrees of freedom: a bias residual over it has no finite expectation "
-            "below 3") if kind == "bias" and dof <= 2 else ""
-
-
 def _residual_noise(kind: str) -> Callable:
     def measure(evidence: Evidence):
         summary = evidence.summary
@@ -160,7 +153,7 @@ def _residual_noise(kind: str) -> Callable:
         ratio = np.asarray(summary["resid_noise"][sel]) / np.where(expected > 0.05, expected, np.nan)
         circular = ("the read noise is measured from these residuals (one frame per bias group): they cannot test "
                     "it") if kind == "bias" and evidence.model.meta.get("RNSOURCE") == bias_stage.RESIDUALS else ""
-        reason = _unknown_noise(kind, evidence.model) or circular or ("" if np.isfinite(ratio).any() else
+        reason = circular or ("" if np.isfinite(ratio).any() else
                  f"the {kind} model fits its {int(sel.sum())} masters exactly: no degrees of freedom")
         return (np.nan if reason else np.nanmedian(ratio)), reason
     return measure
@@ -169,9 +162,9 @@ def _residual_noise(kind: str) -> Callable:
 def _loo_noise(kind: str) -> Callable:
     def measure(evidence: Evidence):
         values = np.asarray(evidence.loo["loo_noise"][evidence.loo["kind"] == kind])
-        reason = _unknown_noise(kind, evidence.model) or ("" if np.isfinite(values).any() else (
+        reason = "" if np.isfinite(values).any() else (
             "needs master biases at >= 3 temperatures" if kind == "bias" else
-            "no group can be left out with two temperatures (and exposures) remaining"))
+            "no group can be left out with two temperatures (and exposures) remaining")
         return (np.nan if reason else np.nanmedian(values)), reason
     return measure
 

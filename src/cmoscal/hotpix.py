@@ -29,6 +29,7 @@ def robust_threshold(values: np.ndarray, k: float) -> float:
     median = np.median(v)
     return float(median + k * 1.4826 * np.median(np.abs(v - median)))
 
+
 def log_rate_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, usable: np.ndarray):
     """How far each pixel's log dark rate lies above the population median, in units of its intrinsic spread.
 

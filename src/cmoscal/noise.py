@@ -168,17 +168,30 @@ def read_noise_prior(read_var: np.ndarray, dof: np.ndarray) -> ReadNoisePrior:
 
 @functools.lru_cache(maxsize=16)
 def _moderation_curve(dof: float, prior: ReadNoisePrior):
-    """Own estimates s^2 on a fine logarithmic grid, the same for every tile of a frame, and their posterior
-    means."""
+    """Own estimates s^2 on a fine logarithmic grid, the same for every tile of a frame, their posterior means,
+    and the range of s^2 where these are the population's straight line to 1e-5 (the chance of a telegraph
+    pixel too small to count): most pixels are moderated by the line, the others interpolated."""
     own = prior.variance * np.geomspace(*_GRID)
-    return own, _posterior(own, dof, prior)[1]
+    mean = _posterior(own, dof, prior)[1]
+    offset, slope = _population_line(dof, prior)
+    on_line = np.abs(mean - (offset + slope * own)) <= 1e-5 * mean
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], on_line.view(np.int8), [0]))))
+    if edges.size == 0:
+        return own, mean, (np.inf, -np.inf)
+    start, stop = edges.reshape(-1, 2)[np.argmax(np.diff(edges.reshape(-1, 2)))]  # the longest run on the line
+    return own, mean, (own[start], own[stop - 1])
+
+
+def _population_line(dof, prior: ReadNoisePrior):
+    """(offset, slope) of the population's posterior mean, (d0 s0^2 + d s^2) / (d0 + d - 2)."""
+    scale = prior.dof + dof - 2
+    return prior.dof * prior.variance / scale, dof / scale
 
 
 def moderate(read_var: np.ndarray, dof, prior: ReadNoisePrior) -> np.ndarray:
     """Per-pixel read variances moderated by ``prior``: their posterior mean, float32 (NaN where the pixel has no
     estimate of its own): (d0 s0^2 + d s^2) / (d0 + d - 2) in the population, about d s^2 / (d - 2) for a
-    telegraph pixel, weighed by the chance of each. Interpolated on :func:`_moderation_curve`, once per
-    number of degrees of freedom (beyond it, computed)."""
+    telegraph pixel, weighed by the chance of each (on :func:`_moderation_curve`; computed beyond it)."""
     read_var = np.asarray(read_var, np.float64)
     out = np.full(read_var.shape, np.nan, np.float32)
     finite = np.isfinite(read_var)
@@ -186,8 +199,11 @@ def moderate(read_var: np.ndarray, dof, prior: ReadNoisePrior) -> np.ndarray:
     counts = dof[finite]
     for d in np.unique(counts) if counts.size and counts.min() != counts.max() else counts[:1]:
         pixels = finite & (dof == d)
-        own, mean = _moderation_curve(float(d), prior)
-        out[pixels] = np.interp(read_var[pixels], own, mean)
+        own, mean, (low, high) = _moderation_curve(float(d), prior)
+        offset, slope = _population_line(float(d), prior)
+        out[pixels] = offset + slope * read_var[pixels]
+        off_line = pixels & ((read_var < low) | (read_var > high))
+        out[off_line] = np.interp(read_var[off_line], own, mean)
         beyond = pixels & (read_var > own[-1])
         out[beyond] = _posterior(read_var[beyond], float(d), prior)[1]
     return out
@@ -195,10 +211,17 @@ def moderate(read_var: np.ndarray, dof, prior: ReadNoisePrior) -> np.ndarray:
 
 def own_read_variance(read_var: np.ndarray, dof: float, prior: ReadNoisePrior) -> np.ndarray:
     """The pixels' own read variances s^2 behind moderated ones (the inverse of :func:`moderate`, which grows
-    with s^2), float64; beyond the curve, as if the pixel were a telegraph pixel, d s^2 / (d - 2)."""
-    own, mean = _moderation_curve(dof, prior)
+    with s^2), float64; beyond the curve, where every pixel is a telegraph pixel (if any), d s^2 / (d - 2)."""
+    own, mean, (low, high) = _moderation_curve(dof, prior)
+    offset, slope = _population_line(dof, prior)
     read_var = np.asarray(read_var, np.float64)
-    return np.where(read_var > mean[-1], read_var * (dof - 2) / dof, np.interp(read_var, mean, own))
+    out = (read_var - offset) / slope
+    off_line = (read_var < offset + slope * low) | (read_var > offset + slope * high)
+    values = read_var[off_line]
+    telegraph = _posterior(own[-1:], dof, prior)[0][0] > 0.5
+    out[off_line] = np.where(values <= mean[-1], np.interp(values, mean, own),
+                             values * (dof - 2) / dof if telegraph else out[off_line])
+    return out
 
 
 @dataclass

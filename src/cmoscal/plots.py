@@ -252,7 +252,7 @@ def dropped_per_master(table: Table):
     return fig
 
 
-def significance_histogram(significance: np.ndarray, populations: list, thresholds: dict):
+def significance_histogram(significance: tuple, populations: list, thresholds: dict):
     """How far each pixel's log dark rate lies above the population, at both ends of the range."""
     fig, axes = _panels(1, 2, 4.6, 2.55, **_LABELLED)
     for ax, z, population in zip(axes.flat, significance, populations):

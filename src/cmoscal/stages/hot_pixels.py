@@ -125,6 +125,6 @@ def run(params: dict) -> dict:
                   lambda: write_hdus(product(params, "hot_pixel_mask"), mask, mask_header, checksum=True),
                   lambda: model.write(product(params, "model"), threads)], threads)
     note(hot=int(hot.sum()), warm=int((~hot).sum()))
-    return dict(model=model, significance=np.stack(significance), populations=populations, thresholds=thresholds,
+    return dict(model=model, significance=significance, populations=populations, thresholds=thresholds,
                 threshold_rates=threshold_table(thresholds, model.meta.get("GAIN")), reference_temperature=tref,
                 flagged=table, dq_table=definitions)

@@ -31,7 +31,7 @@ def main():
     root, params, args = reference_campaign("accuracy", __doc__.splitlines()[0])
     shape = tuple(int(v) for v in args.shape.split("x"))
     start = time.perf_counter()
-    for stage in ("inventory", "bias", "dark_masters", "dark_model"):
+    for stage in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels"):  # hot_pixels writes the model
         STAGES[stage](params)
     print(f"calibrated {shape[0]}x{shape[1]} in {time.perf_counter() - start:.1f} s")
 

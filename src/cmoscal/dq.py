@@ -56,7 +56,7 @@ FLAGS = (
                    "by excess_sigma of its own uncertainty", "hot_pixels"),
     Flag("WARM", 1, "the same above median x spread^warm_sigma (and not hot)", "hot_pixels"),
     Flag("NOISY", 2, "read noise (the pixel's own, before moderation) above median + noisy_sigma * 1.4826 * MAD "
-                     "(e.g. telegraph noise)", "hot_pixels"),
+                     "and beyond chance at noisy_sigma (e.g. telegraph noise)", "hot_pixels"),
     Flag("SATURATED", 3, "saturated in at least one input frame: those samples are left out", "dark_model"),
     Flag("FEW_SAMPLES", 4, "too few valid master samples for the pixel's own dark fit", "dark_model", "FEW_SAMPLES"),
     Flag("POOR_FIT", 5, "reduced chi-square of the dark fit above poor_fit_chi2r and beyond chance at excess_sigma",

@@ -15,19 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import fdtrc, ndtr, stdtrit  # F and normal tails, t quantile (scipy.stats: 0.3 s to import)
+from scipy.special import chdtrc, chdtri, fdtrc, ndtr, stdtrit  # tails and quantiles (scipy.stats: 0.3 s to import)
 
 from .compute import concurrently
 from .dq import DQ, DQ_DTYPE, has
 
-__all__ = ["Thresholds", "classify_pixels", "excess_significance", "log_rate_significance", "robust_threshold"]
-
-
-def robust_threshold(values: np.ndarray, k: float) -> float:
-    """median + k * 1.4826 * MAD of the finite ``values``."""
-    v = values[np.isfinite(values)]
-    median = np.median(v)
-    return float(median + k * 1.4826 * np.median(np.abs(v - median)))
+__all__ = ["Thresholds", "classify_pixels", "excess_significance", "log_rate_significance"]
 
 
 def log_rate_significance(ln_rate: np.ndarray, var_ln_rate: np.ndarray, usable: np.ndarray):
@@ -88,7 +81,22 @@ def _poor_fit(chi2r, dof, noise_dof: float, limits: Thresholds) -> np.ndarray:
     return poor
 
 
-def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, noise_dof, chi2r, dof, fit_dq,
+def _noisy(read_noise, own_dof: float, limits: Thresholds) -> tuple[np.ndarray, float]:
+    """NOISY pixels and their read-noise level [DN]: the pixel's own read noise above median + noisy_sigma * 1.4826
+    * MAD, and beyond chance at noisy_sigma for a pixel of the typical read variance (median s^2 over the median of
+    chi2(d) / d): whole-DN estimates from a few frames bunch up, so their robust spread alone can be too small."""
+    v = read_noise[np.isfinite(read_noise)]
+    median = float(np.median(v))
+    level = median + limits.noisy_sigma * 1.4826 * float(np.median(np.abs(v - median)))
+    noisy = read_noise > level
+    candidates = np.flatnonzero(noisy)  # the chance is computed for these few only
+    typical = median ** 2 * own_dof / chdtri(own_dof, 0.5)
+    noisy.flat[candidates] = chdtrc(own_dof, own_dof * read_noise.flat[candidates] ** 2 / typical) < ndtr(
+        -limits.noisy_sigma)
+    return noisy, level
+
+
+def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, own_dof, noise_dof, chi2r, dof, fit_dq,
                     limits: Thresholds, rate_min=None, threads: int = 1):
     """Return the DQ word (:mod:`cmoscal.dq`) and the thresholds used.
 
@@ -103,7 +111,8 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, noise_
     rate_error : ndarray
         Relative 1-sigma error of the dark rate at the reference temperature.
     read_noise : ndarray
-        Per-pixel read noise from the pixel's own frames [DN] (before moderation: :mod:`cmoscal.noise`).
+        Per-pixel read noise from the pixel's own frames [DN] (before moderation: :mod:`cmoscal.noise`), of
+        ``own_dof`` degrees of freedom.
     noise_dof : float
         Degrees of freedom of the read noise the fits weighed their samples with: excesses and chi-squares are
         judged by Student's t and F laws of them, so an uncertain noise model flags no more by chance.
@@ -141,12 +150,12 @@ def classify_pixels(rates, populations, rate_ref, rate_error, read_noise, noise_
 
     calls = [above(rate, levels[k]) for k in (1, 2) for rate, levels in zip(rates, thresholds["rates"])]
     calls += [above(rate_ref, rate_min)] if rate_min is not None else []
-    calls += [lambda: ~has(fit_dq, DQ.DO_NOT_USE), lambda: robust_threshold(read_noise, limits.noisy_sigma),
+    calls += [lambda: ~has(fit_dq, DQ.DO_NOT_USE), lambda: _noisy(read_noise, own_dof, limits),
               lambda: _poor_fit(chi2r, dof, noise_dof, limits)]
-    *excess, usable, thresholds["noisy_read_noise"], poor_fit = concurrently(calls, threads)
+    *excess, usable, (noisy, thresholds["noisy_read_noise"]), poor_fit = concurrently(calls, threads)
     warm, hot = np.logical_or.reduce(excess[:len(rates)]), np.logical_or.reduce(excess[len(rates):])
     flags = {DQ.HOT: hot & usable, DQ.WARM: warm & ~hot & usable,
-             DQ.NOISY: read_noise > thresholds["noisy_read_noise"], DQ.POOR_FIT: poor_fit,
+             DQ.NOISY: noisy, DQ.POOR_FIT: poor_fit,
              DQ.UNRELIABLE_DARK: (rate_error > limits.unreliable_dark_error) & usable}
     dq = fit_dq.astype(DQ_DTYPE)
     for value, flag in flags.items():

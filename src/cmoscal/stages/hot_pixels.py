@@ -93,9 +93,10 @@ def run(params: dict) -> dict:
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
     population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
-    own = np.sqrt(np.fmax(own_read_variance(model.read_variance, model.meta["RNOWNDOF"], population), 0))
-    dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated),
-                                     own, model.meta["RNDOF"], model.chi2r, dof, fit_dq, Thresholds.from_params(params),
+    own_dof = model.meta["RNOWNDOF"]
+    own = np.sqrt(np.fmax(own_read_variance(model.read_variance, own_dof, population), 0))
+    dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated), own, own_dof,
+                                     model.meta["RNDOF"], model.chi2r, dof, fit_dq, Thresholds.from_params(params),
                                      rate_min, threads)
     model.dq = dq
     model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))

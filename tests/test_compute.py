@@ -38,12 +38,14 @@ def test_each_kernel_is_compiled_once_for_writable_and_read_only_inputs():
     assert len(compiled) == 12 and all(len(kernel.signatures) == 1 for kernel in compiled)
     assert {kernel.py_func.__name__ for kernel in compiled} <= set(kernels.__all__)  # what make env compiles
     variance, nframes, out = np.full((2, 3), 4.0, np.float32), np.full((2, 3), 3, np.int16), np.empty(3, np.float32)
-    kernels.pooled_variance(variance, nframes, out)
+    dof = np.empty(3, np.int16)
+    kernels.pooled_variance(variance, nframes, out, dof)
     variance.flags.writeable = nframes.flags.writeable = False  # as memory-mapped products are
-    kernels.pooled_variance(variance, nframes, out)
+    kernels.pooled_variance(variance, nframes, out, dof)
     assert np.array_equal(out, [12.0] * 3) and len(kernels.pooled_variance.load().signatures) == 1
+    assert np.array_equal(dof, [4] * 3)
     with pytest.raises(TypeError, match="No matching definition"):  # refused, not compiled mid-run
-        kernels.pooled_variance(variance.astype(np.float64), nframes, out)
+        kernels.pooled_variance(variance.astype(np.float64), nframes, out, dof)
 
 
 def test_tiles_come_back_in_order_on_threads():

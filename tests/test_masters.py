@@ -96,7 +96,8 @@ def test_noise_model_recovers_read_noise_and_gain():
     nframes = np.full((8,) + shape, n)
     nframes[0] = 1  # a one-frame group carries no scatter and is left out of the pool
     bias_var[0] = np.nan
-    rv = read_variance(bias_var, nframes)
+    rv, dof = read_variance(bias_var, nframes)
+    assert np.all(dof == 7 * (n - 1))
     assert abs(np.sqrt(rv.mean()) - rn) < 0.02
     signal = np.stack([np.full(shape, s) for s in (5.0, 20.0, 80.0, 200.0)])
     jitter = (0.015 * signal) ** 2  # frames of a group differ by their temperature jitter: a signal^2 term

@@ -1269,13 +1269,13 @@ def fit_lines(temperature, y, weights, rv, prior_slope, prior_var, mode, a, b, c
         cov[0, p], cov[1, p], cov[2, p] = c0, c1, c2
 
 
-@_kernel((_in(_F4, 2), _in(_I2, 2), _out(_F4)))
-def pooled_variance(variance, nframes, out):
+@_kernel((_in(_F4, 2), _in(_I2, 2), _out(_F4), _out(_I2)))
+def pooled_variance(variance, nframes, out, dof_out):
     """Per-frame variance of each pixel pooled over masters, weighted by degrees of freedom.
 
     ``variance`` (M, npix) is each master's variance (of its mean), ``nframes`` (M, npix) its
     frames; a master counts with n - 1 degrees of freedom when n > 1 and its variance is finite.
-    Writes ``out`` (npix,): sum((n - 1) n var) / sum(n - 1), NaN without any.
+    Writes ``out`` (npix,): sum((n - 1) n var) / sum(n - 1), NaN without any, and ``dof_out`` that sum.
     """
     for p in range(out.size):
         num = 0.0
@@ -1286,6 +1286,7 @@ def pooled_variance(variance, nframes, out):
                 num += (n - 1) * (variance[k, p] * n)
                 dof += n - 1
         out[p] = num / dof if dof > 0 else np.nan
+        dof_out[p] = int(dof)
 
 
 # --- prediction and evaluation --------------------------------------------------------------------

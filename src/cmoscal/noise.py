@@ -36,7 +36,7 @@ _GRID = (1e-6, 1e6, 8192)  # the moderation curve: from, to (x the population's 
 _NO_BIAS = np.zeros((3, 1, 1), np.float32)  # the kernels' bias covariance without a bias model (never read)
 
 
-def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.ndarray:
+def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pool the per-frame scatter of every bias group into one read variance per pixel.
 
     Parameters
@@ -48,14 +48,17 @@ def read_variance(bias_variance: np.ndarray, bias_nframes: np.ndarray) -> np.nda
 
     Returns
     -------
-    ndarray, shape (ny, nx)
+    variance : ndarray, shape (ny, nx)
         Read variance of one frame [DN^2], weighted by degrees of freedom.
+    dof : ndarray of int16, shape (ny, nx)
+        Its degrees of freedom.
     """
     M, shape = len(bias_variance), np.shape(bias_variance)[1:]
-    out = np.empty(shape, np.float32)
+    out, dof = np.empty(shape, np.float32), np.empty(shape, np.int16)
     pooled_variance(kernel_array(bias_variance, (M, *shape)).reshape(M, -1),
-                    kernel_array(bias_nframes, (M, *shape), np.int16).reshape(M, -1), out.reshape(-1))
-    return out
+                    kernel_array(bias_nframes, (M, *shape), np.int16).reshape(M, -1), out.reshape(-1),
+                    dof.reshape(-1))
+    return out, dof
 
 
 class ReadNoisePrior(NamedTuple):
@@ -103,7 +106,8 @@ def _telegraph_terms(read_var, dof, prior: ReadNoisePrior):
 def _posterior(read_var, dof, prior: ReadNoisePrior):
     """Each estimate's chance of being a telegraph pixel's, and the posterior mean of its read variance."""
     x = np.maximum(read_var, 1e-6 * prior.variance)  # whole-DN estimates of 0: as the smallest variance
-    population_mean = (prior.dof * prior.variance + dof * x) / (prior.dof + dof - 2)
+    offset, slope = _population_line(dof, prior)
+    population_mean = offset + slope * x
     if prior.telegraph_share <= 0 or dof <= 2:  # below 3, a telegraph pixel's own frames cannot tell its variance
         return np.zeros_like(x), population_mean
     log_telegraph, telegraph_mean = _telegraph_terms(x, dof, prior)

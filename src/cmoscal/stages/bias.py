@@ -141,9 +141,8 @@ def _bias_tile(index, rows, prior, from_residuals: bool, params=None, read_noise
         return rv if read_noise is None else moderate(rv, dof, read_noise)
 
     if not from_residuals:
-        n = masters.nframes
-        dof = np.where((n > 1) & np.isfinite(masters.variance), n - 1, 0).sum(axis=0, dtype=np.int16)
-        rv = moderated(read_variance(masters.variance, n), dof)
+        rv, dof = read_variance(masters.variance, masters.nframes)
+        rv = moderated(rv, dof)
         return (*fit_bias(masters.temperature, masters.data, weights, rv, prior, pixel_prior), rv, dof)
     a, b, cov, rms, fallback = fit_bias(masters.temperature, masters.data, weights,
                                         np.ones(masters.data.shape[1:], np.float32), prior)

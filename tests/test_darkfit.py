@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from cmoscal.bias import bias_variance_at
 from cmoscal.darkfit import (
     compare_forms,
     covariance_matrix,
@@ -13,6 +14,7 @@ from cmoscal.darkfit import (
     fit_loglinear,
     floor_test,
     predict,
+    predict_bias_covariance,
     predict_variance,
     select_form,
 )
@@ -269,3 +271,29 @@ def test_the_floor_is_taken_only_where_the_data_have_one():
             z = (predict(fit.params, 12.5, 45.0, -10.0, form) - truth) / np.sqrt(
                 predict_variance(fit.params, fit.cov, 12.5, 45.0, -10.0, form))
             assert abs(np.median(z)) < 0.1 and 0.85 < np.std(z) < 1.2
+
+
+@pytest.mark.parametrize(("form", "floor"), [("exponential", None), ("exponential+floor", 0.05)])
+def test_the_bias_model_removed_from_every_master_counts_as_one_common_error(form, floor):
+    """The bias model's error shifts all masters of a pixel alike: the chi-square and the covariance count it once,
+    and a synthetic frame (bias model + dark) has the variance of its scatter only with the two models' covariance
+    (without it the frame's error is overstated by up to ~1.5x here)."""
+    rng = np.random.default_rng(21)
+    params, _, signal, noise = simulate(20000, rng, lnA_mean=np.log(0.02), form=form, floor=floor)
+    bias_cov = np.array([0.0336, 1.17e-4, -8.8e-4])  # var a, var b, cov ab: a line from 80 frames over -10..25 degC
+    npix = signal.shape[1]
+    error = rng.multivariate_normal([0, 0], [[bias_cov[0], bias_cov[2]], [bias_cov[2], bias_cov[1]]], npix).T
+    signal = signal - (error[0] + error[1] * T[:, None])
+    noise = Noise(noise.nframes, noise.read_var, noise.inv_gain,
+                  bias=(np.zeros(npix), np.zeros(npix), np.repeat(bias_cov[:, None], npix, axis=1)))
+    fit = fit_dark(signal, noise, T, t, -10.0, form)
+    assert abs(np.nanmean(fit.chi2r) - 1) < 0.02
+    cov = covariance_matrix(fit.cov)
+    for i in range(len(params)):
+        assert abs(robust_std((fit.params[i] - params[i]) / np.sqrt(cov[i, i])) - 1) < 0.05, i
+    for T0, t0 in ((12.5, 20.0), (-7.5, 2.0), (22.5, 45.0)):
+        frame_error = predict(fit.params, T0, t0, -10.0, form) - predict(params, T0, t0, -10.0, form) + (
+            error[0] + error[1] * T0)
+        variance = (bias_variance_at(bias_cov, T0) + predict_variance(fit.params, fit.cov, T0, t0, -10.0, form)
+                    + 2 * predict_bias_covariance(fit.params, fit.bias_cross, T0, t0, -10.0, form))
+        assert abs(np.std(frame_error / np.sqrt(variance)) - 1) < 0.03, (T0, t0)

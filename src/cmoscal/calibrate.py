@@ -93,13 +93,11 @@ def calibrate_ccd(ccd: CCDData, model: CalibrationModel, params: dict, temperatu
     messages = model.check_request(temperature, exptime)  # raises when far outside the ranges
     scale = float(model.meta.get("SCALEFAC", 1.0))
     frame = np.asarray(ccd.data, dtype=np.float64) / scale
-    bias = bias_at(model.bias_a, model.bias_b, temperature).astype(np.float64)
-    dark, dark_var = model.prediction(temperature, exptime)
-    signal = frame - bias
-    own = uniform_filter(np.nan_to_num(signal - dark), size=3, mode="nearest")  # own signal, smoothed (NaN as 0)
-    charge = dark + np.clip(own, 0, None)
-    variance = (model.read_noise.astype(np.float64) ** 2 + (charge / gain if gain else 0.0)
-                + model.bias_variance(temperature) + dark_var)
+    synthetic, synthetic_var = model.frame_prediction(temperature, exptime)
+    calibrated = frame - synthetic
+    own = uniform_filter(np.nan_to_num(calibrated), size=3, mode="nearest")  # own signal, smoothed (NaN as 0)
+    charge = synthetic - bias_at(model.bias_a, model.bias_b, temperature) + np.clip(own, 0, None)
+    variance = model.read_noise.astype(np.float64) ** 2 + (charge / gain if gain else 0.0) + synthetic_var
     dq = model.dq.astype(DQ_DTYPE)
     dq[frame >= float(model.meta.get("SATURATE", np.inf))] |= DQ_DTYPE(DQ.FRAME_SATURATED)
     dq[~np.isfinite(frame)] |= DQ_DTYPE(DQ.FRAME_INVALID)
@@ -128,10 +126,10 @@ def calibrate_ccd(ccd: CCDData, model: CalibrationModel, params: dict, temperatu
     if not gain:
         header.add_history("warning: gain unknown: the uncertainty has no shot noise of the frame's own signal")
     mask = (dq & mask_value(params["calibration_mask"])) > 0
-    calibrated = CCDData((signal - dark) * factor, unit=u.electron if electrons else u.Unit("DN"),
-                         uncertainty=StdDevUncertainty(np.sqrt(variance) * factor), mask=mask, header=header)
-    calibrated.flags = dq
-    return calibrated
+    result = CCDData(calibrated * factor, unit=u.electron if electrons else u.Unit("DN"),
+                     uncertainty=StdDevUncertainty(np.sqrt(variance) * factor), mask=mask, header=header)
+    result.flags = dq
+    return result
 
 
 def write_calibrated(ccd: CCDData, path: str | Path) -> Path:

@@ -10,7 +10,10 @@ on its mean signal, so weights from the data themselves would bias the fit low),
 by refitting without samples far off the model (cosmic rays in one-frame masters) and
 without samples on a pixel's full-well plateau. A pixel whose own fit is undetermined or
 outside physical bounds gets the population slope and gamma and its own amplitude (flag
-FALLBACK), never an absurd number. The per-pixel loop is compiled (:mod:`cmoscal.kernels`).
+FALLBACK), never an absurd number. The bias model removed from the masters shifts them all
+alike: the covariance and chi-square count its error once, and the fit returns the parameters'
+covariance with that model, which a synthetic frame (bias + dark) needs. The per-pixel loop is
+compiled (:mod:`cmoscal.kernels`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import numpy as np
 
 from .forms import FORMS, dark_form
 from .inventory import chain_groups
-from .kernels import COVARIANCE_PLANES, FIT_FLAGS, fit_pixels, kernel_array
+from .kernels import COVARIANCE_PLANES, CROSS_PLANES, FIT_FLAGS, fit_pixels, kernel_array
 from .noise import Noise
 
 __all__ = ["DarkFit", "compare_forms", "covariance_matrix", "design", "deviance", "fit_dark", "fit_loglinear",
-           "floor_test", "has_prior", "linear_variance", "predict", "predict_variance", "prior_information",
-           "select_form", "temperature_feature"]
+           "floor_test", "has_prior", "linear_variance", "predict", "predict_bias_covariance", "predict_variance",
+           "prior_information", "select_form", "temperature_feature"]
 _TOLERANCE = 1e-3  # chi-square gain below which a pixel has converged (a step of ~0.03 sigma)
 _LN_A_LOW = np.log(1e-9)  # A floor, DN/s^gamma: 1 DN in 30 years; keeps var(lnA) of dark-less pixels finite
 
@@ -63,6 +66,9 @@ class DarkFit:
         a pixel has no valid sample at all.
     cov : ndarray, shape (6, npix)
         Covariance planes (lnA, slope, gamma): 00 11 22 01 02 12.
+    bias_cross : ndarray, shape (6, npix)
+        Covariance of (lnA, slope, gamma) with the bias model's (a, b) removed from the samples
+        (:data:`cmoscal.kernels.CROSS_PLANES`; zero when the noise model has no bias model).
     chi2r : ndarray, shape (npix,)
         Reduced chi-square (NaN without degrees of freedom).
     nvalid : ndarray, shape (npix,)
@@ -75,6 +81,7 @@ class DarkFit:
 
     params: np.ndarray
     cov: np.ndarray
+    bias_cross: np.ndarray
     chi2r: np.ndarray
     nvalid: np.ndarray
     flags: np.ndarray
@@ -136,7 +143,7 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
     M, npix = signal.shape
 
     a, b, cov = noise.bias if noise.bias is not None else (0.0, 0.0, 0.0)
-    out = (np.empty((4, npix)), np.empty((10, npix)), np.empty(npix), np.empty(npix, np.int16),
+    out = (np.empty((4, npix)), np.empty((10, npix)), np.empty((8, npix)), np.empty(npix), np.empty(npix, np.int16),
            np.empty(npix, np.uint8), np.empty((M, npix), bool))
 
     def pixels(x, rows=()):
@@ -155,13 +162,14 @@ def fit_dark(signal, noise: Noise, temperature, exptime, tmin: float, form: str 
                lo, hi, np.array(prior[:3], dtype=np.float64), np.array(prior[3:], dtype=np.float64),
                *own_prior,
                noise.bias is not None, *out)
-    params, cov, chi2, nvalid, flags, dropped = out
-    params, cov = params[:3 + F], cov[:(3 + F) * (4 + F) // 2]  # a form without a floor keeps (lnA, slope, gamma)
+    params, cov, cross, chi2, nvalid, flags, dropped = out
+    # a form without a floor keeps (lnA, slope, gamma)
+    params, cov, cross = params[:3 + F], cov[:(3 + F) * (4 + F) // 2], cross[:2 * (3 + F)]
     own = P + F if pixel_prior is None else np.where(has_prior(pixel_prior), 1, P + F)
     dof = nvalid - np.where(flags & FIT_FLAGS["FALLBACK"], 1 + F, own)
     with np.errstate(divide="ignore", invalid="ignore"):
         chi2r = np.where(dof > 0, chi2 / dof, np.nan)
-    return DarkFit(params=params, cov=cov, chi2r=chi2r, nvalid=nvalid, flags=flags, dropped=dropped)
+    return DarkFit(params=params, cov=cov, bias_cross=cross, chi2r=chi2r, nvalid=nvalid, flags=flags, dropped=dropped)
 
 
 def prior_information(dark, cov, chi2r, fit_gamma: bool):
@@ -346,12 +354,24 @@ def linear_variance(planes, z):
     return total
 
 
+def _jacobian(params, temperature, exptime, tmin: float, form: str) -> tuple:
+    """Derivatives of :func:`predict` at one (T, t) with respect to (lnA, slope, gamma[, C])."""
+    z = design(temperature, exptime, tmin, form)
+    thermal = np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
+    if len(params) == 3:
+        return thermal, thermal * z[..., 1], thermal * z[..., 2]
+    floor = np.exp(z[..., 2] * params[2])
+    return thermal, thermal * z[..., 1], (thermal + params[3] * floor) * z[..., 2], floor
+
+
 def predict_variance(params, cov, temperature, exptime, tmin: float, form: str):
     """Variance [DN^2] of :func:`predict` at one (T, t) from the covariance planes ``cov`` (6 or 10, ...)."""
-    z = design(temperature, exptime, tmin, form)
-    if len(params) == 3:
-        return predict(params, temperature, exptime, tmin, form) ** 2 * linear_variance(cov, z)
-    floor = np.exp(z[..., 2] * params[2])
-    thermal = np.exp(params[0] + z[..., 1] * params[1] + z[..., 2] * params[2])
-    total = thermal + params[3] * floor
-    return linear_variance(cov, (thermal, thermal * z[..., 1], total * z[..., 2], floor))
+    return linear_variance(cov, _jacobian(params, temperature, exptime, tmin, form))
+
+
+def predict_bias_covariance(params, cross, temperature, exptime, tmin: float, form: str):
+    """Covariance [DN^2] of :func:`predict` at one (T, t) with the bias model a + b T there, from the planes ``cross``
+    (6 or 8, ...) of :data:`cmoscal.kernels.CROSS_PLANES` (:attr:`DarkFit.bias_cross`)."""
+    jacobian = _jacobian(params, temperature, exptime, tmin, form)
+    return sum(jacobian[i] * (1.0 if q == 0 else temperature) * plane.astype(np.float64)
+               for plane, (i, q) in zip(cross, CROSS_PLANES))

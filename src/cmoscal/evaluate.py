@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bias import bias_at, bias_variance_at, fit_bias
-from .darkfit import fit_dark, predict, predict_variance
+from .darkfit import fit_dark, predict, predict_bias_covariance, predict_variance
 from .kernels import COMPARE_SUMS, block_mean, compare_frames, kernel_array
 
 __all__ = ["compare", "downsample", "held_out_dark", "leave_one_out_bias"]
@@ -117,7 +117,8 @@ def held_out_dark(g, signal, usable, noise, temperature, exptime, tmin, form, fi
     Returns
     -------
     z : ndarray, shape (npix,)
-        (master - prediction) / sqrt(master noise + prediction variance); NaN where unusable.
+        (master - prediction) / sqrt(master noise, with the bias model's + prediction variance + twice the
+        prediction's covariance with that bias model); NaN where unusable.
     abs_error : ndarray, shape (npix,)
         |master - prediction| [DN].
     """
@@ -130,8 +131,9 @@ def held_out_dark(g, signal, usable, noise, temperature, exptime, tmin, form, fi
     held[g] = False
     fit = fit_dark(signal, noise, temperature, exptime, tmin, form, fit_gamma, usable=held, **fit_options)
     pred = predict(fit.params, temperature[g], exptime[g], tmin, form)
-    var = noise.variance(g, pred, temperature[g]) + predict_variance(fit.params, fit.cov, temperature[g], exptime[g],
-                                                                    tmin, form)
+    var = (noise.variance(g, pred, temperature[g])
+           + predict_variance(fit.params, fit.cov, temperature[g], exptime[g], tmin, form)
+           + 2 * predict_bias_covariance(fit.params, fit.bias_cross, temperature[g], exptime[g], tmin, form))
     resid = np.where(usable[g] & (noise.nframes[g] > 0), signal[g] - pred, np.nan)
     return resid / np.sqrt(var), np.abs(resid)
 

@@ -21,9 +21,10 @@ from numba import njit
 from numba import types as nt
 from numba.extending import intrinsic
 
-__all__ = ["COMPARE_SUMS", "COVARIANCE_PLANES", "FIT_FLAGS", "block_mean", "combine_stack", "compare_frames",
-           "compile_kernels", "decode_be16", "expected_variance", "fit_lines", "fit_pixels", "kernel_array",
-           "mark_frame", "pooled_variance", "predict_dark", "predict_log_rate", "sorting_network", "subtract_bias"]
+__all__ = ["COMPARE_SUMS", "COVARIANCE_PLANES", "CROSS_PLANES", "FIT_FLAGS", "block_mean", "combine_stack",
+           "compare_frames", "compile_kernels", "decode_be16", "expected_variance", "fit_lines", "fit_pixels",
+           "kernel_array", "mark_frame", "pooled_variance", "predict_dark", "predict_log_rate", "sorting_network",
+           "subtract_bias"]
 
 
 def _in(dtype, ndim: int = 1):
@@ -83,6 +84,10 @@ _CONVERGED, _FALLBACK, _FEW, _NONE, _FULL_WELL, _OUTLIERS = (FIT_FLAGS[k] for k 
 #: covariance planes of :func:`fit_pixels`: (lnA, slope, gamma, C) index pairs; a form without a floor stores the
 #: first six
 COVARIANCE_PLANES = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2), (3, 3), (0, 3), (1, 3), (2, 3))
+#: planes of the covariance of the dark parameters with the bias model's (a, b) that :func:`fit_pixels` returns:
+#: (dark parameter of (lnA, slope, gamma, C), bias parameter of (a, b)) pairs; a form without a floor stores the
+#: first six
+CROSS_PLANES = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1))
 #: what each of the sums :func:`compare_frames` returns per pixel set is
 COMPARE_SUMS = ("pixels", "z2", "expected_z2", "significant", "mae", "mae2", "mape", "mape2", "z")
 _MAX_EXPONENT = 80.0
@@ -342,14 +347,14 @@ def _exp(x):
 # DC = exp(offset + Z theta) + C * exp(floor_offset + gamma ln t): for a form without a floor the
 # Jacobian is DC * Z, for one with a floor it is (e, e x, DC ln t, t^gamma) with e the thermal term.
 _Work = namedtuple("_Work", "model trial_model H A g step trial work K weights floor trial_floor few prior_mean "
-                             "prior_info prior_p")
+                             "prior_info prior_p cross")
 _Work.__doc__ = """Scratch arrays of one pixel's fit: the model and a trial model (M,), the normal matrix, its
 regularized copy and the gradient (4, 4), (4, 4), (4,), a step and a trial point (4,), inversion room (4, 4), the
 bias-error gain (4, 2), the weights of the last normal-equation pass (M,), the floor term t^gamma of the model and
 of the trial (M,), (M,), and which samples come from masters of 1-2 frames (M,), the only ones that can hold a
 cosmic ray (temporal clipping cleans the others); a prior of the pixel's parameters beyond lnA (an earlier model of
 the same sensor): its mean (4,) and information matrix (4, 4) in the compact order of a fit of ``prior_p[0]`` thermal
-parameters (prior_p[0] = 0: no prior)."""
+parameters (prior_p[0] = 0: no prior); the covariance of the parameters with the bias model's (a, b) (4, 2)."""
 _Rescue = namedtuple("_Rescue", "valid dropped theta cov offset Z1 floor_offset")
 _Rescue.__doc__ = """The fits against the population law (rescue and fallback): samples, dropped ones, parameters,
 covariance (M,), (M,), (4,), (4, 4); the offsets under the population slope and gamma, the lnA-only regressors and
@@ -869,53 +874,67 @@ def _population_offsets(Z, offset, P, prior, out, floor_out):
         floor_out[i] = offset[i] + (Z[i, 2] * prior[1] if P == 3 else 0.0)
 
 
-@njit(cache=True, error_model="numpy")
-def _common_error(valid, base, shot, Z, P, F, theta, m, floor, D, cab, cov, JWD, K):
-    """Add to ``cov`` the effect of an error common to all samples (the subtracted bias model).
+@njit(cache=True, error_model="numpy", inline="always")
+def _common_error(y, valid, base, shot, Z, P, F, theta, m, floor, D, cab, cov, weights, JWD, K, cross):
+    """Count the bias model removed from every sample as the one error common to them; return the chi-square.
 
-    The samples carry an unknown shift D e, e ~ N(0, cab); the parameters move by K e with
-    K = cov J^T W D, so their covariance grows by K cab K^T.
+    That model's error e ~ N(0, cab) shifts all samples of the pixel alike, sample i by -D_i e (D_i = (1, T_i)), so
+    the samples' covariance is Sigma = W^-1 + D cab D^T, W the weights of the fit (each sample's own noise). The
+    parameters move by -K e with K = cov J^T W D (``cov``: the inverse normal matrix on entry), so their covariance is
+    cov + K cab K^T and their covariance with (a, b) is -K cab (``cross``; ``weights``, ``JWD``: room for W and
+    J^T W D). The chi-square is r^T Sigma^-1 r (Woodbury).
     """
     NP = _fitted(P, F)
-    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = 0.0
-    for i in range(Z.shape[0]):
-        if valid[i]:
-            scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
-            wm = scale / (base[i] + shot[i] * m[i])
-            d0, d1 = D[i, 0], D[i, 1]
-            s00 += wm * j0 * d0
-            s01 += wm * j0 * d1
-            s10 += wm * j1 * d0
-            s11 += wm * j1 * d1
-            s20 += wm * j2 * d0
-            s21 += wm * j2 * d1
-            s30 += wm * j3 * d0
-            s31 += wm * j3 * d1
-    JWD[0, 0], JWD[0, 1], JWD[1, 0], JWD[1, 1], JWD[2, 0], JWD[2, 1] = s00, s01, s10, s11, s20, s21
-    JWD[3, 0], JWD[3, 1] = s30, s31
+    # the sums in scalars (as in _normal): J^T W D (x), G = D^T W D, u = D^T W r and r^T W r
+    x00 = x01 = x10 = x11 = x20 = x21 = x30 = x31 = 0.0
+    g00 = g01 = g11 = u0 = u1 = own = 0.0
+    for i in range(y.shape[0]):  # a loop of its own: the divisions vectorize
+        weights[i] = 1.0 / (base[i] + shot[i] * m[i])
+    for i in range(y.shape[0]):
+        if not valid[i]:
+            continue
+        scale, j0, j1, j2, j3 = _jacobian(Z, m, floor, theta, P, F, i)
+        w, r = weights[i], y[i] - m[i]
+        wd0, wd1 = w * D[i, 0], w * D[i, 1]
+        sd0, sd1 = scale * wd0, scale * wd1
+        x00, x01, x10, x11 = x00 + j0 * sd0, x01 + j0 * sd1, x10 + j1 * sd0, x11 + j1 * sd1
+        x20, x21, x30, x31 = x20 + j2 * sd0, x21 + j2 * sd1, x30 + j3 * sd0, x31 + j3 * sd1
+        g00, g01, g11 = g00 + wd0 * D[i, 0], g01 + wd0 * D[i, 1], g11 + wd1 * D[i, 1]
+        u0, u1, own = u0 + wd0 * r, u1 + wd1 * r, own + w * r * r
+    JWD[0, 0], JWD[0, 1], JWD[1, 0], JWD[1, 1], JWD[2, 0], JWD[2, 1], JWD[3, 0], JWD[3, 1] = (
+        x00, x01, x10, x11, x20, x21, x30, x31)
     for a in range(NP):
         for q in range(2):
             K[a, q] = 0.0
             for b in range(NP):
                 K[a, q] += cov[a, b] * JWD[b, q]
     for a in range(NP):
+        for q in range(2):
+            cross[a, q] = -(K[a, 0] * cab[0, q] + K[a, 1] * cab[1, q])
         for b in range(NP):
-            for q in range(2):
-                for r in range(2):
-                    cov[a, b] += K[a, q] * cab[q, r] * K[b, r]
+            cov[a, b] -= K[b, 0] * cross[a, 0] + K[b, 1] * cross[a, 1]
+    # r^T Sigma^-1 r = own - u^T (I + cab G)^-1 cab u
+    c00, c01, c11 = cab[0, 0], cab[0, 1], cab[1, 1]
+    n00, n01 = 1.0 + c00 * g00 + c01 * g01, c00 * g01 + c01 * g11
+    n10, n11 = c01 * g00 + c11 * g01, 1.0 + c01 * g01 + c11 * g11
+    v0, v1 = c00 * u0 + c01 * u1, c01 * u0 + c11 * u1
+    det = n00 * n11 - n01 * n10
+    return own - (u0 * (n11 * v0 - n01 * v1) + u1 * (n00 * v1 - n10 * v0)) / det
+
+
 @njit(cache=True, error_model="numpy", inline="always")  # compiled into fit_pixels
-def _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature,
+def _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, extra_var, temperature,
                    yp, vp, bp, sp, level, outl, few):
     """Pixel ``p``'s samples (``yp``), which are valid (``vp``), their noise model (variance ``bp + sp * signal``)
     and total levels (bias added back); none dropped yet. Returns how many are valid."""
     n = 0
-    va, vb, vab, extra = bias_cov[0, p], bias_cov[1, p], bias_cov[2, p], extra_var[p]
+    extra = extra_var[p]
     for i in range(y.shape[0]):
         T = temperature[i]
         frames = max(nframes[i, p], 1)
         yp[i] = y[i, p]
         vp[i] = usable[i, p] and nframes[i, p] > 0 and np.isfinite(yp[i])
-        bp[i] = read_var[p] / frames + va + T * T * vb + 2 * T * vab + extra
+        bp[i] = read_var[p] / frames + extra
         sp[i] = inv_gain / frames
         level[i] = yp[i] + bias_a[p] + bias_b[p] * T
         outl[i] = False
@@ -998,27 +1017,32 @@ def _rescue(yp, vp, v0, bp, sp, Z, offset, P, F, prior, opts, outl, theta, cov, 
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _bias_error(p, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws):
-    """Add to ``cov`` the error of the bias model removed from pixel ``p``, common to all its samples (``cab``
-    receives that model's (2, 2) covariance)."""
+def _bias_error(p, yp, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws):
+    """:func:`_common_error` of the bias model removed from pixel ``p`` (``cab`` receives that model's (2, 2)
+    covariance); returns the chi-square (with the prior's term, if any)."""
     cab[0, 0], cab[1, 1] = bias_cov[0, p], bias_cov[1, p]
     cab[0, 1] = cab[1, 0] = bias_cov[2, p]
-    _common_error(vp, bp, sp, Z, P, F, theta, ws.model, ws.floor, D, cab, cov, ws.work, ws.K)
+    prior = _prior_chi2(ws, theta, _fitted(P, F)) if ws.prior_p[0] == P else 0.0
+    return prior + _common_error(yp, vp, bp, sp, Z, P, F, theta, ws.model, ws.floor, D, cab, cov, ws.weights,
+                                 ws.work, ws.K, ws.cross)
 
 
 @njit(cache=True, error_model="numpy")
-def _expand(theta, cov, P, F):
+def _expand(theta, cov, cross, P, F):
     """From the compact order of a fit of P thermal parameters (and the floor at index P, with F) to the stored one,
-    (lnA, slope, gamma, C): parameters not fitted get no covariance, gamma 1 and C 0."""
+    (lnA, slope, gamma, C): parameters not fitted get no covariance (nor one with the bias model), gamma 1 and C 0."""
     if F and P < 3:
         theta[3] = theta[P]
         cov[3, 3] = cov[P, P]
         for a in range(P):
             cov[a, 3] = cov[3, a] = cov[a, P]
+        for q in range(2):
+            cross[3, q] = cross[P, q]
     if not F:
         theta[3] = 0.0
     for a in range(P, 4 if not F else 3):
         theta[a] = 1.0 if a == 2 else 0.0
+        cross[a, 0] = cross[a, 1] = 0.0
         for b in range(4):
             cov[a, b] = cov[b, a] = 0.0
 
@@ -1044,7 +1068,7 @@ def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, pr
                                                  max_iter, tol, ln_a_range, outlier_sigma, max_outliers,
                                                  1 + min_dof, tgroup, egroup, outl, cov, ws, trial, best)
     if propagate:
-        _bias_error(p, vp, bp, sp, r.Z1, 1, held, theta, bias_cov, D, cab, cov, ws)
+        chi2 = _bias_error(p, yp, vp, bp, sp, r.Z1, 1, held, theta, bias_cov, D, cab, cov, ws)
     var_a = cov[0, 0]
     m = ws.model
     sw = sx = st = sc = 0.0
@@ -1062,7 +1086,7 @@ def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, pr
     dt = -st / sw if (sw > 0 and P == 3) else 0.0
     dc = -sc / sw if sw > 0 else 0.0
     var_s, var_g, var_c = prior_var[0], (prior_var[1] if P == 3 else 0.0), (prior_var[2] if F else 0.0)
-    _expand(theta, cov, 1, F)
+    _expand(theta, cov, ws.cross, 1, F)
     theta[1], theta[2] = prior[0], (prior[1] if P == 3 else 1.0)
     cov[0, 0] = var_a + dx * dx * var_s + dt * dt * var_g + dc * dc * var_c
     cov[1, 1], cov[2, 2] = var_s, var_g
@@ -1075,9 +1099,10 @@ def _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts, pr
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_out, nvalid_out, flags_out,
-                 outliers_out):
-    """Write pixel ``p``'s parameters, covariance planes, chi-square, valid samples, flags and dropped samples."""
+def _store_pixel(p, vp, outl, theta, cov, cross, chi2, flags, theta_out, cov_out, cross_out, chi2_out, nvalid_out,
+                 flags_out, outliers_out):
+    """Write pixel ``p``'s parameters, covariance planes (also with the bias model's), chi-square, valid samples,
+    flags and dropped samples."""
     nv = 0
     for i in range(vp.shape[0]):
         nv += vp[i]
@@ -1086,6 +1111,8 @@ def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_
         theta_out[a, p] = theta[a]
     for k in range(10):
         cov_out[k, p] = cov[COVARIANCE_PLANES[k][0], COVARIANCE_PLANES[k][1]]
+    for k in range(8):
+        cross_out[k, p] = cross[CROSS_PLANES[k][0], CROSS_PLANES[k][1]]
     chi2_out[p] = chi2
     nvalid_out[p] = nv
     flags_out[p] = flags
@@ -1096,12 +1123,12 @@ def _store_pixel(p, vp, outl, theta, cov, chi2, flags, theta_out, cov_out, chi2_
           _in(_F8), _in(_I8), _in(_I8), _in(_F8, 2), _in(_F8),  # temperature, tgroup, egroup, Z, offset
           _I8, _I8, _I8, _I8, _F8, _F8, _I8, _F8,  # P ... full_well
           _in(_F8), _in(_F8), _in(_F8), _in(_F8), _in(_F8, 2), _in(_F8, 2), _B,  # lo ... pixel_info, propagate
-          _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ... outliers_out
+          _out(_F8, 2), _out(_F8, 2), _out(_F8, 2), _out(_F8), _out(_I2), _out(_U1), _out(_B, 2)),  # theta_out ...
          error_model="numpy")
 def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var, temperature, tgroup,
                egroup, Z, offset, P, F, min_dof, max_iter, tol, outlier_sigma, max_outliers, full_well, lo, hi, prior,
-               prior_var, pixel_prior, pixel_info, propagate, theta_out, cov_out, chi2_out, nvalid_out, flags_out,
-               outliers_out):
+               prior_var, pixel_prior, pixel_info, propagate, theta_out, cov_out, cross_out, chi2_out, nvalid_out,
+               flags_out, outliers_out):
     """Fit ``DC = exp(offset + Z theta) + C t^gamma`` to every pixel by noise-weighted, reweighted Levenberg-Marquardt.
 
     Parameters
@@ -1112,9 +1139,9 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         Frames per master sample; with ``usable`` (M, npix) bool (not saturated) it decides
         which samples are valid (also finite).
     read_var : ndarray, shape (npix,), float32
-        Read variance of one frame [DN^2]. The noise model of a sample of n frames and signal S
-        is (read_var + S * inv_gain) / n + the variance of the bias removed from it, which is
-        var(a + b T) from ``bias_cov`` (3, npix: var a, var b, cov ab) plus ``extra_var`` (npix).
+        Read variance of one frame [DN^2]. The noise of a sample of n frames and signal S, its own and the
+        fit's weight, is (read_var + S * inv_gain) / n + ``extra_var`` (npix); the error of the bias model
+        removed, common to all samples (``bias_cov`` (3, npix): var a, var b, cov ab), counts once (``propagate``).
     inv_gain : float
         1 / gain [DN/e-]; the weights use the model signal.
     bias_a, bias_b : ndarray, shape (npix,), float32
@@ -1151,12 +1178,12 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
         pixel with a prior is fitted to maximum posterior: its chi-square has the prior's term, its covariance the
         prior's information, and it needs (and its chi-square counts) one sample for each parameter beyond lnA less.
     propagate : bool
-        Propagate the error of the bias model (common to all masters of a pixel) into the
-        covariance.
-    theta_out, cov_out, chi2_out, nvalid_out, flags_out, outliers_out : ndarray (out)
+        The bias model's error is common to all masters of a pixel: the covariance and chi-square count it as such
+        (:func:`_common_error`), and the covariance with that model's (a, b) is returned (else zero).
+    theta_out, cov_out, cross_out, chi2_out, nvalid_out, flags_out, outliers_out : ndarray (out)
         (4, npix) lnA, slope, gamma, C (NaN without samples; C = 0 without a floor); (10, npix) covariance
-        planes :data:`COVARIANCE_PLANES`; chi-square; valid samples used; :data:`FIT_FLAGS`;
-        (M, npix) samples dropped as outliers or full well.
+        planes :data:`COVARIANCE_PLANES`; (8, npix) covariance with the bias model's (a, b), :data:`CROSS_PLANES`;
+        chi-square; valid samples used; :data:`FIT_FLAGS`; (M, npix) samples dropped as outliers or full well.
     """
     M, npix = y.shape
     NP = P + F
@@ -1164,25 +1191,26 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
     vp, v0, outl = np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_)
     ws = _Work(np.empty(M), np.empty(M), np.empty((4, 4)), np.empty((4, 4)), np.empty(4), np.empty(4), np.empty(4),
                np.empty((4, 4)), np.empty((4, 2)), np.empty(M), np.zeros(M), np.zeros(M), np.empty(M, dtype=np.bool_),
-               np.zeros(4), np.zeros((4, 4)), np.zeros(1, dtype=np.int64))
+               np.zeros(4), np.zeros((4, 4)), np.zeros(1, dtype=np.int64), np.zeros((4, 2)))
     r = _Rescue(np.empty(M, dtype=np.bool_), np.empty(M, dtype=np.bool_), np.zeros(4), np.zeros((4, 4)),
                 np.empty(M), np.zeros((M, 3)), np.empty(M))
     r.Z1[:, 0] = 1.0  # lnA alone (P = 1)
     theta, trial, best, cov, cab = np.zeros(4), np.empty(4), np.empty(4), np.zeros((4, 4)), np.empty((2, 2))
-    nan_theta, nan_cov = np.full(4, np.nan), np.full((4, 4), np.nan)
+    nan_theta, nan_cov, nan_cross = np.full(4, np.nan), np.full((4, 4), np.nan), np.full((4, 2), np.nan)
     ln_a_range = np.array([lo[0], hi[0]])
     opts = (max_iter, tol, ln_a_range, outlier_sigma, max_outliers, min_dof, tgroup, egroup)  # rescue and fallback
     D = np.empty((M, 2))
     for i in range(M):
         D[i, 0], D[i, 1] = 1.0, temperature[i]
     for p in range(npix):
-        n = _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov, extra_var,
+        n = _pixel_samples(p, y, nframes, usable, read_var, inv_gain, bias_a, bias_b, extra_var,
                            temperature, yp, vp, bp, sp, level, outl, ws.few)
         n, flags = _full_well(yp, vp, bp, sp, level, tgroup, egroup, full_well, n, outl)
         if n == 0:
-            _store_pixel(p, vp, outl, nan_theta, nan_cov, np.nan, flags | _NONE | _FEW, theta_out, cov_out, chi2_out,
-                         nvalid_out, flags_out, outliers_out)
+            _store_pixel(p, vp, outl, nan_theta, nan_cov, nan_cross, np.nan, flags | _NONE | _FEW, theta_out, cov_out,
+                         cross_out, chi2_out, nvalid_out, flags_out, outliers_out)
             continue
+        ws.cross[:] = 0.0
         for i in range(M):
             v0[i] = vp[i]
         trusted, chi2, dropped = False, np.nan, 0
@@ -1206,8 +1234,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
             if trusted:
                 flags |= _CONVERGED
                 if propagate:
-                    _bias_error(p, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws)
-                _expand(theta, cov, P, F)
+                    chi2 = _bias_error(p, yp, vp, bp, sp, Z, P, F, theta, bias_cov, D, cab, cov, ws)
+                _expand(theta, cov, ws.cross, P, F)
         else:
             flags |= _FEW
         if not trusted:
@@ -1215,8 +1243,8 @@ def fit_pixels(y, nframes, usable, read_var, inv_gain, bias_a, bias_b, bias_cov,
             converged, chi2, dropped = _fallback(p, yp, vp, v0, bp, sp, Z, offset, P, F, prior, prior_var, opts,
                                                  propagate, bias_cov, D, cab, outl, theta, cov, ws, trial, best, r)
             flags |= _CONVERGED if converged else 0
-        _store_pixel(p, vp, outl, theta, cov, chi2, flags | (_OUTLIERS if dropped > 0 else 0), theta_out, cov_out,
-                     chi2_out, nvalid_out, flags_out, outliers_out)
+        _store_pixel(p, vp, outl, theta, cov, ws.cross, chi2, flags | (_OUTLIERS if dropped > 0 else 0), theta_out,
+                     cov_out, cross_out, chi2_out, nvalid_out, flags_out, outliers_out)
 
 
 @_kernel((_in(_F8), _in(_F4, 2), _in(_F4, 2), _in(_F4), _in(_F8), _in(_F8), _I8,
@@ -1304,8 +1332,8 @@ def _linear(dark, cov, x, ln_t, r, c):
 
 @njit(cache=True, nogil=True)
 def _with_floor(dark, cov, x, ln_t, r, c):
-    """Dark signal t^gamma (C + exp(lnA + slope x)) of pixel (r, c) (``dark`` (4, ny, nx)) and its variance J C J^T
-    from the covariance planes ``cov`` (10, ny, nx), J = (e, e x, DC ln t, t^gamma) with e the thermal term."""
+    """Dark signal t^gamma (C + exp(lnA + slope x)) of pixel (r, c) (``dark`` (4, ny, nx)), its variance J C J^T
+    from the covariance planes ``cov`` (10, ny, nx), and J = (e, e x, DC ln t, t^gamma) with e the thermal term."""
     e = np.exp(min(dark[0, r, c] + x * dark[1, r, c] + ln_t * dark[2, r, c], _MAX_EXPONENT))
     floor = np.exp(min(ln_t * dark[2, r, c], _MAX_EXPONENT))
     signal = e + dark[3, r, c] * floor
@@ -1314,30 +1342,39 @@ def _with_floor(dark, cov, x, ln_t, r, c):
     for k in range(10):
         i, j = COVARIANCE_PLANES[k]
         q += (1.0 if i == j else 2.0) * jac[i] * jac[j] * cov[k, r, c]
-    return signal, q
+    return signal, q, jac
 
 
-@_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F4, 2), _out(_F4, 2)))
-def predict_dark(dark, cov, x, ln_t, signal, variance):
-    """Dark signal t^gamma (C + exp(lnA + slope x)) of every pixel and its variance, in one pass.
+@_kernel((_in(_F8, 3), _in(_F4, 3), _in(_F4, 3), _F8, _F8, _F8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 2)))
+def predict_dark(dark, cov, cross, x, ln_t, temperature, signal, variance, bias_covariance):
+    """Dark signal t^gamma (C + exp(lnA + slope x)) of every pixel, its variance and its covariance with the bias model
+    at ``temperature``, in one pass.
 
     ``dark`` (3, ny, nx) holds lnA, slope, gamma (C = 0), or (4, ny, nx) also C; ``cov`` (6 or 10, ny, nx)
-    the covariance planes :data:`COVARIANCE_PLANES` (float32, as the model file stores them); ``x`` the
-    temperature regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
-    (ny, nx) float32: NaN where the model is.
+    the covariance planes :data:`COVARIANCE_PLANES` and ``cross`` (6 or 8, ny, nx) those with the bias model's (a, b),
+    :data:`CROSS_PLANES` (float32, as the model file stores them; no planes: the covariance is not wanted);
+    ``x`` the temperature regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
+    (ny, nx) float32, NaN where the model is, and, with ``cross``, ``bias_covariance`` (ny, nx).
     """
     floor = dark.shape[0] == 4
+    with_bias = cross.shape[0] > 0
     for r in range(signal.shape[0]):
         for c in range(signal.shape[1]):
             if floor:
-                s, q = _with_floor(dark, cov, x, ln_t, r, c)
-                signal[r, c] = s
+                s, q, jac = _with_floor(dark, cov, x, ln_t, r, c)
                 variance[r, c] = q
             else:
                 e, q = _linear(dark, cov, x, ln_t, r, c)
                 s = np.exp(min(e, _MAX_EXPONENT))
-                signal[r, c] = s
                 variance[r, c] = s * s * q
+                jac = (s, s * x, s * ln_t, 0.0)
+            signal[r, c] = s
+            if with_bias:
+                total = 0.0
+                for k in range(cross.shape[0]):
+                    i, b = CROSS_PLANES[k]
+                    total += jac[i] * (1.0 if b == 0 else temperature) * cross[k, r, c]
+                bias_covariance[r, c] = total
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))
@@ -1351,7 +1388,7 @@ def predict_log_rate(dark, cov, x, ln_t, ln_rate, variance):
     for r in range(ln_rate.shape[0]):
         for c in range(ln_rate.shape[1]):
             if floor:
-                s, q = _with_floor(dark, cov, x, ln_t, r, c)
+                s, q, _ = _with_floor(dark, cov, x, ln_t, r, c)
                 ln_rate[r, c] = np.log(s) - ln_t
                 variance[r, c] = q / (s * s)
             else:

@@ -81,6 +81,10 @@ class CalibrationModel:
         lnA, slope (B [1/degC] or Ea [eV]), gamma[, floor C in the unit of A].
     dark_cov : ndarray, shape (6, ny, nx), or (10, ny, nx) with a floor
         Covariance planes of (lnA, slope, gamma[, C]): :data:`cmoscal.kernels.COVARIANCE_PLANES`.
+    dark_bias_cov : ndarray, shape (6, ny, nx), or (8, ny, nx) with a floor
+        Covariance of (lnA, slope, gamma[, C]) with the bias model's (a, b): :data:`cmoscal.kernels.CROSS_PLANES`.
+        The dark fit removed that bias model from its masters, so a synthetic frame's variance has twice the
+        covariance of its two parts (:meth:`frame_prediction`); zero where the masters' bias was not the model.
     chi2r : ndarray
         Reduced chi-square of the dark fit.
     nvalid : ndarray
@@ -111,6 +115,7 @@ class CalibrationModel:
     read_noise: np.ndarray
     dark: np.ndarray
     dark_cov: np.ndarray
+    dark_bias_cov: np.ndarray
     chi2r: np.ndarray
     nvalid: np.ndarray
     dq: np.ndarray
@@ -191,18 +196,31 @@ class CalibrationModel:
     def dark_signal(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic dark signal [DN] (bias excluded) at ``temperature`` [degC], ``exptime`` [s]."""
         self._checked(temperature, exptime)
-        return self._dark(temperature, exptime)
+        return self.prediction(temperature, exptime)[0]
 
     def prediction(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
         """Dark signal [DN] and its variance [DN^2] at (T, t), unchecked, in one compiled pass."""
+        return self._predicted(temperature, exptime, with_bias=False)[:2]
+
+    def frame_prediction(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
+        """Synthetic frame bias(T) + dark signal(T, t) [DN] and its variance [DN^2], unchecked: the variances of the
+        two models and twice their covariance."""
+        dark, dark_var, covariance = self._predicted(temperature, exptime, with_bias=True)
+        frame = bias_at(self.bias_a, self.bias_b, temperature) + dark
+        return frame, self.bias_variance(temperature) + dark_var + 2 * covariance
+
+    def _predicted(self, temperature, exptime, with_bias: bool) -> tuple:
+        """Dark signal, its variance and (``with_bias``) its covariance with the bias model at T (float32, one
+        compiled pass; else an empty array)."""
         signal, variance = (np.empty(self.dq.shape, np.float32) for _ in range(2))
+        covariance = np.empty(self.dq.shape if with_bias else (0, 0), np.float32)
+        cross = self.dark_bias_cov if with_bias else np.empty((0, 0, 0))
         x = float(temperature_feature(temperature, self.tmin, self.form))
         predict_dark(np.ascontiguousarray(self.dark, dtype=np.float64),
-                     np.ascontiguousarray(self.dark_cov, dtype=np.float32), x, float(np.log(exptime)), signal, variance)
-        return signal, variance
-
-    def _dark(self, temperature, exptime) -> np.ndarray:
-        return self.prediction(temperature, exptime)[0]
+                     np.ascontiguousarray(self.dark_cov, dtype=np.float32),
+                     np.ascontiguousarray(cross, dtype=np.float32), x, float(np.log(exptime)), float(temperature),
+                     signal, variance, covariance)
+        return signal, variance, covariance
 
     def dark_variance(self, temperature: float, exptime: float) -> np.ndarray:
         """Variance [DN^2] of :meth:`dark_signal` from the parameter covariance."""
@@ -220,7 +238,7 @@ class CalibrationModel:
     def dark_frame(self, temperature: float, exptime: float) -> np.ndarray:
         """Synthetic full dark frame, bias + dark signal [DN]."""
         self._checked(temperature, exptime)
-        return bias_at(self.bias_a, self.bias_b, temperature) + self._dark(temperature, exptime)
+        return self.frame_prediction(temperature, exptime)[0]
 
     # --- file --------------------------------------------------------------------------
     def header(self) -> fits.Header:
@@ -262,6 +280,8 @@ class CalibrationModel:
         images += [("DARK_COV", self.dark_cov, "covariance of (lnA, slope, gamma" + (", C): planes 00 11 22 01 02 12 "
                                                                                    "33 03 13 23" if law.floor else
                                                                                    "): planes 00 11 22 01 02 12")),
+                  ("DARK_BIAS_COV", self.dark_bias_cov, "cov of (lnA, slope, gamma" + (", C)" if law.floor else ")")
+                   + " with bias (a, b): planes lnA.a lnA.b slope.a ..."),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
                   ("DQ", self.dq, "")]
         extensions = [(name, np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)),
@@ -301,7 +321,8 @@ class CalibrationModel:
             form = h["DARKFORM"]
             law = dark_form(form)
             wanted = ["BIAS_A", "BIAS_B", "BIAS_COV", "READ_NOISE", "DARK_A", law.extension, "DARK_GAMMA",
-                      *(["DARK_FLOOR"] if law.floor else []), "DARK_COV", "DARK_CHI2R",
+                      *(["DARK_FLOOR"] if law.floor else []), "DARK_COV",
+                      *(["DARK_BIAS_COV"] if "DARK_BIAS_COV" in names else []), "DARK_CHI2R",
                       *(["DARK_NVALID"] if "DARK_NVALID" in names else []), "DQ"]
             plain = all(has_image(path, name) for name in wanted)  # else (compressed) astropy reads, one at a time
 
@@ -321,6 +342,8 @@ class CalibrationModel:
                 dark[3] = images["DARK_FLOOR"]
             return cls(bias_a=images["BIAS_A"], bias_b=images["BIAS_B"], bias_cov=images["BIAS_COV"],
                        read_noise=images["READ_NOISE"], dark=dark, dark_cov=images["DARK_COV"],
+                       # a model file written before it was stored: zero, which overstates a frame's variance
+                       dark_bias_cov=images.get("DARK_BIAS_COV", np.zeros((2 * len(dark), *dark.shape[1:]))),
                        chi2r=images["DARK_CHI2R"], nvalid=images.get("DARK_NVALID"),
                        dq=images["DQ"], form=form, fit_gamma=h["DARKDIM"] == "2d", tmin=h["TMIN"],
                        trange=(h["TCALMIN"], h["TCALMAX"]), exprange=(h["TEXPMIN"], h["TEXPMAX"]),
@@ -407,14 +430,13 @@ def write_synthetic(model: CalibrationModel, path: str | Path, temperature: floa
     messages = model.check_request(temperature, exptime)
     for message in messages:
         warnings.warn(message, OutOfRangeWarning, stacklevel=2)
-    bias, bias_var = bias_at(model.bias_a, model.bias_b, temperature), model.bias_variance(temperature)
     if exptime is None:
-        data, variance, kind = bias, bias_var, "bias"
+        data, variance = bias_at(model.bias_a, model.bias_b, temperature), model.bias_variance(temperature)
+        kind = "bias"
+    elif signal_only:
+        (data, variance), kind = model.prediction(temperature, exptime), "dark signal"
     else:
-        data, variance = model.prediction(temperature, exptime)
-        kind = "dark signal"
-        if not signal_only:
-            data, variance, kind = data + bias, variance + bias_var, "dark"
+        (data, variance), kind = model.frame_prediction(temperature, exptime), "dark"
     scale = model.meta.get("SCALEFAC", 16)
     sigma = np.sqrt(np.asarray(variance, dtype=np.float64))
     if raw16:

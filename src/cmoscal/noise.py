@@ -242,8 +242,9 @@ class Noise:
         1 / gain [DN/e-] (0: no shot noise known).
     bias : tuple of ndarray, optional
         (a, b, cov) of the bias model a + b T removed from every master [DN, DN/degC, (3, npix)]:
-        its variance enters each sample and, being common to all masters of a pixel, is
-        propagated into the parameter covariance.
+        its variance enters a sample's expected variance (:meth:`variance`); in the dark fit, whose weights are
+        the samples' own noise, it counts once, as the error common to all masters of a pixel
+        (:func:`cmoscal.kernels.fit_pixels`).
     extra_var : ndarray, shape (npix,), optional
         Variance of another bias removed from every sample (e.g. the nearest master bias).
     """

@@ -476,9 +476,10 @@ def held_out_residuals(model, outdir):
         frames = np.array([fits.getdata(p).astype(np.float64) / 16 for p in paths])
         headers = [fits.getheader(p) for p in paths]
         T, t = float(np.mean([h["CCD-TEMP"] for h in headers])), headers[0]["EXPTIME"]
-        dark, dark_var = model.prediction(T, t)
+        synthetic, synthetic_var = model.frame_prediction(T, t)
+        dark = synthetic - model.bias(T)
         frame_var = (model.read_variance + np.maximum(dark, 0) / model.meta["GAIN"]) / len(paths)
-        pull = (frames.mean(0) - model.bias(T) - dark) / np.sqrt(dark_var + model.bias_variance(T) + frame_var)
+        pull = (frames.mean(0) - synthetic) / np.sqrt(synthetic_var + frame_var)
         error = dark / dark_truth(truth, T, t) - 1
         usable = (model.dq & DQ.DO_NOT_USE) == 0
         usable &= frames.max(0) < model.meta["SATURATE"]

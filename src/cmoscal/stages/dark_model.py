@@ -159,7 +159,7 @@ def _refit_changed(inputs, setup: FitSetup, fit):
     pixels = np.flatnonzero(changed)
     if pixels.size:
         own = _fit(dict(inputs, prior=None), setup, pixels)
-        for name in ("params", "cov", "chi2r", "nvalid", "flags"):
+        for name in ("params", "cov", "bias_cross", "chi2r", "nvalid", "flags"):
             getattr(fit, name)[..., pixels] = getattr(own, name)
         fit.dropped[:, pixels] = own.dropped
     return fit, changed
@@ -170,6 +170,7 @@ class TileFit(NamedTuple):
 
     dark: np.ndarray
     cov: np.ndarray
+    bias_cross: np.ndarray
     chi2r: np.ndarray
     nvalid: np.ndarray
     flags: np.ndarray
@@ -191,13 +192,14 @@ def _fit_tile(setup: FitSetup, rows, bias_files) -> TileFit:
     darks = inputs["darks"]
     model = predict(fit.params[:, p], darks.temperature[m], darks.exptime[m], setup.tmin, setup.form)
     dropped = (m, y + (rows.start or 0), x, inputs["signal"][m, p], model)
-    return TileFit(fit.params.reshape((-1,) + shape), fit.cov.reshape((-1,) + shape), fit.chi2r.reshape(shape),
+    return TileFit(fit.params.reshape((-1,) + shape), fit.cov.reshape((-1,) + shape),
+                   fit.bias_cross.reshape((-1,) + shape), fit.chi2r.reshape(shape),
                    fit.nvalid.reshape(shape), fit.flags.reshape(shape), saturated, changed.reshape(shape), dropped)
 
 
 def _place(maps: tuple, part: TileFit, rows) -> tuple:
-    """Put a tile's maps into the whole ``maps`` (dark, cov, chi2r, nvalid, flags, saturated, changed) at ``rows``;
-    return its dropped samples."""
+    """Put a tile's maps into the whole ``maps`` (dark, cov, bias_cross, chi2r, nvalid, flags, saturated, changed)
+    at ``rows``; return its dropped samples."""
     for whole, piece in zip(maps, part):
         whole[..., rows, :] = piece
     return part.dropped
@@ -351,8 +353,8 @@ def run(params: dict) -> dict:
     floor = FORMS[form].floor
     bands = row_bands(ny, len(index) * nx * 8 * 24, params)
     bias_files = [path for path, _ in bias_index]
-    maps = (np.empty((3 + floor, ny, nx)), np.empty((6 + 4 * floor, ny, nx)), np.empty((ny, nx)),
-            np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool),
+    maps = (np.empty((3 + floor, ny, nx)), np.empty((6 + 4 * floor, ny, nx)), np.empty((6 + 2 * floor, ny, nx)),
+            np.empty((ny, nx)), np.empty((ny, nx), np.int16), np.empty((ny, nx), np.uint8), np.empty((ny, nx), bool),
             np.empty((ny, nx), bool))
     tasks = [(setup, band, bias_files) for band in bands]
     if params["compute"]["scheduler"] == "threads":  # the workers share the maps: each places its own tile
@@ -360,7 +362,7 @@ def run(params: dict) -> dict:
     else:  # placed as each tile arrives, while the next ones are fitted
         dropped_parts = [_place(maps, part, band) for band, part in zip(bands, run_tiles(_fit_tile, tasks, params,
                                                                                           "dark fit"))]
-    dark, cov, chi2r, nvalid, flags, saturated, changed = maps
+    dark, cov, bias_cross, chi2r, nvalid, flags, saturated, changed = maps
     dropped = [np.concatenate([p[k] for p in dropped_parts]) for k in range(5)]
     bias = bias_stage.load(params, threads=workers(params))
     dq = from_fit_flags(flags, FIT_FLAGS)
@@ -371,7 +373,8 @@ def run(params: dict) -> dict:
     calibrated = [*temperatures, *bias_T, *(before.trange if before is not None else ())]
     model = CalibrationModel(
         bias_a=bias["a"], bias_b=bias["b"], bias_cov=bias["cov"], read_noise=bias["read_noise"], dark=dark,
-        dark_cov=cov, chi2r=chi2r, nvalid=nvalid, dq=dq, form=form, fit_gamma=fit_gamma, tmin=tmin,
+        dark_cov=cov, dark_bias_cov=bias_cross, chi2r=chi2r, nvalid=nvalid, dq=dq, form=form, fit_gamma=fit_gamma,
+        tmin=tmin,
         trange=(float(min(calibrated)), float(max(calibrated))),
         exprange=(float(exptimes.min()), float(exptimes.max())), max_extrapolation=params["max_extrapolation"],
         max_exposure_factor=params["max_exposure_factor"], prior=prior,

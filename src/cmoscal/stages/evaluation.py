@@ -51,12 +51,11 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
         good[dropped] = False
     if kind == "bias":
         synth, var_pred = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
-    elif params["dark_bias"] == "model":  # master - dark signal = raw - synthetic frame: that frame's variance
-        frame, var_pred = model.frame_prediction(T, t)
-        synth = frame - bias_at(model.bias_a, model.bias_b, T)
+        noise = Noise(masters.nframes, model.read_variance, 0.0)
     else:
         synth, var_pred = model.prediction(T, t)
-    noise = Noise(masters.nframes, model.read_variance, inv_gain if kind == "dark" else 0.0)
+        bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
+        noise = Noise(masters.nframes, model.read_variance, inv_gain, bias)
     hot = has(model.dq, DQ.HOT) & valid
     mae, mape, stats, previews = compare(synth, master, var_pred, noise, T, good, hot, params["snr_min"], PREVIEW)
     row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)

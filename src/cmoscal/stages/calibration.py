@@ -72,7 +72,7 @@ def before_after(params: dict, output: str) -> dict:
     bias(T) + dark(T, t) removed, the result, its uncertainty and its mask."""
     ccd = CCDData.read(output)
     model = CalibrationModel.read(product(params, "model"), workers(params))
-    removed = model.bias(ccd.header["CALTEMP"]) + model.dark_signal(ccd.header["CALTEMP"], ccd.header["CALEXPT"])
+    removed = model.dark_frame(ccd.header["CALTEMP"], ccd.header["CALEXPT"])
     return {"raw frame": (ccd.data + removed, "DN"),
             f"bias + dark removed (T = {ccd.header['CALTEMP']:.2f} degC, t = {ccd.header['CALEXPT']:.3g} s)":
                 (removed, "DN"),

@@ -126,6 +126,10 @@ def test_forms_are_told_apart_only_when_the_data_can():
             for form in ("exponential", "arrhenius")}
     narrow = compare_forms(chi2)
     assert narrow["better"] == "" and "no significant difference" in narrow["verdict"]
+    # a tiny difference over many pixels is significant but not material: said so, and no form chosen
+    shifted = 20.0 - 0.01 * (1 + rng.normal(0, 1, 10000))
+    tiny = compare_forms({"exponential": np.full(10000, 20.0), "arrhenius": shifted})
+    assert tiny["better"] == "" and tiny["z"] > 3 and "no material difference" in tiny["verdict"]
 
 
 def test_a_form_added_to_the_registry_takes_part_in_fits_and_the_comparison(monkeypatch):

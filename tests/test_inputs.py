@@ -75,6 +75,18 @@ def test_camera_styles_give_the_products_of_their_integer_twin(plain, tmp_path, 
         assert ("read as degF" if style["temperature_style"] == "degF" else "'-10.") in notes
 
 
+@pytest.mark.parametrize("style", ["string", "degF", "set-point"])
+def test_odd_files_combine_with_every_camera_style(tmp_path, style):
+    """The odd files re-encode frames of any camera style (this crashed for temperatures written as strings): the
+    kelvin frame states the temperature its twin states, in kelvin."""
+    simulate_campaign(tmp_path, seed=43, **dict(SMALL, shape=(16, 16)), odd_files=True, temperature_style=style)
+    params = params_for(tmp_path, temperature_keys=["CCD-TEMP", "SET-TEMP"])
+    first = sorted((tmp_path / "raw" / "bias").glob("bias_*"))  # the first is fpacked, the second in kelvin
+    kelvin, twin = (fits.getheader(path) for path in first[1:3])
+    assert frame_temperature(kelvin, params)[0] == pytest.approx(frame_temperature(twin, params)[0], abs=1.0)
+    assert kelvin["CCD-TEMP"] > 250
+
+
 @pytest.mark.parametrize("bitpix", [32, -64])
 def test_other_bitpix_read_the_same_values(plain, tmp_path, bitpix):
     simulate_campaign(tmp_path, seed=41, **SMALL, bitpix=bitpix)

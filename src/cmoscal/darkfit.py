@@ -264,7 +264,8 @@ def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dic
     z = mean(d) / (std(d) / sqrt(n)). A form fits better only if the difference is both
     significant (|z| >= ``z_min``) and material (|mean(d)| >= ``delta_min``, i.e. the forms differ
     by more than ~0.3 sigma summed over a pixel's masters); otherwise the answer is "no
-    significant difference", the usual and correct one over a narrow temperature range.
+    significant difference" (or "no material difference" when many pixels make a tiny one
+    significant), the usual and correct one over a narrow temperature range.
 
     Parameters
     ----------
@@ -283,8 +284,13 @@ def compare_forms(chi2: dict, z_min: float = 3.0, delta_min: float = 0.1) -> dic
     better = names[1] if z > 0 else names[0]
     significant = abs(z) >= z_min and abs(mean) >= delta_min
     detail = f"Vuong z = {z:+.1f}, mean deviance difference {mean:+.3g} per pixel, {n} pixels"
-    verdict = (f"{better} fits better ({detail})" if significant else
-               f"no significant difference between the {names[0]} and {names[1]} forms ({detail})")
+    if significant:
+        verdict = f"{better} fits better ({detail})"
+    elif abs(z) >= z_min:  # many pixels make a tiny difference significant: it still changes no prediction
+        verdict = (f"no material difference between the {names[0]} and {names[1]} forms: {better} fits better by "
+                   f"less than {delta_min:g} per pixel ({detail})")
+    else:
+        verdict = f"no significant difference between the {names[0]} and {names[1]} forms ({detail})"
     return dict(better=better if significant else "", z=z, npix=n, delta_chi2=mean, verdict=verdict)
 
 

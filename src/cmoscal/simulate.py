@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .config import default_params
 from .dq import DQ
 from .fitsio import provenance, write_atomic, write_hdus
 from .forms import FORMS, KELVIN, dark_form
+from .inventory import frame_temperature
 
 __all__ = ["BITPIXES", "DATE_STYLES", "FLIGHT", "TEMPERATURE_STYLES", "age_truth", "dark_truth", "flight_held_out",
            "held_out_points", "held_out_residuals", "read_truth", "simulate_campaign", "simulate_mission",
@@ -239,9 +241,10 @@ def _reencode(path: Path, how: str) -> Path:
         target = path
         header["EXPTIME"] = (header["EXPTIME"] * 1000, "[ms] exposure time")
         fits.PrimaryHDU(data, header).writeto(target)
-    elif how == "kelvin":
+    elif how == "kelvin":  # the frame's temperature as the inventory reads it, whatever the camera's style
         target = path
-        header["CCD-TEMP"] = (round(header["CCD-TEMP"] + KELVIN, 3), "sensor temperature")
+        params = dict(default_params(), temperature_keys=["CCD-TEMP", "SET-TEMP"])
+        header["CCD-TEMP"] = (round(frame_temperature(header, params)[0] + KELVIN, 3), "sensor temperature")
         fits.PrimaryHDU(data, header).writeto(target)
     else:
         raise ValueError(how)

@@ -1,9 +1,13 @@
 """The one-pass comparison of a synthetic frame with a master, against the same sums in NumPy."""
 
 import numpy as np
+from conftest import write_params
 
+from cmoscal.config import load_params
 from cmoscal.evaluate import compare, downsample
 from cmoscal.noise import Noise
+from cmoscal.simulate import simulate_campaign
+from cmoscal.stages import STAGES
 
 
 def test_compare_gives_the_numpy_residual_statistics_and_previews():
@@ -57,3 +61,20 @@ def test_medians_on_a_large_sensor_use_every_fourth_good_pixel():
     sample = mae[good][::4], mape[good][::4]
     assert stats["mae_median"] == np.median(sample[0])
     assert stats["mape_median"] == np.median(sample[1][np.isfinite(sample[1])])
+
+
+def test_in_sample_expectation_counts_the_bias_error_the_masters_share(tmp_path):
+    """Four darks over 2.5 degC and 5 biases per temperature (a flight's few darks): the fit nearly interpolates the
+    60 s masters, whose residual is then mostly the bias model's error they share with the prediction. Their
+    expected residual is that error's part (the leverage alone expected 1/3 of what is seen, and the check failed a
+    model that fits)."""
+    simulate_campaign(tmp_path, shape=(48, 48), temperatures=(10, 12.5), exptimes=(10, 60), frames=3, bias_frames=5,
+                      seed=11)
+    params = load_params(write_params(tmp_path / "p.yml", campaign="c", raw_dir="raw", output_dir="out"),
+                         root=tmp_path)
+    for name in ("inventory", "bias", "dark_masters", "dark_model", "hot_pixels", "synthesis", "evaluation"):
+        result = STAGES[name](params)
+    groups = result["summary"][result["summary"]["kind"] == "dark"]
+    ratio = groups["resid_noise"] / groups["resid_noise_expected"]
+    assert np.all((0.8 < ratio) & (ratio < 1.25)), ratio  # ~2300 pixels each: known to a few per cent
+    assert np.min(groups["resid_noise_expected"]) < 0.3  # the nearly interpolated masters are in the test

@@ -3,7 +3,9 @@
 The key figure is the residual RMS divided by the master's expected noise (``resid_noise``):
 1.0 means the model is as good as the data allow. In-sample a model absorbs part of each
 master's noise, so a group of leverage h reaches sqrt(1 - h) (on average sqrt(1 - p/M) for p
-parameters and M masters); on held-out masters (leave-one-group-out) about 1.
+parameters and M masters; a master sharing the bias model's error with the prediction keeps
+more, :meth:`cmoscal.model.CalibrationModel.fitted_prediction`); on held-out masters
+(leave-one-group-out) about 1.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(v)) if v.size else np.nan
 
 
-def compare(synthetic, master, prediction_var, noise, temperature: float, good, hot, snr_min: float,
+def compare(synthetic, master, fitted_var, noise, temperature: float, good, hot, snr_min: float,
             preview: int = PREVIEW_PIXELS):
     """Compare a synthetic frame with a master, over normal and over hot pixels, in one compiled pass.
 
@@ -50,8 +52,10 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
     ----------
     synthetic, master : ndarray, shape (ny, nx)
         Frames [DN].
-    prediction_var : ndarray, shape (ny, nx)
-        Variance of the prediction [DN^2].
+    fitted_var : ndarray, shape (ny, nx)
+        Variance [DN^2] the model's fit takes out of the master's residual (in-sample: the prediction's variance
+        for a fit to the master's own noise; :meth:`cmoscal.model.CalibrationModel.fitted_prediction` when the master
+        shares the bias model's error with the prediction); 0 for a master the model never saw.
     noise : Noise
         Noise model of the master (its master 0) at ``temperature``; no ``extra_var``.
     good, hot : ndarray of bool
@@ -70,7 +74,8 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
     stats : dict
         mae_mean/median/std and mape_mean/median/std over good pixels (medians of a 1-in-4 sample
         on large sensors), mape_share (share of good pixels with a MAPE), resid_noise (RMS of residual /
-        expected noise), resid_noise_expected (its in-sample expectation sqrt(1 - leverage)),
+        expected noise), resid_noise_expected (its in-sample expectation, the RMS of sqrt(1 - fitted_var /
+        noise variance): sqrt(1 - leverage) for a fit to the master's own noise),
         resid_noise_hot, resid_mean and resid_mean_hot (mean of (synthetic - master) / expected noise: a
         systematic departure of the model at this group), npix.
     previews : tuple of ndarray
@@ -89,7 +94,7 @@ def compare(synthetic, master, prediction_var, noise, temperature: float, good, 
     sample = np.empty((2, -(-count // step)), np.float32)
     nframes, read_var, cov = noise.planes(0, shape)
     sums = compare_frames(kernel_array(master, shape), kernel_array(synthetic, shape),
-                          kernel_array(prediction_var, shape), nframes, read_var, noise.inv_gain, cov,
+                          kernel_array(fitted_var, shape), nframes, read_var, noise.inv_gain, cov,
                           float(temperature), noise.bias is not None, use, kernel_array(hot, shape, bool),
                           float(snr_min), factor, step, mae, mape, previews, sample)
     s, hot_sums = (dict(zip(COMPARE_SUMS, row)) for row in sums)

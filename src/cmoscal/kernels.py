@@ -1345,8 +1345,31 @@ def _with_floor(dark, cov, x, ln_t, r, c):
     return signal, q, jac
 
 
-@_kernel((_in(_F8, 3), _in(_F4, 3), _in(_F4, 3), _F8, _F8, _F8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 2)))
-def predict_dark(dark, cov, cross, x, ln_t, temperature, signal, variance, bias_covariance):
+@njit(cache=True, nogil=True)
+def _through_bias(jac, cross, bias_cov, r, c):
+    """u C+ u^T: the variance the bias model's error (covariance C, planes var a, var b, cov ab of ``bias_cov``) adds
+    to a prediction of Jacobian ``jac`` through the fit, from its covariance with (a, b), u = jac ``cross``
+    (:data:`CROSS_PLANES`; cross = -K C for the parameters' response K to that error, so u C+ u^T = jac K C K^T
+    jac^T; C+ the pseudo-inverse: a bias parameter without error moves nothing)."""
+    u0 = u1 = 0.0
+    for k in range(cross.shape[0]):
+        i, b = CROSS_PLANES[k]
+        if b == 0:
+            u0 += jac[i] * cross[k, r, c]
+        else:
+            u1 += jac[i] * cross[k, r, c]
+    va, vb, ab = float(bias_cov[0, r, c]), float(bias_cov[1, r, c]), float(bias_cov[2, r, c])
+    det, trace = va * vb - ab * ab, va + vb
+    if det > 1e-12 * trace * trace:
+        return (u0 * u0 * vb - 2.0 * u0 * u1 * ab + u1 * u1 * va) / det
+    if trace > 0:  # rank one: C+ = C / trace^2
+        return (u0 * u0 * va + 2.0 * u0 * u1 * ab + u1 * u1 * vb) / (trace * trace)
+    return 0.0
+
+
+@_kernel((_in(_F8, 3), _in(_F4, 3), _in(_F4, 3), _in(_F4, 3), _F8, _F8, _F8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 2),
+          _out(_F4, 2)))
+def predict_dark(dark, cov, cross, bias_cov, x, ln_t, temperature, signal, variance, bias_covariance, through_bias):
     """Dark signal t^gamma (C + exp(lnA + slope x)) of every pixel, its variance and its covariance with the bias model
     at ``temperature``, in one pass.
 
@@ -1354,10 +1377,13 @@ def predict_dark(dark, cov, cross, x, ln_t, temperature, signal, variance, bias_
     the covariance planes :data:`COVARIANCE_PLANES` and ``cross`` (6 or 8, ny, nx) those with the bias model's (a, b),
     :data:`CROSS_PLANES` (float32, as the model file stores them; no planes: the covariance is not wanted);
     ``x`` the temperature regressor and ``ln_t`` the log exposure of the request. Writes ``signal`` and ``variance``
-    (ny, nx) float32, NaN where the model is, and, with ``cross``, ``bias_covariance`` (ny, nx).
+    (ny, nx) float32, NaN where the model is, with ``cross`` ``bias_covariance`` (ny, nx), and with ``bias_cov`` (the
+    bias model's covariance planes var a, var b, cov ab; no planes: not wanted) ``through_bias`` (ny, nx), the part
+    of the variance the bias model's error makes (:func:`_through_bias`).
     """
     floor = dark.shape[0] == 4
     with_bias = cross.shape[0] > 0
+    with_share = with_bias and bias_cov.shape[0] > 0
     for r in range(signal.shape[0]):
         for c in range(signal.shape[1]):
             if floor:
@@ -1375,6 +1401,8 @@ def predict_dark(dark, cov, cross, x, ln_t, temperature, signal, variance, bias_
                     i, b = CROSS_PLANES[k]
                     total += jac[i] * (1.0 if b == 0 else temperature) * cross[k, r, c]
                 bias_covariance[r, c] = total
+            if with_share:
+                through_bias[r, c] = _through_bias(jac, cross, bias_cov, r, c)
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))
@@ -1451,14 +1479,16 @@ def expected_variance(nframes, read_var, signal, inv_gain, bias_cov, temperature
 
 @_kernel((_in(_F4, 2), _in(_F4, 2), _in(_F4, 2), _in(_I2, 2), _in(_F4, 2), _F8, _in(_F4, 3), _F8, _B,
           _in(_B, 2), _in(_B, 2), _F8, _I8, _I8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 3), _out(_F4, 2)))
-def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_gain, bias_cov, temperature, use_bias,
+def compare_frames(master, prediction, fitted_var, nframes, read_var, inv_gain, bias_cov, temperature, use_bias,
                    good, hot, snr_min, factor, step, mae, mape, previews, sample):
     """Compare a synthetic frame with a master in one pass: residual maps, their sums and previews.
 
     Parameters
     ----------
-    master, prediction, prediction_var : ndarray, shape (ny, nx), float32
-        Master [DN], synthetic frame [DN] and the variance of the prediction [DN^2].
+    master, prediction, fitted_var : ndarray, shape (ny, nx), float32
+        Master [DN], synthetic frame [DN] and the variance [DN^2] the model's fit takes out of the master's residual
+        (:meth:`cmoscal.model.CalibrationModel.fitted_prediction`; the prediction's variance for a fit to the master's
+        own noise).
     nframes, read_var, inv_gain, bias_cov, temperature, use_bias
         The master's noise model, as :func:`expected_variance`.
     good, hot : ndarray of bool, shape (ny, nx)
@@ -1482,8 +1512,8 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
     -------
     ndarray, shape (2, 9)
         Per set (good, hot) the sums named by :data:`COMPARE_SUMS`: pixels, sum of z^2, sum of
-        (1 - var_pred / var) clipped to [0, 1], pixels with a MAPE, sums of MAE and MAE^2, sums of
-        MAPE and MAPE^2, sum of z.
+        (1 - fitted_var / var) clipped to [0, 1] (the in-sample expectation of z^2), pixels with a MAPE,
+        sums of MAE and MAE^2, sums of MAPE and MAPE^2, sum of z.
     """
     ny, nx = master.shape
     by, bx = previews.shape[1], previews.shape[2]
@@ -1515,7 +1545,7 @@ def compare_frames(master, prediction, prediction_var, nframes, read_var, inv_ga
                 if usable and (good[row, col] if k == 0 else hot[row, col]):
                     sums[k, 0] += 1.0
                     sums[k, 1] += (r / s) ** 2
-                    sums[k, 2] += 1.0 - min(max(prediction_var[row, col] / variance, 0.0), 1.0)
+                    sums[k, 2] += 1.0 - min(max(fitted_var[row, col] / variance, 0.0), 1.0)
                     sums[k, 3] += significant
                     sums[k, 4] += a
                     sums[k, 5] += a * a

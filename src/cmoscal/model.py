@@ -37,6 +37,7 @@ __all__ = ["BIAS_EQUATION", "MODEL_FILE", "CalibrationModel", "equations", "shar
            "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
+         "GAINERR": "relative standard error of GAIN (0: stated)",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
          "RNOWNDOF": "of them from each pixel's own frames", "RNPOPDOF": "of them from the population",
@@ -205,22 +206,36 @@ class CalibrationModel:
     def frame_prediction(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
         """Synthetic frame bias(T) + dark signal(T, t) [DN] and its variance [DN^2], unchecked: the variances of the
         two models and twice their covariance."""
-        dark, dark_var, covariance = self._predicted(temperature, exptime, with_bias=True)
+        dark, dark_var, covariance, _ = self._predicted(temperature, exptime, with_bias=True)
         frame = bias_at(self.bias_a, self.bias_b, temperature) + dark
         return frame, self.bias_variance(temperature) + dark_var + 2 * covariance
 
-    def _predicted(self, temperature, exptime, with_bias: bool) -> tuple:
-        """Dark signal, its variance and (``with_bias``) its covariance with the bias model at T (float32, one
-        compiled pass; else an empty array)."""
+    def fitted_prediction(self, temperature: float, exptime: float) -> tuple[np.ndarray, np.ndarray]:
+        """Dark signal [DN] at a calibrated (T, t) and the variance [DN^2] the fit takes out of the residual of the
+        master it was fitted to there, unchecked.
+
+        That master shares the bias model's error with the prediction, so its in-sample residual has the variance
+        of its noise (the bias model's included) less var(prediction) - 2 cov(prediction, bias model) - 2 v_b, v_b
+        the part of var(prediction) the bias model's error makes; without that error, less var(prediction) (the
+        leverage h times the noise, for a linear fit).
+        """
+        dark, dark_var, covariance, through_bias = self._predicted(temperature, exptime, with_bias=True, share=True)
+        return dark, dark_var - 2 * (covariance + through_bias)
+
+    def _predicted(self, temperature, exptime, with_bias: bool, share: bool = False) -> tuple:
+        """Dark signal, its variance, (``with_bias``) its covariance with the bias model at T and (``share``) the part
+        of its variance the bias model's error makes (float32, one compiled pass; else empty arrays)."""
         signal, variance = (np.empty(self.dq.shape, np.float32) for _ in range(2))
         covariance = np.empty(self.dq.shape if with_bias else (0, 0), np.float32)
+        through_bias = np.empty(self.dq.shape if share else (0, 0), np.float32)
         cross = self.dark_bias_cov if with_bias else np.empty((0, 0, 0))
+        bias_cov = self.bias_cov if share else np.empty((0, 0, 0))
         x = float(temperature_feature(temperature, self.tmin, self.form))
         predict_dark(np.ascontiguousarray(self.dark, dtype=np.float64),
                      np.ascontiguousarray(self.dark_cov, dtype=np.float32),
-                     np.ascontiguousarray(cross, dtype=np.float32), x, float(np.log(exptime)), float(temperature),
-                     signal, variance, covariance)
-        return signal, variance, covariance
+                     np.ascontiguousarray(cross, dtype=np.float32), np.ascontiguousarray(bias_cov, dtype=np.float32),
+                     x, float(np.log(exptime)), float(temperature), signal, variance, covariance, through_bias)
+        return signal, variance, covariance, through_bias
 
     def dark_variance(self, temperature: float, exptime: float) -> np.ndarray:
         """Variance [DN^2] of :meth:`dark_signal` from the parameter covariance."""

@@ -50,14 +50,14 @@ def _group(params: dict, kind: str, index_entry, label: str, inv_gain: float, dr
     if dropped is not None:
         good[dropped] = False
     if kind == "bias":
-        synth, var_pred = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
+        synth, fitted_var = bias_at(model.bias_a, model.bias_b, T), model.bias_variance(T)
         noise = Noise(masters.nframes, model.read_variance, 0.0)
     else:
-        synth, var_pred = model.prediction(T, t)
+        synth, fitted_var = model.fitted_prediction(T, t)
         bias = (model.bias_a, model.bias_b, model.bias_cov) if params["dark_bias"] == "model" else None
         noise = Noise(masters.nframes, model.read_variance, inv_gain, bias)
     hot = has(model.dq, DQ.HOT) & valid
-    mae, mape, stats, previews = compare(synth, master, var_pred, noise, T, good, hot, params["snr_min"], PREVIEW)
+    mae, mape, stats, previews = compare(synth, master, fitted_var, noise, T, good, hot, params["snr_min"], PREVIEW)
     row = dict(group=label, kind=kind, temperature=T, exptime=t if kind == "dark" else 0.0, **stats)
     return row, previews, (mae, mape) if params["save_eval_fits"] else None
 

@@ -5,7 +5,7 @@ import pytest
 from astropy.stats import sigma_clip
 
 from cmoscal.config import default_params
-from cmoscal.masters import FrameRules, combine, frame_problem, gain_sums, group_noise, inverse_gain
+from cmoscal.masters import FrameRules, combine, frame_problem, gain_error, gain_sums, group_noise, inverse_gain
 from cmoscal.noise import read_variance
 
 
@@ -104,6 +104,24 @@ def test_noise_model_recovers_read_noise_and_gain():
     var = (rn**2 + signal / gain + jitter) * rng.chisquare(n - 1, signal.shape) / (n - 1) / n
     sums = sum(gain_sums(signal[k], var[k], np.full(shape, n), rv) for k in range(len(signal)))
     assert abs(1 / inverse_gain(sums) - gain) / gain < 0.03
+
+
+def test_the_gain_error_matches_the_scatter_of_the_gain():
+    """The stated error of the gain is its scatter over repeated campaigns: pulls ~1."""
+    rng = np.random.default_rng(6)
+    shape, n, rn, gain = (40, 40), 3, 1.5, 2.0
+    levels = np.geomspace(3, 300, 8)
+    pulls, errors = [], []
+    for _ in range(200):
+        signal = levels[:, None, None] + np.zeros((1,) + shape)
+        var = (rn**2 + signal / gain) * rng.chisquare(n - 1, signal.shape) / (n - 1) / n
+        sums = sum(gain_sums(signal[k], var[k], np.full(shape, n), np.full(shape, rn**2)) for k in range(len(levels)))
+        measured, error = 1 / inverse_gain(sums), gain_error(sums)
+        pulls.append((measured - gain) / (error * measured))
+        errors.append(error)
+    assert 0.85 < np.std(pulls) < 1.15 and abs(np.mean(pulls)) < 0.2
+    assert 0.01 < np.median(errors) < 0.1  # a few small groups measure it to a few per cent
+    assert np.isnan(gain_error(sums[:5]))  # the sums of an older cmoscal: no error to state
 
 
 @pytest.mark.parametrize("kind", ["bias", "dark"])

@@ -29,9 +29,9 @@ from .inventory import celsius
 from .kernels import combine_stack, sorting_network, subtract_bias
 from .products import product
 
-__all__ = ["FrameRules", "MasterSet", "MasterTask", "combine", "frame_levels", "frame_problem", "gain_sums",
-           "group_noise", "inverse_gain", "level_departure", "load_masters", "make_master", "master_index",
-           "master_path", "pixel_series", "summarize_masters", "write_master"]
+__all__ = ["GAIN_SUMS", "FrameRules", "MasterSet", "MasterTask", "combine", "frame_levels", "frame_problem",
+           "gain_error", "gain_sums", "group_noise", "inverse_gain", "level_departure", "load_masters", "make_master",
+           "master_index", "master_path", "pixel_series", "summarize_masters", "write_master"]
 
 _EXTENSIONS = ("VARIANCE", "NFRAMES", "NSATUR", "NCLIP")
 
@@ -219,35 +219,73 @@ def combine(stack: np.ndarray, method: str = "mean", clip_sigma: float = 4.0, no
     return out
 
 
+#: the photon-transfer sums of a dark master (header cards GAINS0...): those of the fit, sum s^2, s^3, s^4, s e,
+#: s^2 e, then those of its error (:func:`gain_error`), sum s^5...s^8, s^3 e...s^6 e, s^2 e^2...s^4 e^2
+GAIN_SUMS = 16
+
+
 def gain_sums(signal, variance, nframes, read_var) -> np.ndarray:
-    """Sums of the photon-transfer fit excess = signal / gain + c * signal^2 over one group's pixels.
+    """The :data:`GAIN_SUMS` sums of the photon-transfer fit excess = signal / gain + c * signal^2 over one group's
+    pixels.
 
     The per-frame variance of a master (variance * frames) exceeds the read variance by
     signal / gain, plus a term growing as signal^2 (the frames' dark differs with their
     temperature jitter; pixel response differences): the quadratic term keeps it out of the
     gain. Pixels of one-frame masters, with non-finite values or above the 99th percentile (hot
-    pixels) are left out. Returns (sum s^2, sum s^3, sum s^4, sum s e, sum s^2 e); summed over
-    groups, they give 1/gain by :func:`inverse_gain`.
+    pixels) are left out. Summed over groups, the sums give 1/gain (:func:`inverse_gain`) and its error
+    (:func:`gain_error`).
     """
     excess = variance.astype(np.float64) * nframes - read_var
     ok = (nframes > 1) & np.isfinite(excess) & np.isfinite(signal) & (signal > 0)
     if not ok.any():
-        return np.zeros(5)
+        return np.zeros(GAIN_SUMS)
     s, e = signal[ok].astype(np.float64), excess[ok]
     keep = s <= np.percentile(s, 99)
     s, e = s[keep], e[keep]
-    return np.array([np.sum(s ** 2), np.sum(s ** 3), np.sum(s ** 4), np.sum(s * e), np.sum(s * s * e)])
+    return np.array([np.sum(s ** 2), np.sum(s ** 3), np.sum(s ** 4), np.sum(s * e), np.sum(s * s * e),
+                     *(np.sum(s ** k) for k in range(5, 9)), *(np.sum(s ** k * e) for k in range(3, 7)),
+                     *(np.sum(s ** k * e * e) for k in range(2, 5))])
+
+
+def _photon_transfer(sums) -> tuple[float, float]:
+    """(1/gain, c) of the fit excess = s / gain + c s^2 from the first five :func:`gain_sums`; c = 0 when one
+    signal level leaves no room for the quadratic term."""
+    s2, s3, s4, se, s2e = sums[:5]
+    det = s2 * s4 - s3 * s3
+    if s2 <= 0 or det <= 1e-9 * s2 * s4:
+        return (se / s2 if s2 > 0 else 0.0), 0.0
+    return (s4 * se - s3 * s2e) / det, (s2 * s2e - s3 * se) / det
 
 
 def inverse_gain(sums) -> float:
     """1/gain [DN/e-] from the summed :func:`gain_sums` (0 when the darks do not measure it)."""
-    s2, s3, s4, se, s2e = sums
-    det = s2 * s4 - s3 * s3
-    if s2 <= 0 or det <= 1e-9 * s2 * s4:  # one signal level: no room for the quadratic term
-        value = se / s2 if s2 > 0 else 0.0
+    return float(max(_photon_transfer(sums)[0], 0.0))
+
+
+def gain_error(sums) -> float:
+    """Relative standard error of the gain of :func:`inverse_gain` from the same summed :func:`gain_sums`: the
+    sandwich covariance of the fit, (X^T X)^-1 X^T diag(r^2) X (X^T X)^-1 with X = (s, s^2) and r the residuals,
+    which the pixels' own scatter sets (pixels are independent). NaN where not measured (or sums of an older
+    cmoscal, without the error's)."""
+    if len(sums) < GAIN_SUMS or inverse_gain(sums) <= 0:
+        return np.nan
+    s2, s3, s4 = sums[:3]
+    power = dict(zip(range(2, 9), (s2, s3, s4, *sums[5:9])))  # sum s^k
+    with_e = dict(zip(range(1, 7), (sums[3], sums[4], *sums[9:13])))  # sum s^k e
+    with_e2 = dict(zip(range(2, 5), sums[13:16]))  # sum s^k e^2
+    b1, b2 = _photon_transfer(sums)
+
+    def r2(m):  # sum s^m r^2, r = e - b1 s - b2 s^2
+        return (with_e2[m] - 2 * b1 * with_e[m + 1] - 2 * b2 * with_e[m + 2] + b1 * b1 * power[m + 2]
+                + 2 * b1 * b2 * power[m + 3] + b2 * b2 * power[m + 4])
+
+    if b2 == 0.0:  # the fit through the origin alone
+        variance = r2(2) / s2 ** 2
     else:
-        value = (s4 * se - s3 * s2e) / det
-    return float(max(value, 0.0))
+        bread = np.linalg.inv(np.array([[s2, s3], [s3, s4]]))
+        meat = np.array([[r2(2), r2(3)], [r2(3), r2(4)]])
+        variance = (bread @ meat @ bread)[0, 0]
+    return float(np.sqrt(max(variance, 0.0)) / b1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -376,7 +414,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, rules, scale, sa
     frames = [(names[i], "rejected" if r else "used", r, counts[i][0] / npix, counts[i][2] / npix)
               for i, r in enumerate(reasons)]
     if not good:
-        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=np.zeros(5), clipped=0,
+        return dict(path=None, frames=frames, nbytes=nbytes, noise=(0.0, 0.0), gain=np.zeros(GAIN_SUMS), clipped=0,
                     levels=[])
     use_refs = [refs[i] for i in good]
     use_T = [temperatures[i] for i in good]
@@ -394,7 +432,7 @@ def make_master(refs, names, temperatures, exptime, kind, path, rules, scale, sa
                 _remove_bias(band, bias_source, use_T, band_slice)
             parts.append(combine(band, rules.combine, rules.clip_sigma, noise))
     combined = parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
-    gain = np.zeros(5)
+    gain = np.zeros(GAIN_SUMS)
     if read_noise_map is not None:  # a campaign-wide number: the fixed sample rows measure it
         gain = gain_sums(combined[0][rows], combined[1][rows], combined[2][rows], read_var)
     inputs = [names[i] for i in good]
@@ -418,7 +456,7 @@ def master_path(output_dir: str | Path, kind: str, temperature: float, exptime: 
 
 
 def write_master(path, combined, *, kind: str, temperatures, exptime: float, inputs, rules: FrameRules, scale: float,
-                 saturation: float, noise, rejected=(), subtracted: str = "", gain=np.zeros(5)) -> Path:
+                 saturation: float, noise, rejected=(), subtracted: str = "", gain=np.zeros(GAIN_SUMS)) -> Path:
     """Write one master (the output of :func:`combine`) with its provenance."""
     master, variance, nframes, nsat, nclip = combined
     header = fits.Header()

@@ -4,7 +4,7 @@ Each raw dark frame is read once; from it the bias is removed (the bias model at
 own temperature, or the nearest master bias) and the frames of a group are combined with
 temporal clipping (cosmic rays). Writes ``dark_masters/darks_TxxC_texpYYs.fits`` and
 ``dark_masters/frames.ecsv``. The gain sums of each group (for the noise model) are in the
-master headers (GAINS0..GAINS4).
+master headers (GAINS0..., :data:`cmoscal.masters.GAIN_SUMS`).
 """
 
 from __future__ import annotations

@@ -30,16 +30,16 @@ from ..errors import CampaignError, CampaignWarning
 from ..fitsio import read_product, reference, write_hdus, write_table
 from ..forms import FORMS, dark_form
 from ..inventory import frame_label
-from ..kernels import FIT_FLAGS
-from ..masters import inverse_gain, load_masters, master_index
+from ..kernels import COVARIANCE_PLANES, FIT_FLAGS
+from ..masters import GAIN_SUMS, gain_error, inverse_gain, load_masters, master_index
 from ..model import CalibrationModel, shared_model
 from ..noise import Noise
 from ..products import note, product, required, shaping, stage
 from . import bias as bias_stage
 from . import inventory as inventory_stage
 
-__all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options", "gain", "map_writes", "model_id",
-           "run", "sample_inputs"]
+__all__ = ["FitSetup", "TileFit", "compare_models", "fit_inputs", "fit_options", "gain", "gain_source_text",
+           "map_writes", "model_id", "run", "sample_inputs"]
 
 
 def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
@@ -54,27 +54,50 @@ def model_id(params: dict, inventory, stage_name: str = "dark_model") -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def gain(params: dict, index, inventory, before: CalibrationModel | None = None) -> tuple[float, str]:
-    """1/gain [DN/e-] and where it comes from: the parameter, the prior model ``before`` (a few in-flight darks
-    measure it to ~10 %, a ground campaign to ~1 %), the dark frames, the headers, or unknown."""
+#: the relative error of a measured gain above which the campaign is warned (the shot noise scales with it)
+GAIN_ERROR_WARN = 0.05
+
+
+def gain(params: dict, index, inventory, before: CalibrationModel | None = None) -> tuple[float, str, float]:
+    """1/gain [DN/e-], where it comes from (the parameter, the prior model ``before``, the dark frames, the headers,
+    or unknown) and the gain's relative standard error (0 for a stated gain, NaN where not known).
+
+    A gain measured from the darks to worse than :data:`GAIN_ERROR_WARN` is warned about: the noise model's shot
+    noise, hence chi-square and the uncertainties of bright pixels, carry its error (a few in-flight darks measure it
+    to ~10-20 %, a ground campaign to ~1 %).
+    """
     if params["gain"] is not None:
-        return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN"
+        return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN", 0.0
     if before is not None and before.meta.get("GAIN", 0) > 0:
-        return 1 / before.meta["GAIN"], f"prior model {before.meta.get('CAMPAIGN', '')}"
-    measured = inverse_gain(np.sum([[h.get(f"GAINS{k}", 0.0) for k in range(5)] for _, h in index], axis=0))
+        source = f"prior model {before.meta.get('CAMPAIGN', '')}"
+        return 1 / before.meta["GAIN"], source, before.meta.get("GAINERR", np.nan)
+    sums = np.sum([[h.get(f"GAINS{k}", 0.0) for k in range(GAIN_SUMS)] for _, h in index], axis=0)
+    measured = inverse_gain(sums)
     if measured > 0:
-        return measured, "measured: photon transfer of dark frames"
+        error = gain_error(sums)
+        if not error <= GAIN_ERROR_WARN:
+            known = f"to +-{error:.0%} only" if np.isfinite(error) else "with an unknown error"
+            warnings.warn(f"gain {1 / measured:.3g} e-/DN measured from the darks {known}: the shot noise, chi-square "
+                          "and the uncertainties of bright pixels carry that error; set gain if it is known",
+                          CampaignWarning, stacklevel=2)
+        return measured, "measured: photon transfer of dark frames", error
     ok = inventory["status"] == "ok"
     egain = inventory["egain"][ok & np.isfinite(inventory["egain"])]
     if len(egain):
         value = float(np.median(egain)) * inventory.meta["scale_factor"]
         warnings.warn(f"gain not measurable (no dark group with >= 2 frames and shot noise): {value:.3g} e-/DN "
                       "from EGAIN in the headers", CampaignWarning, stacklevel=2)
-        return 1 / value, "EGAIN in the raw headers"
+        return 1 / value, "EGAIN in the raw headers", np.nan
     warnings.warn("gain unknown (no dark group with >= 2 frames, no EGAIN, no gain parameter): the noise model "
                   "has no shot noise, so chi-square and uncertainties of bright pixels are too optimistic; set gain",
                   CampaignWarning, stacklevel=2)
-    return 0.0, "unknown"
+    return 0.0, "unknown", np.nan
+
+
+def gain_source_text(meta: dict) -> str:
+    """Where a model's gain comes from and, where known, its relative standard error (GAINSRC, GAINERR)."""
+    error = meta.get("GAINERR", np.nan)
+    return meta.get("GAINSRC", "unknown source") + (f"; +-{error:.1%}" if error > 0 else "")
 
 
 def _dimension(params: dict, exptimes) -> bool:
@@ -231,27 +254,36 @@ def sample_inputs(params: dict, index, inv_gain: float) -> dict:
 
 
 def _sample_tile(setup: FitSetup, rows):
-    """Fit a few rows (a task): the flags and parameters of their pixels."""
+    """Fit a few rows (a task): the flags, parameters and covariance planes of their pixels."""
     fit = _fit(fit_inputs(setup.params, setup.index, rows, setup.inv_gain), setup)
-    return fit.flags, fit.params
+    return fit.flags, fit.params, fit.cov
+
+
+#: the share of the fits' scatter a population spread keeps at least, where the fits' own noise hides it
+UNRESOLVED_SPREAD = 0.1
 
 
 def _population(setup: FitSetup) -> tuple:
-    """Median and robust variance of slope and gamma over pixels with a trusted own fit (fixed sample rows).
+    """Median and variance of slope, gamma (and floor) over the pixels with a trusted own fit (fixed sample rows).
 
+    The variance is the population's own: the robust variance (MAD as sigma) of the fits less their median
+    estimation variance (the fits' noise widens their scatter; a prior of that width would overstate a fallback
+    pixel's uncertainty), at least :data:`UNRESOLVED_SPREAD` of the scatter where the fits' noise hides it.
     Returns the prior (slope, gamma, floor, var slope, var gamma, var floor; the floor NaN for a form without one)
     and the share of trusted pixels.
     """
     rows = sample_rows(setup.index[0][1]["NAXIS2"])
     tasks = [(setup, part) for part in np.array_split(rows, max(4, workers(setup.params)))]
-    flags, theta = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, setup.params)))
+    flags, theta, cov = (np.concatenate(p, axis=-1) for p in zip(*run_tiles(_sample_tile, tasks, setup.params)))
     own = (flags & FIT_FLAGS["CONVERGED"]).astype(bool) & ~(flags & FIT_FLAGS["FALLBACK"]).astype(bool)
     if not own.any():
         raise CampaignError("no pixel's dark fit is determined: the darks carry no measurable dark signal "
                             "(or the exposures/temperatures do not constrain the model)")
     planes = (1, 2, 3) if len(theta) == 4 else (1, 2)
     center = [float(np.median(theta[k][own])) for k in planes]
-    spread = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip(planes, center)]
+    scatter = [float((1.4826 * np.median(np.abs(theta[k][own] - c))) ** 2) for k, c in zip(planes, center)]
+    noise = [float(np.median(cov[COVARIANCE_PLANES.index((k, k))][own])) for k in planes]
+    spread = [max(s - n, UNRESOLVED_SPREAD * s) for s, n in zip(scatter, noise)]
     gamma, floor = setup.fit_gamma, len(theta) == 4
     return (center[0], center[1] if gamma else 1.0, center[2] if floor else np.nan, spread[0],
             spread[1] if gamma else 0.0, spread[2] if floor else 0.0), float(own.mean())
@@ -336,7 +368,7 @@ def run(params: dict) -> dict:
     before = prior_model.load(params, (ny, nx))
     fit_gamma = _dimension(params, exptimes) if before is None else before.fit_gamma
     tmin = float(temperatures.min()) if before is None else before.tmin
-    inv_gain, gain_source = gain(params, index, inventory, before)
+    inv_gain, gain_source, gain_err = gain(params, index, inventory, before)
     sample = sample_inputs(params, index, inv_gain)
     comparison = compare_models(params, sample, saturation, tmin, fit_gamma)
     form = comparison.meta["used"] if before is None else before.form
@@ -379,6 +411,7 @@ def run(params: dict) -> dict:
         exprange=(float(exptimes.min()), float(exptimes.max())), max_extrapolation=params["max_extrapolation"],
         max_exposure_factor=params["max_exposure_factor"], prior=prior,
         meta=dict(CAMPAIGN=params["campaign"], GAIN=1 / inv_gain if inv_gain > 0 else 0.0, GAINSRC=gain_source[:40],
+                  GAINERR=gain_err,
                   SCALEFAC=inventory.meta["scale_factor"], SATURATE=saturation, NBIASM=len(bias_index),
                   NDARKM=len(index), NBIAS=sum(h["NCOMBINE"] for _, h in bias_index),
                   RNSOURCE=bias["header"].get("RNSOURCE", "bias groups"),

@@ -27,6 +27,7 @@ from ..forms import dark_form
 from ..model import CalibrationModel, shared_model
 from ..products import product, required, stage, stage_states, upstream
 from . import bias as bias_stage
+from . import dark_model
 from . import inventory as inventory_stage
 
 __all__ = ["CHECKS", "Check", "Evidence", "files_accounted", "load", "load_record", "model_numbers", "run"]
@@ -90,7 +91,7 @@ def model_numbers(model: CalibrationModel, comparison: Table | None = None, thre
     table = Table(rows=[(name, *spread, unit) for (name, _, unit), spread in zip(rows, spreads)],
                   names=("quantity", "median", "spread", "unit"))
     gain = float(model.meta.get("GAIN") or np.nan)
-    table.add_row(("gain", gain, np.nan, f"e-/DN ({model.meta.get('GAINSRC', 'unknown source')})"))
+    table.add_row(("gain", gain, np.nan, f"e-/DN ({dark_model.gain_source_text(model.meta)})"))
     table.meta.update(form=model.form, dimension="2d" if model.fit_gamma else "1d", pixels=int(good.sum()),
                       share=float(good.mean()))
     if comparison is not None:

@@ -1346,18 +1346,22 @@ def _with_floor(dark, cov, x, ln_t, r, c):
 
 
 @njit(cache=True, nogil=True)
-def _through_bias(jac, cross, bias_cov, r, c):
-    """u C+ u^T: the variance the bias model's error (covariance C, planes var a, var b, cov ab of ``bias_cov``) adds
-    to a prediction of Jacobian ``jac`` through the fit, from its covariance with (a, b), u = jac ``cross``
-    (:data:`CROSS_PLANES`; cross = -K C for the parameters' response K to that error, so u C+ u^T = jac K C K^T
-    jac^T; C+ the pseudo-inverse: a bias parameter without error moves nothing)."""
+def _bias_response(jac, cross, r, c):
+    """u = jac ``cross``: a prediction's covariance with the bias model's (a, b), from the planes of pixel (r, c) in
+    the order of :data:`CROSS_PLANES` ((i, b) in plane 2 i + b)."""
     u0 = u1 = 0.0
-    for k in range(cross.shape[0]):
-        i, b = CROSS_PLANES[k]
-        if b == 0:
-            u0 += jac[i] * cross[k, r, c]
-        else:
-            u1 += jac[i] * cross[k, r, c]
+    for i in range(cross.shape[0] // 2):
+        u0 += jac[i] * cross[2 * i, r, c]
+        u1 += jac[i] * cross[2 * i + 1, r, c]
+    return u0, u1
+
+
+@njit(cache=True, nogil=True)
+def _through_bias(u0, u1, bias_cov, r, c):
+    """u C+ u^T: the variance the bias model's error (covariance C, planes var a, var b, cov ab of ``bias_cov``) adds
+    to a prediction through the fit, from its covariance u with (a, b) (:func:`_bias_response`; u = -jac K C for the
+    parameters' response K to that error, so u C+ u^T = jac K C K^T jac^T; C+ the pseudo-inverse: a bias parameter
+    without error moves nothing)."""
     va, vb, ab = float(bias_cov[0, r, c]), float(bias_cov[1, r, c]), float(bias_cov[2, r, c])
     det, trace = va * vb - ab * ab, va + vb
     if det > 1e-12 * trace * trace:
@@ -1396,13 +1400,10 @@ def predict_dark(dark, cov, cross, bias_cov, x, ln_t, temperature, signal, varia
                 jac = (s, s * x, s * ln_t, 0.0)
             signal[r, c] = s
             if with_bias:
-                total = 0.0
-                for k in range(cross.shape[0]):
-                    i, b = CROSS_PLANES[k]
-                    total += jac[i] * (1.0 if b == 0 else temperature) * cross[k, r, c]
-                bias_covariance[r, c] = total
-            if with_share:
-                through_bias[r, c] = _through_bias(jac, cross, bias_cov, r, c)
+                u0, u1 = _bias_response(jac, cross, r, c)
+                bias_covariance[r, c] = u0 + temperature * u1
+                if with_share:
+                    through_bias[r, c] = _through_bias(u0, u1, bias_cov, r, c)
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))

@@ -220,7 +220,10 @@ class CalibrationModel:
         leverage h times the noise, for a linear fit).
         """
         dark, dark_var, covariance, through_bias = self._predicted(temperature, exptime, with_bias=True, share=True)
-        return dark, dark_var - 2 * (covariance + through_bias)
+        fitted = np.add(covariance, through_bias, out=through_bias)  # in place: a frame's worth of float32 each
+        fitted *= -2
+        fitted += dark_var
+        return dark, fitted
 
     def _predicted(self, temperature, exptime, with_bias: bool, share: bool = False) -> tuple:
         """Dark signal, its variance, (``with_bias``) its covariance with the bias model at T and (``share``) the part

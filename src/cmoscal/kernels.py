@@ -1361,14 +1361,14 @@ def _through_bias(u0, u1, bias_cov, r, c):
     """u C+ u^T: the variance the bias model's error (covariance C, planes var a, var b, cov ab of ``bias_cov``) adds
     to a prediction through the fit, from its covariance u with (a, b) (:func:`_bias_response`; u = -jac K C for the
     parameters' response K to that error, so u C+ u^T = jac K C K^T jac^T; C+ the pseudo-inverse: a bias parameter
-    without error moves nothing)."""
+    without error moves nothing). Selects, not branches: a loop of it vectorizes."""
     va, vb, ab = float(bias_cov[0, r, c]), float(bias_cov[1, r, c]), float(bias_cov[2, r, c])
     det, trace = va * vb - ab * ab, va + vb
-    if det > 1e-12 * trace * trace:
-        return (u0 * u0 * vb - 2.0 * u0 * u1 * ab + u1 * u1 * va) / det
-    if trace > 0:  # rank one: C+ = C / trace^2
-        return (u0 * u0 * va + 2.0 * u0 * u1 * ab + u1 * u1 * vb) / (trace * trace)
-    return 0.0
+    full = det > 1e-12 * trace * trace  # else rank one (or zero): C+ = C / trace^2
+    num = (u0 * u0 * vb - 2.0 * u0 * u1 * ab + u1 * u1 * va) if full else (
+        u0 * u0 * va + 2.0 * u0 * u1 * ab + u1 * u1 * vb)
+    den = det if full else trace * trace
+    return num / den if den > 0 else 0.0
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _in(_F4, 3), _in(_F4, 3), _F8, _F8, _F8, _out(_F4, 2), _out(_F4, 2), _out(_F4, 2),
@@ -1388,6 +1388,7 @@ def predict_dark(dark, cov, cross, bias_cov, x, ln_t, temperature, signal, varia
     floor = dark.shape[0] == 4
     with_bias = cross.shape[0] > 0
     with_share = with_bias and bias_cov.shape[0] > 0
+    u0_row, u1_row = np.empty(signal.shape[1]), np.empty(signal.shape[1])  # the share in a loop of its own
     for r in range(signal.shape[0]):
         for c in range(signal.shape[1]):
             if floor:
@@ -1400,10 +1401,11 @@ def predict_dark(dark, cov, cross, bias_cov, x, ln_t, temperature, signal, varia
                 jac = (s, s * x, s * ln_t, 0.0)
             signal[r, c] = s
             if with_bias:
-                u0, u1 = _bias_response(jac, cross, r, c)
-                bias_covariance[r, c] = u0 + temperature * u1
-                if with_share:
-                    through_bias[r, c] = _through_bias(u0, u1, bias_cov, r, c)
+                u0_row[c], u1_row[c] = _bias_response(jac, cross, r, c)
+                bias_covariance[r, c] = u0_row[c] + temperature * u1_row[c]
+        if with_share:
+            for c in range(signal.shape[1]):
+                through_bias[r, c] = _through_bias(u0_row[c], u1_row[c], bias_cov, r, c)
 
 
 @_kernel((_in(_F8, 3), _in(_F4, 3), _F8, _F8, _out(_F8, 2), _out(_F8, 2)))

@@ -107,7 +107,7 @@ def test_noise_model_recovers_read_noise_and_gain():
 
 
 def test_the_gain_error_matches_the_scatter_of_the_gain():
-    """The stated error of the gain is its scatter over repeated campaigns: pulls ~1."""
+    """The stated (statistical) error of the gain is its scatter over repeated campaigns of ideal frames: pulls ~1."""
     rng = np.random.default_rng(6)
     shape, n, rn, gain = (40, 40), 3, 1.5, 2.0
     levels = np.geomspace(3, 300, 8)

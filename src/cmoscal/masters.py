@@ -263,10 +263,11 @@ def inverse_gain(sums) -> float:
 
 
 def gain_error(sums) -> float:
-    """Relative standard error of the gain of :func:`inverse_gain` from the same summed :func:`gain_sums`: the
+    """Statistical relative error of the gain of :func:`inverse_gain` from the same summed :func:`gain_sums`: the
     sandwich covariance of the fit, (X^T X)^-1 X^T diag(r^2) X (X^T X)^-1 with X = (s, s^2) and r the residuals,
-    which the pixels' own scatter sets (pixels are independent). NaN where not measured (or sums of an older
-    cmoscal, without the error's)."""
+    which the pixels' own scatter sets (pixels are independent; a split of the pixels into 8 column sets agrees).
+    It leaves out the estimator's bias (low-signal pixels, the read variance it subtracts). NaN where not measured
+    (or sums of an older cmoscal, without the error's)."""
     if len(sums) < GAIN_SUMS or inverse_gain(sums) <= 0:
         return np.nan
     s2, s3, s4 = sums[:3]

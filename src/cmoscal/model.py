@@ -37,7 +37,7 @@ __all__ = ["BIAS_EQUATION", "MODEL_FILE", "CalibrationModel", "equations", "shar
            "write_synthetic"]
 
 _META = {"CAMPAIGN": "calibration campaign", "GAIN": "e-/DN (0: unknown)", "GAINSRC": "source of GAIN",
-         "GAINERR": "relative standard error of GAIN (0: stated)",
+         "GAINERR": "statistical relative error of GAIN (0: stated)",
          "SCALEFAC": "raw / SCALEFAC = DN", "SATURATE": "DN", "NBIAS": "bias frames", "NDARK": "dark frames",
          "NBIASM": "master biases", "NDARKM": "master darks", "RNDOF": "degrees of freedom of READ_NOISE",
          "RNOWNDOF": "of them from each pixel's own frames", "RNPOPDOF": "of them from the population",

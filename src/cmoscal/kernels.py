@@ -234,7 +234,10 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
     median : bool
         Median instead of clipped mean (no clipping).
     master, variance : ndarray, shape (R, X), float32 (out)
-        Combined frame and its variance from the scatter of the samples used (NaN below 2).
+        Combined frame and its variance (NaN below 2 samples used): the scatter of the samples within twice the
+        clipping distance over the samples used. The scatter of the clipped samples alone reads low (a 5-frame
+        group clips ~0.1-0.6 % of good samples around its noisy median: 1-3 % of the excess variance at a few DN,
+        which biased the gain high); cosmic rays lie beyond twice.
     nused, nsat, nclip : ndarray, shape (R, X) (out)
         Samples used, saturated samples (uint8, at most 255) and samples clipped.
 
@@ -250,8 +253,11 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
     mad = np.empty(X, np.float32)
     lo = np.empty(X, np.float32)
     hi = np.empty(X, np.float32)
+    wide_lo = np.empty(X, np.float32)  # the scatter's bounds: twice the clipping distance
+    wide_hi = np.empty(X, np.float32)
     total = np.empty(X, np.float32)
     count = np.empty(X, np.int32)
+    wide_count = np.empty(X, np.int32)
     for r in range(R):
         k[:] = 0
         sat[:] = 0
@@ -275,18 +281,22 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
         _middle(dev, k, mad)
         for x in range(X):
             n = k[x]
-            lo[x] = -np.inf
-            hi[x] = np.inf
+            lo[x] = wide_lo[x] = -np.inf
+            hi[x] = wide_hi[x] = np.inf
             if median or n < 2:
                 continue
             if n >= 3:
                 scale = max(1.4826 * mad[x], np.sqrt(floor_var + max(center[x], 0.0) * max(inv_gain, 0.0)))
                 lo[x] = center[x] - clip_sigma * scale
                 hi[x] = center[x] + clip_sigma * scale
+                wide_lo[x] = center[x] - 2.0 * clip_sigma * scale
+                wide_hi[x] = center[x] + 2.0 * clip_sigma * scale
             elif inv_gain >= 0:  # two samples
                 sigma = np.sqrt(floor_var + max(rows[0, x], 0.0) * inv_gain)
                 if rows[1, x] - rows[0, x] > clip_sigma * np.sqrt(2.0) * sigma:
                     hi[x] = rows[0, x]
+                if rows[1, x] - rows[0, x] > 2.0 * clip_sigma * np.sqrt(2.0) * sigma:
+                    wide_hi[x] = rows[0, x]
         total[:] = 0
         count[:] = 0
         for i in range(N):
@@ -297,17 +307,28 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
                 count[x] += np.int32(keep)
         for x in range(X):
             total[x] = total[x] / count[x] if count[x] > 0 else np.nan
+            master[r, x] = center[x] if median else total[x]
+        total[:] = 0  # now the mean of the samples within the wide bounds
+        wide_count[:] = 0
+        for i in range(N):
+            src = rows[i]
+            for x in range(X):
+                keep = (i < k[x]) & (src[x] >= wide_lo[x]) & (src[x] <= wide_hi[x])
+                total[x] += src[x] if keep else np.float32(0.0)
+                wide_count[x] += np.int32(keep)
+        for x in range(X):
+            total[x] = total[x] / wide_count[x] if wide_count[x] > 0 else np.nan
         mad[:] = 0
         for i in range(N):
             src = rows[i]
             for x in range(X):
-                keep = (i < k[x]) & (src[x] >= lo[x]) & (src[x] <= hi[x])
+                keep = (i < k[x]) & (src[x] >= wide_lo[x]) & (src[x] <= wide_hi[x])
                 d = src[x] - total[x]
                 mad[x] += d * d if keep else np.float32(0.0)
         for x in range(X):
             m = count[x]
-            master[r, x] = center[x] if median else total[x]
-            variance[r, x] = np.nan if m < 2 else mad[x] / (m - 1) / m * (_MEDIAN_EFFICIENCY if median else 1.0)
+            variance[r, x] = np.nan if m < 2 else (mad[x] / (wide_count[x] - 1) / m
+                                                    * (_MEDIAN_EFFICIENCY if median else 1.0))
             nused[r, x] = m
             nsat[r, x] = min(sat[x], 255)
             nclip[r, x] = k[x] - m

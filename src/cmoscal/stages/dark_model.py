@@ -66,7 +66,7 @@ def gain(params: dict, index, inventory, before: CalibrationModel | None = None)
     A gain measured from the darks to worse than :data:`GAIN_ERROR_WARN` is warned about: the noise model's shot
     noise, hence chi-square and the uncertainties of bright pixels, carry its error (a few in-flight darks measure it
     to ~10-20 %, a ground campaign to ~1 %). The statistical error leaves out the estimator's own bias: on simulated
-    campaigns it reads the gain 1.4-2 % high on 256x256 and larger, ~10-20 % on 48x48 with 2-3 frames.
+    campaigns it reads the gain ~1-2 % high on 256x256, ~10-15 % on 48x48 with 2-3 frames.
     """
     if params["gain"] is not None:
         return 1 / params["gain"], f"parameter gain = {params['gain']:g} e-/DN", 0.0

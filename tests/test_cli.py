@@ -99,9 +99,11 @@ def test_invalid_parameters_and_stages_are_refused(tmp_path):
 
 
 def test_simulate_then_run_selected_stages(tmp_path):
-    assert cmoscal("simulate", tmp_path / "c", "--shape", "16x16", "--temps", "0,10,20", "--exptimes", "2,20",
-                   "--frames", "3", "--bias-frames", "3").returncode == 0
+    result = cmoscal("simulate", tmp_path / "c", "--shape", "16x16", "--temps", "-5,5,15", "--exptimes", "2,20",
+                     "--frames", "3", "--bias-frames", "3")  # a list starting with a negative number, as typed
+    assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "c" / "raw").rglob("*.fits"))) == 3 * (3 + 2 * 3)
+    assert (tmp_path / "c" / "raw" / "bias" / "bias_-5C_000.fits").exists()
     write_params(tmp_path / "c.yml", campaign="c", raw_dir="c/raw", output_dir="out")
     result = cmoscal("run", "c.yml", "--stages", "inventory", "bias", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

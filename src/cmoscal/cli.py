@@ -8,6 +8,7 @@ finished but a check failed (the message names the checks).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -39,6 +40,22 @@ def _finite(text: str) -> float:
     if not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+#: a list of numbers that starts with a negative one ("-5,0,5"), which argparse takes for an option
+_NEGATIVE_LIST = re.compile(r"-[\d.]+,.*")
+
+
+def _attach_negative_lists(argv: list[str]) -> list[str]:
+    """``--temps -5,0,5`` as ``--temps=-5,0,5``: argparse reads a value that starts with '-' as an option unless it
+    is one number."""
+    out = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def _floats(text: str) -> list[float]:
@@ -352,7 +369,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``cmoscal`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_attach_negative_lists(sys.argv[1:] if argv is None else [str(a) for a in argv]))
     from .config import ParamsError
     from .errors import CampaignError, CampaignWarning, LockError
     from .report import ReportError

@@ -78,10 +78,13 @@ def run(params: dict) -> dict:
     ends = model.trange
     tref = params["hot_reference_temperature"]
     tref = float(model.trange[1] if tref is None else tref)
-    needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own, and the error
-    *found, stated, dof = concurrently([functools.partial(log_rates, model, T) for T in needed] + [
+    population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
+    own_dof = model.meta["RNOWNDOF"]
+    needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own, and the errors
+    *found, stated, dof, own = concurrently([functools.partial(log_rates, model, T) for T in needed] + [
         lambda: model.log_rate(tref, model.exprange[1])[1],  # as the model states it, where the dark is largest
-        lambda: model.dark_dof], threads)
+        lambda: model.dark_dof,
+        lambda: np.sqrt(np.fmax(own_read_variance(model.read_variance, own_dof, population), 0))], threads)
     rates = dict(zip(needed, found))
     significance, populations = zip(*concurrently([functools.partial(log_rate_significance, *rates[T], usable)
                                                    for T in ends], threads))
@@ -92,9 +95,6 @@ def run(params: dict) -> dict:
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
-    own_dof = model.meta["RNOWNDOF"]
-    own = np.sqrt(np.fmax(own_read_variance(model.read_variance, own_dof, population), 0))
     dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated), own, own_dof,
                                      model.meta["RNDOF"], model.chi2r, dof, fit_dq, Thresholds.from_params(params),
                                      rate_min, threads)

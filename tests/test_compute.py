@@ -96,33 +96,36 @@ def test_dask_cluster_gives_the_in_process_result(small):
 
 
 def test_freed_frames_are_reused_not_zero_filled_again():
-    """After keep_freed_memory, frame-sized arrays that worker threads free are reused: the kernel faults in (and
-    zero-fills) pages for the first frames only, however many follow. Each count in a process of its own, so that
-    the setting does not leak into other tests."""
+    """Within reused_memory, frame-sized arrays that worker threads free are reused: the kernel faults in (and
+    zero-fills) pages for the first frames only, however many follow; after it, the free pages are handed back.
+    In a process of its own, so that the setting does not leak into other tests."""
     script = """
 import resource, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
-from cmoscal.compute import keep_freed_memory
-applied = sys.argv[1] == "kept" and keep_freed_memory()
+from cmoscal.compute import reused_memory
 def frames(_):
-    for _ in range(int(sys.argv[2])):
+    for _ in range(int(sys.argv[1])):
         np.ones((2048, 2048))  # 32 MB, freed at once
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-with ThreadPoolExecutor(2) as pool:
-    list(pool.map(frames, range(4)))
-print(int(applied), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+def resident():  # MB
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() >> 20
+with reused_memory() as applied:
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(frames, range(4)))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    kept = resident()
+print(int(applied), faults, kept, resident())
 """
 
-    def faults(mode, frames):
-        out = subprocess.run([sys.executable, "-c", script, mode, str(frames)], capture_output=True, text=True,
+    def faults(frames):
+        out = subprocess.run([sys.executable, "-c", script, str(frames)], capture_output=True, text=True,
                              check=True).stdout.split()
-        return bool(int(out[0])), int(out[1])
+        return bool(int(out[0])), *map(int, out[1:])
 
-    applied, few = faults("kept", 5)
+    applied, few, kept, after = faults(5)
     if not applied:
         pytest.skip("not glibc: malloc keeps its defaults")
-    more = faults("kept", 40)[1] - few
-    default = faults("default", 40)[1] - faults("default", 5)[1]
-    assert default > 1000  # 140 more frames, each faulted in anew: at least 16 faults (2 MB pages) a frame
-    assert more < 100, (more, default)
+    more = faults(40)[1] - few
+    assert more < 100  # 140 more frames: each faulted in anew would be >= 16 faults (2 MB pages), 2240 in all
+    assert kept - after >= 60  # the two threads' last frames (64 MB), kept within, handed back after

@@ -14,10 +14,11 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["concurrently", "keep_freed_memory", "progress_enabled", "row_bands", "run_tiles", "sample_rows", "scratch",
+__all__ = ["concurrently", "progress_enabled", "reused_memory", "row_bands", "run_tiles", "sample_rows", "scratch",
            "tile_budget", "workers"]
 
 _local = threading.local()
@@ -38,22 +39,37 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 
 @functools.cache
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for the next allocation, in one pool for all threads.
+def _libc():
+    """The C library's malloc controls (glibc), or None (macOS, musl, Windows: nothing to set)."""
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # Windows loads no process-wide library
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+@contextmanager
+def reused_memory():
+    """Keep freed memory for the next allocation, in one pool for all threads (from now on, for the process); at
+    the end of the block hand the free pages back to the system.
 
     By default a frame-sized array is a fresh mapping each time, and a worker thread's arrays come
     from a pool of its own: the kernel zero-fills every new page on first touch, on R2k about a
     tenth of a run's CPU time. Kept (no mappings of their own, no trimming) and shared (one arena:
-    the pool's lock is taken once per array, not per pixel), the memory is reused from tile to tile
-    and stage to stage, and the peak stays that of the stages. Returns whether it applied (glibc).
+    its lock is taken once per array, not per pixel), the memory is reused from tile to tile. The
+    trim at the end (``malloc_trim``) leaves what follows (a notebook's figures) the live arrays
+    only. glibc only (yields whether it applied); elsewhere nothing changes.
     """
+    libc = _libc()
+    if libc is not None:
+        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # malloc.h
+        for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)):
+            libc.mallopt(option, value)
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:  # not glibc (macOS, musl): nothing to set
-        return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # malloc.h
-    return all(mallopt(option, value) for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1),
-                                                            (m_arena_max, 1)))
+        yield libc is not None
+    finally:
+        if libc is not None:
+            libc.malloc_trim(0)
 
 
 SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale)

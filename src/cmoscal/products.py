@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .compute import keep_freed_memory
+from .compute import reused_memory
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
@@ -332,7 +332,6 @@ def stage(name: str, reads_stale: bool = False):
         @functools.wraps(func)
         def run(params: dict, *args, **kwargs):
             global _current
-            keep_freed_memory()
             output_dir = Path(params["output_dir"])
             with hold(output_dir, f"stage {name}"):
                 states = stage_states(output_dir)
@@ -351,7 +350,7 @@ def stage(name: str, reads_stale: bool = False):
                 start = time.perf_counter()
                 _current = entry
                 try:
-                    with warnings.catch_warnings(record=True) as caught:
+                    with warnings.catch_warnings(record=True) as caught, reused_memory():
                         warnings.simplefilter("always")
                         try:
                             result = func(params, *args, **kwargs)

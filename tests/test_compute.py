@@ -1,5 +1,7 @@
 """Tiles: the result does not depend on the tiling or on where the tiles run."""
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -8,7 +10,7 @@ import pytest
 from conftest import write_params
 
 from cmoscal import kernels
-from cmoscal.compute import concurrently, row_bands, run_tiles
+from cmoscal.compute import concurrently, keeping_freed_memory, row_bands, run_tiles
 from cmoscal.config import default_params, load_params
 from cmoscal.products import differences
 from cmoscal.simulate import simulate_campaign
@@ -95,37 +97,33 @@ def test_dask_cluster_gives_the_in_process_result(small):
 
 
 
-def test_freed_frames_are_reused_not_zero_filled_again():
-    """Within reused_memory, frame-sized arrays that worker threads free are reused: the kernel faults in (and
-    zero-fills) pages for the first frames only, however many follow; after it, the free pages are handed back.
-    In a process of its own, so that the setting does not leak into other tests."""
+
+@pytest.mark.parametrize("how", ["this process", "a child's environment"])
+def test_freed_frames_are_reused_not_zero_filled_again(how):
+    """With freed memory kept (keep_freed_memory in the process; keeping_freed_memory for a child, as a report's
+    kernel), frame-sized arrays that worker threads free are reused: the kernel faults in (and zero-fills) pages for
+    the first frames only, however many follow. In processes of their own, so that the setting does not leak."""
     script = """
 import resource, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
-from cmoscal.compute import reused_memory
+from cmoscal.compute import keep_freed_memory
+if sys.argv[2] == "this process":
+    assert keep_freed_memory(), "not glibc"
 def frames(_):
     for _ in range(int(sys.argv[1])):
         np.ones((2048, 2048))  # 32 MB, freed at once
-def resident():  # MB
-    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() >> 20
-with reused_memory() as applied:
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    with ThreadPoolExecutor(2) as pool:
-        list(pool.map(frames, range(4)))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    kept = resident()
-print(int(applied), faults, kept, resident())
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+with ThreadPoolExecutor(2) as pool:
+    list(pool.map(frames, range(4)))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
 """
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc: malloc keeps its defaults")
+    env = keeping_freed_memory(dict(os.environ)) if how != "this process" else dict(os.environ)
 
     def faults(frames):
-        out = subprocess.run([sys.executable, "-c", script, str(frames)], capture_output=True, text=True,
-                             check=True).stdout.split()
-        return bool(int(out[0])), *map(int, out[1:])
+        return int(subprocess.run([sys.executable, "-c", script, str(frames), how], capture_output=True, text=True,
+                                  check=True, env=env).stdout)
 
-    applied, few, kept, after = faults(5)
-    if not applied:
-        pytest.skip("not glibc: malloc keeps its defaults")
-    more = faults(40)[1] - few
-    assert more < 100  # 140 more frames: each faulted in anew would be >= 16 faults (2 MB pages), 2240 in all
-    assert kept - after >= 60  # the two threads' last frames (64 MB), kept within, handed back after
+    assert faults(40) - faults(5) < 100  # 140 more frames: each faulted in anew would be >= 16 faults (2 MB pages)

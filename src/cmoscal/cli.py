@@ -137,9 +137,11 @@ def _stale_note(params) -> None:
 
 
 def _run(args) -> None:
+    from .compute import keep_freed_memory
     from .products import hold
     from .stages import STAGES
 
+    keep_freed_memory()
     params = _load(args)
     stages = _stages(args.stages)
     checks = None

@@ -8,18 +8,16 @@ and campaign-wide statistics are computed beforehand from fixed row samples.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["concurrently", "progress_enabled", "reused_memory", "row_bands", "run_tiles", "sample_rows", "scratch",
-           "tile_budget", "workers"]
+__all__ = ["concurrently", "keep_freed_memory", "keeping_freed_memory", "progress_enabled", "row_bands", "run_tiles",
+           "sample_rows", "scratch", "tile_budget", "workers"]
 
 _local = threading.local()
 
@@ -38,38 +36,34 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
     return buffer[:size].view(dtype).reshape(shape)
 
 
-@functools.cache
-def _libc():
-    """The C library's malloc controls (glibc), or None (macOS, musl, Windows: nothing to set)."""
-    try:
-        libc = ctypes.CDLL(None)
-    except (OSError, TypeError):  # Windows loads no process-wide library
-        return None
-    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+#: glibc's malloc settings that keep freed memory for reuse, in one pool for all threads: (tunable, mallopt code of
+#: malloc.h, value): no mapping of its own for a large array, no trimming, one arena
+_KEEP_FREED = (("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1), ("arena_max", -8, 1))
 
 
-@contextmanager
-def reused_memory():
-    """Keep freed memory for the next allocation, in one pool for all threads (from now on, for the process); at
-    the end of the block hand the free pages back to the system.
+def keep_freed_memory() -> bool:
+    """From now on, have this process's malloc keep freed memory for the next allocation, in one pool for all threads;
+    call it before the work starts its threads. Returns whether it applied (glibc; elsewhere nothing changes).
 
-    By default a frame-sized array is a fresh mapping each time, and a worker thread's arrays come
-    from a pool of its own: the kernel zero-fills every new page on first touch, on R2k about a
-    tenth of a run's CPU time. Kept (no mappings of their own, no trimming) and shared (one arena:
-    its lock is taken once per array, not per pixel), the memory is reused from tile to tile. The
-    trim at the end (``malloc_trim``) leaves what follows (a notebook's figures) the live arrays
-    only. glibc only (yields whether it applied); elsewhere nothing changes.
+    By default a frame-sized array is a fresh mapping each time, and each thread's arrays come from
+    a pool of its own: the kernel zero-fills every new page on first touch, on R2k a tenth of a
+    run's CPU time. Kept and shared, the memory is reused from tile to tile and stage to stage (the
+    pool's lock is taken once per array, not per pixel); the peak stays that of the stages.
     """
-    libc = _libc()
-    if libc is not None:
-        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8  # malloc.h
-        for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)):
-            libc.mallopt(option, value)
     try:
-        yield libc is not None
-    finally:
-        if libc is not None:
-            libc.malloc_trim(0)
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, TypeError, AttributeError):  # not glibc (Windows loads no process-wide library)
+        return False
+    return all([mallopt(code, value) for _, code, value in _KEEP_FREED])
+
+
+def keeping_freed_memory(env: dict) -> dict:
+    """``env`` for a child process (a report's kernel) whose malloc keeps freed memory as :func:`keep_freed_memory`
+    does: glibc reads ``GLIBC_TUNABLES`` at the child's start, before any of its threads has a pool of its own
+    (a kernel's threads exist before its first page runs). Other C libraries ignore it."""
+    tunables = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _KEEP_FREED)
+    given = env.get("GLIBC_TUNABLES")
+    return {**env, "GLIBC_TUNABLES": f"{given}:{tunables}" if given else tunables}
 
 
 SAMPLE_ROWS = 64  # rows read for campaign-wide statistics (gain, clipping scale)

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
-from .compute import reused_memory
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
@@ -350,7 +349,7 @@ def stage(name: str, reads_stale: bool = False):
                 start = time.perf_counter()
                 _current = entry
                 try:
-                    with warnings.catch_warnings(record=True) as caught, reused_memory():
+                    with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         try:
                             result = func(params, *args, **kwargs)

@@ -30,6 +30,7 @@ from queue import Empty
 import yaml
 
 from . import __version__
+from .compute import keeping_freed_memory
 from .fitsio import atomic_path
 from .products import STAGE, campaign_warnings, hold, ledger
 
@@ -242,7 +243,7 @@ def run_report(params_file: str | Path, params: dict, stages: list[str], root: s
         kernel = _kernel_manager(params["kernel"], sockets)
         pages, client = [], None
         try:
-            kernel.start_kernel(cwd=str(NOTEBOOK_DIR))
+            kernel.start_kernel(cwd=str(NOTEBOOK_DIR), env=keeping_freed_memory(dict(os.environ)))
             client = kernel.blocking_client()  # after the start: it copies the connection info
             for i, stage in enumerate(stages, 1):
                 print(f"[{i}/{len(stages)}] {stage} ...", end=" ", flush=True)

@@ -213,6 +213,22 @@ def _middle(rows, k, out):
         out[x] = np.nan if n == 0 else 0.5 * (rows[(n - 1) // 2, x] + rows[n // 2, x])
 
 
+@njit(cache=True, nogil=True)
+def _mean_within(rows, k, lo, hi, mean, count):
+    """Mean (NaN where none) and number of the first k[x] values of each pixel x of ``rows`` (N, X) within
+    [lo[x], hi[x]], into ``mean`` and ``count``."""
+    mean[:] = 0
+    count[:] = 0
+    for i in range(rows.shape[0]):
+        src = rows[i]
+        for x in range(src.size):
+            keep = (i < k[x]) & (src[x] >= lo[x]) & (src[x] <= hi[x])
+            mean[x] += src[x] if keep else np.float32(0.0)
+            count[x] += np.int32(keep)
+    for x in range(mean.size):
+        mean[x] = mean[x] / count[x] if count[x] > 0 else np.nan
+
+
 @_kernel((_in(_F4, 3), _in(_I8, 2), _F8, _F8, _F8, _B, _out(_F4, 2), _out(_F4, 2), _out(_I2, 2), _out(_U1, 2),
           _out(_I2, 2)))
 def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master, variance, nused, nsat, nclip):
@@ -297,27 +313,10 @@ def combine_stack(stack, pairs, floor_var, inv_gain, clip_sigma, median, master,
                     hi[x] = rows[0, x]
                 if rows[1, x] - rows[0, x] > 2.0 * clip_sigma * np.sqrt(2.0) * sigma:
                     wide_hi[x] = rows[0, x]
-        total[:] = 0
-        count[:] = 0
-        for i in range(N):
-            src = rows[i]
-            for x in range(X):
-                keep = (i < k[x]) & (src[x] >= lo[x]) & (src[x] <= hi[x])
-                total[x] += src[x] if keep else np.float32(0.0)
-                count[x] += np.int32(keep)
+        _mean_within(rows, k, lo, hi, total, count)
         for x in range(X):
-            total[x] = total[x] / count[x] if count[x] > 0 else np.nan
             master[r, x] = center[x] if median else total[x]
-        total[:] = 0  # now the mean of the samples within the wide bounds
-        wide_count[:] = 0
-        for i in range(N):
-            src = rows[i]
-            for x in range(X):
-                keep = (i < k[x]) & (src[x] >= wide_lo[x]) & (src[x] <= wide_hi[x])
-                total[x] += src[x] if keep else np.float32(0.0)
-                wide_count[x] += np.int32(keep)
-        for x in range(X):
-            total[x] = total[x] / wide_count[x] if wide_count[x] > 0 else np.nan
+        _mean_within(rows, k, wide_lo, wide_hi, total, wide_count)  # the variance's: within the wide bounds
         mad[:] = 0
         for i in range(N):
             src = rows[i]

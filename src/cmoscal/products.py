@@ -1,6 +1,7 @@
 """Where every product lives, which stage wrote it, and whether it still describes the data.
 
-``output_dir`` holds the products of the stages and two files of their own:
+``output_dir`` holds the products of the stages and two files of their own (and, while a rerun
+stage's earlier products are being deleted, the folder ``.discarded``):
 
 - ``ledger.json``: for every stage, when it last ran, the sequence numbers of the stages it
   read, its status, the campaign warnings it raised and a few facts (bytes read, ...). A
@@ -10,8 +11,8 @@
   one line naming the holder. Child processes of the holder (the report's notebook kernel)
   inherit it through the ``CMOSCAL_LOCK`` environment variable.
 
-A stage function is wrapped by :func:`stage`: it takes the lock, removes the products the
-stage owns (so none survives from an earlier run with other parameters), records the
+A stage function is wrapped by :func:`stage`: it takes the lock, moves the products the
+stage owns out of the way (so none survives from an earlier run with other parameters), records the
 campaign warnings raised inside, and updates the ledger.
 """
 
@@ -21,8 +22,10 @@ import fcntl
 import functools
 import json
 import os
+import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -35,12 +38,13 @@ from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
-           "differences", "hold", "ledger", "note", "out", "product", "require", "require_current", "required",
-           "shaping", "stage", "stage_states", "upstream"]
+           "differences", "finish_deleting", "hold", "ledger", "note", "out", "product", "require", "require_current",
+           "required", "shaping", "stage", "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
 _LOCK = ".lock"
+_DISCARDED = ".discarded"  # a rerun stage's earlier products, until deleted
 _ENV = "CMOSCAL_LOCK"
 
 
@@ -130,6 +134,7 @@ DEPENDS = {s.name: s.reads for s in PIPELINE}
 _OWNER = {key: s for s in PIPELINE for key in s.products}
 
 _current: dict | None = None  # the ledger entry of the stage running in this process
+_deleting: dict = {}  # name of a folder in .discarded -> the thread deleting it
 
 
 def out(params_or_dir, *parts) -> Path:
@@ -302,10 +307,33 @@ def note(**facts) -> None:
 
 
 def _clear(output_dir: Path, name: str) -> None:
-    for pattern in STAGE[name].owns:
-        for path in output_dir.glob(pattern):
-            if path.is_file():
-                path.unlink()
+    """Move the products of an earlier run of stage ``name`` out of the way and delete them on a thread beside the
+    run: a rename takes no time, while freeing a large file's cached pages takes the kernel about 0.2 s per GB
+    (on R2k 0.4 s a run, on the one thread). Folders an interrupted run left in ``.discarded`` go too."""
+    paths = {path for pattern in STAGE[name].owns for path in output_dir.glob(pattern) if path.is_file()}
+    discarded = output_dir / _DISCARDED
+    left = [folder for folder in discarded.iterdir() if folder.name not in _deleting] if discarded.is_dir() else []
+    if not paths and not left:
+        return
+    folder = discarded / f"{name}-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    for number, path in enumerate(paths):
+        path.rename(folder / f"{number}{path.suffix}")
+    for folder in [folder, *left]:
+        _deleting[folder.name] = threading.Thread(target=_delete, args=(folder,), name=f"delete {folder.name}")
+        _deleting[folder.name].start()
+
+
+def _delete(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    _deleting.pop(folder.name, None)
+
+
+def finish_deleting() -> None:
+    """Wait until the products moved out of the way by the stages of this process are deleted (at its exit, Python
+    waits for them too)."""
+    for thread in list(_deleting.values()):
+        thread.join()
 
 
 def _record(entry: dict, caught) -> None:
@@ -381,7 +409,8 @@ def differences(output_a, output_b) -> list[str]:
     a, b = Path(output_a), Path(output_b)
 
     def files(root):
-        return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name not in (LEDGER, _LOCK)}
+        return {p.relative_to(root) for p in root.rglob("*")
+                if p.is_file() and p.name not in (LEDGER, _LOCK) and _DISCARDED not in p.relative_to(root).parts}
 
     found = [f"{name}: only in {root}" for root, other in ((a, b), (b, a)) for name in sorted(files(root) -
                                                                                               files(other))]

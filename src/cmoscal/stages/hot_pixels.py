@@ -43,6 +43,11 @@ def log_rates(model: CalibrationModel, temperature: float):
     return ln_rate, variance * scatter
 
 
+def _own_read_noise(read_variance, dof: float, population: ReadNoisePrior) -> np.ndarray:
+    """The pixels' own read noise [DN] behind the model's moderated read variances."""
+    return np.sqrt(np.fmax(own_read_variance(read_variance, dof, population), 0))
+
+
 def threshold_table(thresholds: dict, gain) -> Table:
     """The warm and hot thresholds as rates at each end of the range [DN/s, and e-/s when the gain is known]."""
     rows = thresholds["rates"]
@@ -81,11 +86,13 @@ def run(params: dict) -> dict:
     population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
     own_dof = model.meta["RNOWNDOF"]
     needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own, and the errors
-    *found, stated, dof, own = concurrently([functools.partial(log_rates, model, T) for T in needed] + [
-        lambda: model.log_rate(tref, model.exprange[1])[1],  # as the model states it, where the dark is largest
-        lambda: model.dark_dof,
-        lambda: np.sqrt(np.fmax(own_read_variance(model.read_variance, own_dof, population), 0))], threads)
-    rates = dict(zip(needed, found))
+    bands = np.array_split(model.read_variance, threads)  # the pixels' own read noise, the longest, in row bands
+    calls = [functools.partial(_own_read_noise, band, own_dof, population) for band in bands]
+    calls += [functools.partial(log_rates, model, T) for T in needed]
+    calls += [lambda: model.log_rate(tref, model.exprange[1])[1],  # as the model states it, where the dark is largest
+              lambda: model.dark_dof]
+    *found, stated, dof = concurrently(calls, threads)
+    own, rates = np.concatenate(found[:len(bands)]), dict(zip(needed, found[len(bands):]))
     significance, populations = zip(*concurrently([functools.partial(log_rate_significance, *rates[T], usable)
                                                    for T in ends], threads))
     populations = [dict(stats, temperature=T) for stats, T in zip(populations, ends)]

@@ -4,6 +4,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -55,6 +56,20 @@ def test_each_kernel_is_compiled_once_for_writable_and_read_only_inputs():
 
 def test_tiles_come_back_in_order_on_threads():
     assert list(run_tiles(pow, [(i, 2) for i in range(20)], compute_params(workers=3))) == [i * i for i in range(20)]
+
+
+def _waits_for_a_later_tile(index, later_ran):
+    if index == 0:
+        return later_ran.wait(timeout=10)  # False: no later tile could start while this one ran
+    if index == 3:
+        later_ran.set()
+    return True
+
+
+def test_a_slow_tile_does_not_hold_up_the_next_ones():
+    """Tile 0 finishes only once tile 3 has run: the free worker must go on past tiles 1 and 2 meanwhile."""
+    later_ran = threading.Event()
+    assert all(run_tiles(_waits_for_a_later_tile, [(i, later_ran) for i in range(6)], compute_params(workers=2)))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Where every product lives, which stage wrote it, and whether it still describes the data.
 
-``output_dir`` holds the products of the stages and two files of their own (and, while a rerun
-stage's earlier products are being deleted, the folder ``.discarded``):
+``output_dir`` holds the products of the stages and two files of their own (and, while a stage
+that runs again deletes its earlier products, the folder ``.discarded``):
 
 - ``ledger.json``: for every stage, when it last ran, the sequence numbers of the stages it
   read, its status, the campaign warnings it raised and a few facts (bytes read, ...). A
@@ -38,8 +38,8 @@ from . import __version__
 from .errors import CampaignError, CampaignWarning, LockError
 
 __all__ = ["DEPENDS", "EXECUTION", "LABELS", "LEDGER", "MODEL_FILE", "PIPELINE", "STAGE", "Stage", "campaign_warnings",
-           "differences", "finish_deleting", "hold", "ledger", "note", "out", "product", "require", "require_current",
-           "required", "shaping", "stage", "stage_states", "upstream"]
+           "differences", "hold", "ledger", "note", "out", "product", "require", "require_current", "required",
+           "shaping", "stage", "stage_states", "upstream"]
 
 MODEL_FILE = "calibration_model.fits"
 LEDGER = "ledger.json"
@@ -134,7 +134,6 @@ DEPENDS = {s.name: s.reads for s in PIPELINE}
 _OWNER = {key: s for s in PIPELINE for key in s.products}
 
 _current: dict | None = None  # the ledger entry of the stage running in this process
-_deleting: dict = {}  # name of a folder in .discarded -> the thread deleting it
 
 
 def out(params_or_dir, *parts) -> Path:
@@ -306,34 +305,22 @@ def note(**facts) -> None:
         _current.setdefault("facts", {}).update({k: v.item() if hasattr(v, "item") else v for k, v in facts.items()})
 
 
-def _clear(output_dir: Path, name: str) -> None:
-    """Move the products of an earlier run of stage ``name`` out of the way and delete them on a thread beside the
-    run: a rename takes no time, while freeing a large file's cached pages takes the kernel about 0.2 s per GB
-    (on R2k 0.4 s a run, on the one thread). Folders an interrupted run left in ``.discarded`` go too."""
+def _clear(output_dir: Path, name: str) -> threading.Thread | None:
+    """Move the products of an earlier run of stage ``name`` out of the way, and start deleting them (with whatever
+    an interrupted run left) on a thread beside the stage, which waits for it at its end: a rename takes no time,
+    while freeing a large file's cached pages takes the kernel about 0.2 s per GB (0.4 s of a run on R2k)."""
     paths = {path for pattern in STAGE[name].owns for path in output_dir.glob(pattern) if path.is_file()}
     discarded = output_dir / _DISCARDED
-    left = [folder for folder in discarded.iterdir() if folder.name not in _deleting] if discarded.is_dir() else []
-    if not paths and not left:
-        return
-    folder = discarded / f"{name}-{uuid.uuid4().hex}"
-    folder.mkdir(parents=True)
-    for number, path in enumerate(paths):
-        path.rename(folder / f"{number}{path.suffix}")
-    for folder in [folder, *left]:
-        _deleting[folder.name] = threading.Thread(target=_delete, args=(folder,), name=f"delete {folder.name}")
-        _deleting[folder.name].start()
-
-
-def _delete(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    _deleting.pop(folder.name, None)
-
-
-def finish_deleting() -> None:
-    """Wait until the products moved out of the way by the stages of this process are deleted (at its exit, Python
-    waits for them too)."""
-    for thread in list(_deleting.values()):
-        thread.join()
+    if paths:
+        folder = discarded / f"{name}-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        for number, path in enumerate(paths):
+            path.rename(folder / f"{number}{path.suffix}")
+    if not discarded.is_dir():
+        return None
+    deleting = threading.Thread(target=shutil.rmtree, args=(discarded,), kwargs={"ignore_errors": True})
+    deleting.start()
+    return deleting
 
 
 def _record(entry: dict, caught) -> None:
@@ -373,7 +360,7 @@ def stage(name: str, reads_stale: bool = False):
                              upstream={dep: stages[dep]["seq"] for dep in DEPENDS[name]}, warnings=[])
                 stages[name] = entry
                 _save(output_dir, book)
-                _clear(output_dir, name)
+                deleting = _clear(output_dir, name)
                 start = time.perf_counter()
                 _current = entry
                 try:
@@ -383,6 +370,8 @@ def stage(name: str, reads_stale: bool = False):
                             result = func(params, *args, **kwargs)
                         finally:
                             _current = None
+                            if deleting is not None:  # the stage ends with its earlier products gone
+                                deleting.join()
                             entry["seconds"] = round(time.perf_counter() - start, 2)
                     entry["status"] = "done"
                 except BaseException as err:

@@ -111,8 +111,6 @@ def test_dask_cluster_gives_the_in_process_result(small):
     assert_same_products(run(small, "local", memory_budget=2e-6), on_cluster)
 
 
-
-
 @pytest.mark.parametrize("how", ["this process", "a child's environment"])
 def test_freed_frames_are_reused_not_zero_filled_again(how):
     """With freed memory kept (keep_freed_memory in the process; keeping_freed_memory for a child, as a report's

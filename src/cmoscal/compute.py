@@ -122,12 +122,13 @@ def concurrently(calls: list, threads: int) -> list:
         return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
-def _windowed(submit, func, tasks: list, window: int):
-    """Submit at most ``window`` tasks ahead and yield their results in order.
+def _windowed(submit, func, tasks: list, running: int):
+    """Submit at most twice the ``running`` tasks (those that run at once) ahead and yield their results in order.
 
-    The window is twice the tiles that run at once: a worker whose tile finished before an earlier,
-    slower one starts the next at once, instead of waiting for the slow tile's result to be taken.
+    Twice: a worker whose tile finished before an earlier, slower one starts the next at once,
+    instead of waiting for the slow tile's result to be taken.
     """
+    window = 2 * running
     pending = deque(submit(func, *task) for task in tasks[:window])
     for task in tasks[window:]:
         result = pending.popleft().result()
@@ -164,10 +165,10 @@ def _run(func, tasks: list, params: dict):
     scheduler = params["compute"]["scheduler"]
     if scheduler == "threads":
         with ThreadPoolExecutor(max_workers=workers(params)) as pool:
-            yield from _windowed(pool.submit, func, tasks, 2 * workers(params))
+            yield from _windowed(pool.submit, func, tasks, workers(params))
         return
     from distributed import Client
 
     with Client(scheduler, timeout="30s") as client:
         running = max(workers(params), sum(client.nthreads().values()))
-        yield from _windowed(lambda f, *a: client.submit(f, *a, pure=False), func, tasks, 2 * running)
+        yield from _windowed(lambda f, *a: client.submit(f, *a, pure=False), func, tasks, running)

@@ -73,3 +73,40 @@ def test_streamed_checksums_verify_and_a_changed_byte_is_caught(tmp_path, thread
     (tmp_path / "bad.fits").write_bytes(bytes(raw))
     with fits.open(tmp_path / "bad.fits") as hdul:
         assert hdul["SIGNAL"].verify_datasum() == 0 and hdul["SIGNAL"].verify_checksum() == 0
+
+
+def test_data_given_later_is_written_after_the_rest_with_the_same_bytes(tmp_path, threads):
+    rng = np.random.default_rng(7)
+    first, dq = rng.normal(size=(3, 77, 131)).astype("f4"), rng.integers(0, 1 << 16, (77, 131)).astype("u2")
+    seen = []
+
+    def dq_when_asked():  # with one thread, the other images are in the (temporary) file by now
+        if threads == 1:
+            (written,) = tmp_path.glob(".later.*.fits")
+            seen.append(np.frombuffer(written.read_bytes(), ">f4", first.size, 2880 * 2))
+        return dq
+
+    write_hdus(tmp_path / "later.fits", None, fits.Header([("BUNIT", "")]),
+               [("FIRST", first, "DN"), ("DQ", fitsio.Later(dq.shape, dq.dtype, dq_when_asked), "")], checksum=True,
+               threads=threads)
+    write_hdus(tmp_path / "now.fits", None, fits.Header([("BUNIT", "")]), [("FIRST", first, "DN"), ("DQ", dq, "")],
+               checksum=True, threads=threads)
+    with fits.open(tmp_path / "later.fits", checksum=True) as later, fits.open(tmp_path / "now.fits") as now:
+        assert all(h.verify_checksum() == 1 for h in later)
+        assert np.array_equal(later["DQ"].data, dq) and later["DQ"].header["DATASUM"] == now["DQ"].header["DATASUM"]
+    assert all(np.array_equal(found, first.ravel()) for found in seen) and len(seen) == (threads == 1)
+
+
+@pytest.mark.parametrize("given", ["an error", "another shape"])
+def test_data_given_later_that_fails_or_differs_fails_the_write_and_leaves_nothing(tmp_path, given, threads):
+    def get():
+        if given == "an error":
+            raise RuntimeError("classification failed")
+        return np.zeros((5, 5), "u2")
+
+    expected = "classification failed" if given == "an error" else r"shape \(5, 5\).*\(4, 5\)"
+    with pytest.raises((RuntimeError, ValueError), match=expected):
+        write_hdus(tmp_path / "model.fits", None, fits.Header(),
+                   [("A", np.ones((4, 5), "f4"), ""), ("DQ", fitsio.Later((4, 5), np.dtype("u2"), get), "")],
+                   threads=threads)
+    assert list(tmp_path.iterdir()) == []

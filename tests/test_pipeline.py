@@ -1,15 +1,21 @@
 """End to end on the simulated campaign: the products recover the simulation's truth."""
 
+import shutil
+
 import numpy as np
+import pytest
 from astropy.io import fits
 from conftest import digest
 
 from cmoscal.darkfit import covariance_matrix, design, fit_loglinear, predict
 from cmoscal.dq import DQ, FLAGS
+from cmoscal.errors import CampaignError
 from cmoscal.forms import FORMS
 from cmoscal.masters import load_masters
 from cmoscal.model import CalibrationModel
+from cmoscal.products import ledger
 from cmoscal.simulate import dark_truth, read_truth
+from cmoscal.stages import hot_pixels
 
 
 def robust_std(x):
@@ -121,6 +127,21 @@ def test_model_file_round_trip_and_synthesis(campaign):
     frame = model.dark_frame(10.0, 30.0)
     assert np.allclose(frame, model.bias(10.0) + model.dark_signal(10.0, 30.0))
     assert not (campaign["root"] / "out" / "synthetic").exists()  # the synthetic set is optional (generate_set)
+
+
+def test_a_classification_that_fails_leaves_no_model_file_and_says_why(campaign, tmp_path, monkeypatch):
+    # the model file's other extensions are written while the pixels are classified: none of it may stay
+    shutil.copytree(campaign["root"] / "out", tmp_path / "out")
+    params = dict(campaign["params"], output_dir=str(tmp_path / "out"))
+
+    def fails(*args):
+        raise CampaignError("hot_rate_min: no pixel can be classified")
+
+    monkeypatch.setattr(hot_pixels, "classify_pixels", fails)
+    with pytest.raises(CampaignError, match="no pixel can be classified"):
+        hot_pixels.run(params)
+    assert not any(path.name.endswith("calibration_model.fits") for path in (tmp_path / "out").rglob("*"))
+    assert ledger(tmp_path / "out")["stages"]["hot_pixels"]["error"].endswith("no pixel can be classified")
 
 
 def run_all(root, **overrides):

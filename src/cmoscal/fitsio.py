@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from . import __version__
 from .compute import concurrently, scratch
 from .kernels import decode_be16, mark_frame
 
-__all__ = ["FrameRef", "atomic_path", "cube_writer", "frames_in", "has_image", "provenance", "read_image",
+__all__ = ["FrameRef", "Later", "atomic_path", "cube_writer", "frames_in", "has_image", "provenance", "read_image",
            "read_product", "read_rows", "read_stack", "read_table", "reference", "set_card", "write_atomic",
            "write_hdus", "write_table"]
 
@@ -407,13 +408,15 @@ def _pwrite(fd: int, block, position: int) -> None:
         view, position = view[written:], position + written
 
 
-def _write_segment(fd: int, position: int, flat: np.ndarray, checksum: bool) -> int:
-    """Write ``flat`` (a piece of an image's data) big-endian at ``position`` of ``fd`` through a small buffer;
-    return the sum of its 32-bit words (for DATASUM, when ``checksum``; 0 otherwise).
+def _write_segment(fd: int, position: int, data, first: int, count: int, checksum: bool) -> int:
+    """Write elements ``first`` to ``first + count`` of the flattened image ``data`` (an array or :class:`Later`)
+    big-endian at ``position`` of ``fd`` through a small buffer; return the sum of their 32-bit words (for DATASUM,
+    when ``checksum``; 0 otherwise).
 
     astropy byteswaps the caller's array in place (a thread reading it meanwhile sees swapped values), or
     copies it, and writes it in one call; a small buffer is written at memory speed.
     """
+    flat = (data.array() if isinstance(data, Later) else data).reshape(-1)[first:first + count]
     step = _CHUNK // flat.itemsize
     buffer = scratch("fits_out", (min(step, flat.size),), flat.dtype.newbyteorder(">"))
     total = 0
@@ -429,17 +432,19 @@ def _write_segment(fd: int, position: int, flat: np.ndarray, checksum: bool) -> 
     return total
 
 
-def _image_tasks(fd: int, offset: int, hdu, checksum: bool) -> list:
-    """The writes of an image HDU's data at ``offset`` of ``fd`` (its header's place left for later), in
-    segments of _SEGMENT bytes: calls, each returning its word sum (segments are whole words but the last).
-    The padding to 2880 bytes needs no write: the file is sized beforehand, its unwritten bytes are zeros."""
+def _image_tasks(fd: int, offset: int, hdu, data, checksum: bool) -> list:
+    """The writes of an image HDU's ``data`` (an array or :class:`Later`) at ``offset`` of ``fd`` (its header's
+    place left for later), in segments of _SEGMENT bytes: calls, each returning its word sum (segments are whole
+    words but the last). The padding to 2880 bytes needs no write: the file is sized beforehand, its unwritten
+    bytes are zeros."""
     if hdu.data is None:
         return []
-    flat = np.ascontiguousarray(hdu.data).reshape(-1)
+    data = data if isinstance(data, Later) else np.ascontiguousarray(data)
     position = offset + len(hdu.header.tostring())
-    step = _SEGMENT // flat.itemsize
-    return [functools.partial(_write_segment, fd, position + first * flat.itemsize, flat[first:first + step],
-                              checksum) for first in range(0, flat.size, step)]
+    itemsize = hdu.data.itemsize
+    step = _SEGMENT // itemsize
+    return [functools.partial(_write_segment, fd, position + first * itemsize, data, first, step, checksum)
+            for first in range(0, hdu.data.size, step)]
 
 
 def _write_header(fd: int, offset: int, header: fits.Header, datasum: int | None) -> None:
@@ -453,36 +458,65 @@ def _write_header(fd: int, offset: int, header: fits.Header, datasum: int | None
     _pwrite(fd, header.tostring().encode("ascii"), offset)
 
 
+@dataclass(frozen=True)
+class Later:
+    """Image data that :func:`write_hdus` writes once ``get()`` returns it, the file's other data meanwhile.
+
+    Its shape and dtype are known before (they fix the file's layout); ``get`` may block, e.g. on the
+    future of the computation that makes the data, and an error it raises fails the write.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    get: Callable[[], np.ndarray]
+
+    def placeholder(self) -> np.ndarray:
+        """A read-only array of the shape and dtype, no memory behind it (for the HDU's header)."""
+        return np.broadcast_to(np.zeros((), self.dtype), self.shape)
+
+    def array(self) -> np.ndarray:
+        """The data, once ``get`` returns it, checked against the declared shape and dtype."""
+        data = np.ascontiguousarray(self.get())
+        if data.shape != tuple(self.shape) or data.dtype != self.dtype:
+            raise ValueError(f"image data of shape {data.shape} and dtype {data.dtype} where {tuple(self.shape)} "
+                             f"and {np.dtype(self.dtype)} were declared")
+        return data
+
+
 def write_hdus(path: str | Path, data: np.ndarray | None, header: fits.Header, extensions=(),
                checksum: bool = False, threads: int = 1) -> Path:
     """Write a primary image and named image/table extensions atomically.
 
-    ``extensions`` is a sequence of ``(name, array_or_table_hdu, bunit)``. The images are
-    streamed (:func:`_write_segment`; without checksums the same bytes as astropy's), in
-    segments written at their places in the file by up to ``threads`` threads at once; tables
-    are appended by astropy; ``checksum`` adds CHECKSUM and DATASUM to every HDU.
+    ``extensions`` is a sequence of ``(name, data, bunit)``, ``data`` an array, a :class:`Later`
+    or a table HDU. The images are streamed (:func:`_write_segment`; without checksums the same
+    bytes as astropy's), in segments written at their places in the file by up to ``threads``
+    threads at once (a :class:`Later`'s once its data is there); tables are appended by astropy;
+    ``checksum`` adds CHECKSUM and DATASUM to every HDU.
     """
-    hdus = [fits.PrimaryHDU(data=data, header=header)]
+    hdus, sources = [fits.PrimaryHDU(data=data, header=header)], [data]
     for name, ext, bunit in extensions:
         if isinstance(ext, (fits.BinTableHDU, fits.ImageHDU)):
             ext.name = name
             hdus.append(ext)
         else:
-            hdu = fits.ImageHDU(data=ext, name=name)
-            hdu.header["BUNIT"] = bunit
-            hdus.append(hdu)
+            hdus.append(fits.ImageHDU(data=ext.placeholder() if isinstance(ext, Later) else ext, name=name))
+            hdus[-1].header["BUNIT"] = bunit
+        sources.append(ext)
     hdul = fits.HDUList(hdus)
-    if not _streamable(hdus[0]):
+    streamed = hdus[:next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))]
+    if any(isinstance(ext, Later) for ext in sources[len(streamed):]):
+        raise ValueError(f"{path}: data given later must come before the first table or unstreamable image")
+    if not streamed:
         return write_atomic(hdul, path, checksum)
     hdul.verify("exception")
-    streamed = hdus[:next((i for i, hdu in enumerate(hdus) if not _streamable(hdu)), len(hdus))]
     for hdu in streamed if checksum else ():
         _card_placeholders(hdu.header)
     offsets = np.cumsum([0] + [_hdu_size(hdu) for hdu in streamed]).tolist()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.truncate(offsets[-1])
-            tasks = [_image_tasks(f.fileno(), offset, hdu, checksum) for offset, hdu in zip(offsets, streamed)]
+            tasks = [_image_tasks(f.fileno(), offset, hdu, source if isinstance(source, Later) else hdu.data,
+                                  checksum) for offset, hdu, source in zip(offsets, streamed, sources)]
             sums = iter(concurrently([task for image in tasks for task in image], threads))
             for offset, hdu, image in zip(offsets, streamed, tasks):
                 datasum = sum(next(sums) for _ in image)

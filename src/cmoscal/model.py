@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .compute import concurrently
 from .darkfit import temperature_feature
 from .dq import DQ, DQ_DTYPE, dq_table
 from .errors import CampaignError, OutOfRangeWarning
-from .fitsio import has_image, provenance, read_product, set_card, write_hdus
+from .fitsio import Later, has_image, provenance, read_product, set_card, write_hdus
 from .forms import KELVIN, dark_form
 from .kernels import predict_dark, predict_log_rate
 from .products import LEDGER, MODEL_FILE, require_current
@@ -283,9 +284,13 @@ class CalibrationModel:
             header.add_history(line)
         return header
 
-    def write(self, path: str | Path, threads: int = 1) -> Path:
+    def write(self, path: str | Path, threads: int = 1, dq: Callable[[], np.ndarray] | None = None) -> Path:
         """Write the multi-extension model file atomically (with checksums), its extensions on up to ``threads``
-        threads."""
+        threads.
+
+        ``dq``, if given, returns the DQ plane to write in place of the model's own (it may block: the other
+        extensions are written meanwhile; an error it raises fails the write).
+        """
         header = self.header()
         law = dark_form(self.form)
         images = [("BIAS_A", self.bias_a, "DN"), ("BIAS_B", self.bias_b, "DN/degC"),
@@ -301,9 +306,10 @@ class CalibrationModel:
                   ("DARK_BIAS_COV", self.dark_bias_cov, "cov of (lnA, slope, gamma" + (", C)" if law.floor else ")")
                    + " with bias (a, b): planes lnA.a lnA.b slope.a ..."),
                   ("DARK_CHI2R", self.chi2r, ""), ("DARK_NVALID", self.nvalid, "master samples used"),
-                  ("DQ", self.dq, "")]
-        extensions = [(name, np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)),
-                       unit) for name, data, unit in images]
+                  ("DQ", self.dq if dq is None else Later(self.dq.shape, DQ_DTYPE, dq), "")]
+        extensions = [(name, data if isinstance(data, Later) else
+                       np.asarray(data, dtype={"DQ": DQ_DTYPE, "DARK_NVALID": np.int16}.get(name, np.float32)), unit)
+                      for name, data, unit in images]
         return write_hdus(path, None, header, extensions + [("DQ_DEF", fits.table_to_hdu(dq_table()), "")],
                           checksum=True, threads=threads)
 

@@ -11,6 +11,7 @@ stage is the model file's one writer, so a model on disk holds a classification 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from astropy.io import fits
@@ -69,20 +70,12 @@ def write_regions(table: Table, path) -> None:
             file.write("\n".join(lines) + "\n")
 
 
-@stage("hot_pixels")
-def run(params: dict) -> dict:
-    """Classify pixels, write dq_map, hot_pixel_mask, hot_pixels.ecsv and the model file with this DQ.
-
-    Returns the model, the significance at both ends of the range, the population statistics,
-    the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
-    """
-    threads = workers(params)
-    model = CalibrationModel.read(required(params, "dark_fit"), threads)
+def _classify(params: dict, model: CalibrationModel, tref: float, threads: int) -> tuple[np.ndarray, dict]:
+    """Classify the pixels of ``model`` (its DQ left as it is): the DQ, and the significance at both ends of the
+    range, the population statistics, the thresholds and the table of flagged pixels (the most significant first)."""
     fit_dq = model.dq.astype(DQ_DTYPE) & ~DQ_DTYPE(set_by("hot_pixels"))  # a rerun with new thresholds starts clean
     usable = ~has(fit_dq, DQ.DO_NOT_USE)
     ends = model.trange
-    tref = params["hot_reference_temperature"]
-    tref = float(model.trange[1] if tref is None else tref)
     population = ReadNoisePrior(model.meta["RNPOPVAR"], model.meta["RNPOPDOF"], model.meta["RNTELFRC"])
     own_dof = model.meta["RNOWNDOF"]
     needed = list(dict.fromkeys((*ends, tref)))  # each temperature once, on threads of their own, and the errors
@@ -96,17 +89,14 @@ def run(params: dict) -> dict:
     significance, populations = zip(*concurrently([functools.partial(log_rate_significance, *rates[T], usable)
                                                    for T in ends], threads))
     populations = [dict(stats, temperature=T) for stats, T in zip(populations, ends)]
-    rate_ref = rates[tref]
     rate_min = params["hot_rate_min"]
     if rate_min is not None and params["hot_rate_unit"] == "e-/s":
         if not model.meta.get("GAIN"):
             raise CampaignError("hot_rate_unit: e-/s needs the gain, which is unknown for this campaign (set gain)")
         rate_min = rate_min / model.meta["GAIN"]
-    dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rate_ref, np.sqrt(stated), own, own_dof,
+    dq, thresholds = classify_pixels([rates[T] for T in ends], populations, rates[tref], np.sqrt(stated), own, own_dof,
                                      model.meta["RNDOF"], model.chi2r, dof, fit_dq, Thresholds.from_params(params),
                                      rate_min, threads)
-    model.dq = dq
-    model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
     flagged = np.flatnonzero(has(dq, DQ.HOT | DQ.WARM).ravel())
     y, x = np.unravel_index(flagged, dq.shape)
     hot = has(dq.ravel()[flagged], DQ.HOT)
@@ -119,7 +109,12 @@ def run(params: dict) -> dict:
     for name in table.colnames[3:5]:
         table[name].unit = "DN/s"
     order = np.argsort(-np.nan_to_num(np.maximum(table["spread_cold"], table["spread_warm"]), nan=-np.inf))
-    table = table[order]
+    return dq, dict(significance=significance, populations=populations, thresholds=thresholds, flagged=table[order])
+
+
+def _write_classification(params: dict, model: CalibrationModel, table: Table, threads: int) -> Table:
+    """Write dq_map (with DQ_DEF), hot_pixel_mask, hot_pixels.ecsv and its regions; return the DQ_DEF table."""
+    dq = model.dq
     header = model.header()
     header["BUNIT"], header["DESCRIP"], header["REFTYPE"] = "", "DQ bitmask; bits named in the DQ_DEF extension", "DQ"
     definitions = dq_table(dq)
@@ -130,9 +125,31 @@ def run(params: dict) -> dict:
                   lambda: write_regions(table, product(params, "hot_pixel_regions")),
                   lambda: write_hdus(product(params, "dq_map"), dq, header,
                                      [("DQ_DEF", fits.table_to_hdu(definitions), "")], checksum=True),
-                  lambda: write_hdus(product(params, "hot_pixel_mask"), mask, mask_header, checksum=True),
-                  lambda: model.write(product(params, "model"), threads)], threads)
-    note(hot=int(hot.sum()), warm=int((~hot).sum()))
-    return dict(model=model, significance=significance, populations=populations, thresholds=thresholds,
-                threshold_rates=threshold_table(thresholds, model.meta.get("GAIN")), reference_temperature=tref,
-                flagged=table, dq_table=definitions)
+                  lambda: write_hdus(product(params, "hot_pixel_mask"), mask, mask_header, checksum=True)], threads)
+    return definitions
+
+
+@stage("hot_pixels")
+def run(params: dict) -> dict:
+    """Classify pixels, write dq_map, hot_pixel_mask, hot_pixels.ecsv and the model file with this DQ.
+
+    The model file's other extensions are written while the pixels are classified, its DQ last.
+    Returns the model, the significance at both ends of the range, the population statistics,
+    the thresholds, the table of flagged pixels and the DQ_DEF table with counts.
+    """
+    threads = workers(params)
+    model = CalibrationModel.read(required(params, "dark_fit"), threads)
+    tref = params["hot_reference_temperature"]
+    tref = float(model.trange[1] if tref is None else tref)
+    model.meta.update(TREFHOT=tref, DQCLASS=True, MODELID=model_id(params, inventory_stage.load(params), "hot_pixels"))
+    with ThreadPoolExecutor(2) as background:
+        classified = background.submit(_classify, params, model, tref, threads)
+        model_written = background.submit(model.write, product(params, "model"), threads,
+                                          lambda: classified.result()[0])
+        model.dq, result = classified.result()
+        definitions = _write_classification(params, model, result["flagged"], threads)
+        model_written.result()
+    hot = int(np.count_nonzero(result["flagged"]["class"] == "HOT"))
+    note(hot=hot, warm=len(result["flagged"]) - hot)
+    return dict(result, model=model, threshold_rates=threshold_table(result["thresholds"], model.meta.get("GAIN")),
+                reference_temperature=tref, dq_table=definitions)

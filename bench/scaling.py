@@ -11,6 +11,10 @@ was doing). From these:
   serial), and the run's projected time on 16 (and the present) cores, S + P / n;
 - the **sampled serial time**: at the most workers, the seconds during which the process kept
   less than 1.5 cores busy (one thread working, the others waiting for it);
+- how much of a core each added worker really gets: a compute-only kernel (no memory traffic, no
+  interpreter) run on n threads at once against one thread; where it is below n (cores that share a
+  physical core or a power budget, as a virtual machine's may) the Amdahl fit counts the shortfall as
+  serial time, and the sampled serial time is the measure to trust;
 - the read + write floor of the same machine (raw frames read and decoded once; the products'
   bytes written and synced), and the projected run against it;
 - that every run's products are the same as the 1-worker run's (:func:`cmoscal.products.differences`).
@@ -28,8 +32,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import yaml
 from performance import CMOSCAL, HERE, SCALING, campaign, read_floor, warm, write_floor, written_bytes
@@ -110,6 +116,34 @@ def amdahl(counts, seconds) -> tuple[float, float]:
     return float(serial), float(parallel)
 
 
+@numba.njit(nogil=True)
+def _compute_only(steps: int) -> float:
+    total = 0.0
+    for i in range(steps):
+        total += np.exp(-i * 1e-9) * 1.0000001
+    return total
+
+
+def core_speedup(n: int, trials: int = 5, steps: int = 50_000_000) -> float:
+    """How many times as fast ``n`` threads run ``n`` copies of a compute-only kernel as one thread runs one copy
+    (median of ``trials``): the cores the machine gives ``n`` workers, ideally ``n``."""
+    _compute_only(1)
+
+    def once():
+        start = time.perf_counter()
+        _compute_only(steps)
+        return time.perf_counter() - start
+
+    found = []
+    for _ in range(trials):
+        alone = once()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(lambda _: once(), range(n)))
+        found.append(n * alone / (time.perf_counter() - start))
+    return float(np.median(found))
+
+
 def default_counts() -> list[int]:
     cores = len(os.sched_getaffinity(0))
     return sorted({1, cores, *(2 ** k for k in range(1, cores.bit_length()) if 2 ** k <= cores)})
@@ -184,6 +218,9 @@ def main():
         lines.append(f"projected `cmoscal run` on {n} cores: S + P / {n} = {projected:.1f} s = "
                      f"{projected / floor:.1f}x this machine's read + write floor")
     same = all(not d for d in differ.values())
+    given = ", ".join(f"{n} workers {core_speedup(n):.2f}x" for n in counts if n > 1)
+    lines += ["", f"the cores this machine gives (a compute-only kernel on n threads against one thread, median of 5): "
+              f"{given}; where below n, the Amdahl fit counts the shortfall as serial time"]
     lines += ["", "products at every worker count the same as at {} worker: {}".format(
         first, "**yes**" if same else "**NO**: " + "; ".join(f"{n}: {d[:3]}" for n, d in differ.items() if d))]
     update_section(HERE / "results.md", lines)

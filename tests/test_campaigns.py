@@ -12,7 +12,7 @@ from cmoscal.config import load_params
 from cmoscal.dq import DQ
 from cmoscal.errors import CampaignError
 from cmoscal.model import CalibrationModel
-from cmoscal.products import stage_states
+from cmoscal.products import campaign_warnings, stage_states
 from cmoscal.simulate import dark_truth, read_truth, simulate_campaign
 from cmoscal.stages import STAGES, dark_model, hot_pixels, summary
 from cmoscal.stages import inventory as inventory_stage
@@ -86,6 +86,22 @@ def test_every_odd_file_is_accounted_for_with_its_reason(twins):
     assert all(r for s, r in zip(files["status"], files["reason"]) if s != "ok")
     table = inventory_stage.load(params)
     assert any("kelvin" in n for n in table["note"]) and any("exposure in ms" in n for n in table["note"])
+
+
+def test_the_summary_warns_naming_the_rejected_files(twins):
+    """Rejected by the inventory or by a master stage, the files are named at the terminal and in the report."""
+    for name, (_, params, _) in twins.items():
+        files = files_accounted(params)
+        rejected = files[files["status"] == "rejected"]
+        said = [m for _, m in campaign_warnings(params["output_dir"], ["summary"]) if "files rejected" in m]
+        if name == "clean":
+            assert not len(rejected) and not said
+            continue
+        considered = np.count_nonzero(files["status"] != "skipped")
+        assert len(rejected) > 3 and len(said) == 1
+        assert said[0].startswith(f"{len(rejected)} of {considered} calibration files rejected")
+        assert f"{rejected['path'][0]}: {rejected['reason'][0]}" in said[0]
+        assert said[0].endswith(f"; and {len(rejected) - 3} more")
 
 
 def test_a_partial_rerun_marks_later_products_stale_and_the_verdict_says_so(tmp_path):

@@ -11,6 +11,7 @@ stale (an earlier stage ran again after the evaluation) fails, naming them.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -22,6 +23,7 @@ from scipy.special import gammaincinv
 from ..compute import concurrently, workers
 from ..darkfit import predict
 from ..dq import DQ, dq_table, has
+from ..errors import CampaignWarning
 from ..fitsio import read_table, write_table
 from ..forms import dark_form
 from ..model import CalibrationModel, shared_model
@@ -33,6 +35,7 @@ from . import inventory as inventory_stage
 __all__ = ["CHECKS", "Check", "Evidence", "files_accounted", "load", "load_record", "model_numbers", "run"]
 
 _MAD_TO_SIGMA = 1.482602218505602  # sigma of a normal distribution per median absolute deviation
+_NAMED = 3  # rejected files the warning names; files.ecsv holds every one
 
 
 def files_accounted(params: dict) -> Table:
@@ -53,6 +56,19 @@ def files_accounted(params: dict) -> Table:
     table["status"] = ["rejected" if n in verdict else str(s) for n, s in zip(names, table["status"])]
     table["reason"] = [verdict.get(n, str(r)) for n, r in zip(names, table["reason"])]
     return table
+
+
+def _warn_rejected(files: Table) -> None:
+    """Raise a :class:`CampaignWarning` naming the rejected calibration files of :func:`files_accounted` and why
+    (the first few; ``files.ecsv`` has every one), if there are any."""
+    rejected = files[files["status"] == "rejected"]
+    if not len(rejected):
+        return
+    names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(rejected["path"], rejected["plane"])]
+    named = "; ".join(f"{n}: {r}" for n, r in zip(names[:_NAMED], rejected["reason"][:_NAMED]))
+    more = f"; and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+    warnings.warn(f"{len(names)} of {np.count_nonzero(files['status'] != 'skipped')} calibration files rejected "
+                  f"(files.ecsv gives every reason): {named}{more}", CampaignWarning, stacklevel=2)
 
 
 def _median_spread(values: np.ndarray) -> tuple[float, float]:
@@ -276,6 +292,7 @@ def run(params: dict) -> Table:
                         read_table(product(params, "evaluation", "loo.ecsv")), model, files,
                         stage_states(params["output_dir"]))
     write_table(files, product(params, "files"))
+    _warn_rejected(files)
     write_table(dq_table(model.dq), product(params, "dq_counts"))
     write_table(model_numbers(model, read_table(product(params, "model_comparison")), threads),
                 product(params, "model_numbers"))

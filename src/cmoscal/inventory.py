@@ -32,8 +32,8 @@ from .fitsio import FrameRef, frames_in, read_rows
 from .forms import KELVIN
 
 __all__ = ["COMPRESSED_SUFFIXES", "FITS_SUFFIXES", "build_inventory", "celsius", "chain_groups", "coverage",
-           "find_fits", "frame_exposure", "frame_label", "frame_refs", "frame_temperature", "group_summary",
-           "natural_key"]
+           "find_fits", "frame_exposure", "frame_label", "frame_names", "frame_refs", "frame_temperature",
+           "group_summary", "natural_key"]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts")
 COMPRESSED_SUFFIXES = (".fz", ".gz")
@@ -346,6 +346,11 @@ def _inspect(path: Path, raw_dir: Path, params: dict, clues: dict) -> list[dict]
     else:
         row["status"] = "ok"
     return [dict(row, plane=r.plane, offset=r.offset) for r in refs]
+
+
+def frame_names(table: Table) -> list[str]:
+    """The frames of inventory rows by name: the path, with ``[plane]`` for a plane of a cube."""
+    return [p if q < 0 else f"{p}[{q}]" for p, q in zip(table["path"], table["plane"])]
 
 
 def frame_refs(inventory: Table, rows) -> list[FrameRef]:

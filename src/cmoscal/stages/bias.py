@@ -20,7 +20,7 @@ from ..bias import fit_bias
 from ..compute import concurrently, row_bands, run_tiles, sample_rows, workers
 from ..errors import CampaignError
 from ..fitsio import provenance, read_image, read_product, read_table, reference, write_hdus, write_table
-from ..inventory import frame_refs, natural_key
+from ..inventory import frame_names, frame_refs, natural_key
 from ..masters import (
     FrameRules,
     MasterTask,
@@ -95,7 +95,7 @@ def make_masters(params: dict, inventory: Table, kind: str, bias_source=None, re
     tasks = []
     for group in groups:
         rows = ok & (inventory["group"] == group)
-        names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(inventory["path"][rows], inventory["plane"][rows])]
+        names = frame_names(inventory[rows])
         T, t = float(inventory["group_temperature"][rows][0]), float(inventory["group_exptime"][rows][0])
         tasks.append(MasterTask(frame_refs(inventory, rows), names, list(inventory["temperature"][rows]), t, kind,
                                 master_path(params["output_dir"], kind, T, t), rules, inventory.meta["scale_factor"],

@@ -26,6 +26,7 @@ from ..dq import DQ, dq_table, has
 from ..errors import CampaignWarning
 from ..fitsio import read_table, write_table
 from ..forms import dark_form
+from ..inventory import frame_names
 from ..model import CalibrationModel, shared_model
 from ..products import product, required, stage, stage_states, upstream
 from . import bias as bias_stage
@@ -43,7 +44,7 @@ def files_accounted(params: dict) -> Table:
     inventory = inventory_stage.load(params)
     table = Table(inventory["path", "plane", "type", "temperature", "exposure", "group", "status", "reason"],
                   copy=True)
-    names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(table["path"], table["plane"])]
+    names = frame_names(table)
     verdict = {}
     for kind in ("bias", "dark"):
         try:
@@ -64,7 +65,7 @@ def _warn_rejected(files: Table) -> None:
     rejected = files[files["status"] == "rejected"]
     if not len(rejected):
         return
-    names = [p if q < 0 else f"{p}[{q}]" for p, q in zip(rejected["path"], rejected["plane"])]
+    names = frame_names(rejected)
     named = "; ".join(f"{n}: {r}" for n, r in zip(names[:_NAMED], rejected["reason"][:_NAMED]))
     more = f"; and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
     warnings.warn(f"{len(names)} of {np.count_nonzero(files['status'] != 'skipped')} calibration files rejected "
